@@ -1,0 +1,1 @@
+"""The Streamlit health dashboard over the monitor daemon and Prometheus."""

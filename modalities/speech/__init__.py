@@ -1,0 +1,1 @@
+"""Speech modality: Whisper-style sequence-to-sequence speech recognition."""

@@ -1,0 +1,1 @@
+"""Text modality: causal language models with chat templates."""

@@ -1,0 +1,61 @@
+"""A tiny Llama-architecture causal LM with a trained BPE tokenizer and a chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omnitune.modalities.tokenizer import train_bpe
+
+# Assistant turns sit inside {% generation %} so that `return_assistant_tokens_mask=True` marks
+# exactly the tokens an assistant-only loss trains on.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|eos|>{% endgeneration %}"
+    "{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+
+def tiny_llama_config(vocab_size: int, hidden_size: int, tokenizer: Any) -> Any:
+    """Two-layer Llama text config sized for tests (GQA: 4 query heads, 2 key/value heads)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def generation_config_for(tokenizer: Any) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_llama(hidden_size: int = 64) -> tuple[Any, Any]:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_bpe(512, SPECIAL_TOKENS),
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size, tokenizer))
+    model.generation_config = generation_config_for(tokenizer)
+    return model, tokenizer

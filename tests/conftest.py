@@ -1,0 +1,79 @@
+"""Shared fixtures: the CLI as a subprocess, and tiny offline models built once per test run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OMNITUNE = BIN / "omnitune"
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """The environment of a user with no network: the hub is never contacted."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests run offline with an empty, private hub cache, as on CI."""
+    saved = dict(os.environ)
+    home = tmp_path_factory.mktemp("hf-home")
+    os.environ.update(offline_env(HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub")))
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **env: str):
+    """Run the installed `omnitune` console script as a user would; never raises on failure."""
+    return subprocess.run(
+        [str(OMNITUNE), *args],
+        cwd=cwd or REPO,
+        env=offline_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_python(code: str, timeout: float = 600, **env: str):
+    """Run `code` in a fresh interpreter of the test venv (a new process, nothing cached)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=offline_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`tiny_model(family)` -> folder of that tiny model, built on first use, once per run."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            from omnitune.modalities.tiny import build_tiny
+
+            out = tmp_path_factory.mktemp(f"tiny-{family}")
+            built[family] = build_tiny(family, out, seed=0)
+        return built[family]
+
+    return get

@@ -1,0 +1,211 @@
+"""The `omnitune` command line.
+
+This module imports only the standard library at load time: each subcommand imports what it
+needs when it runs, so `omnitune --help` answers without torch (and the monitor daemon starts on
+an install without it). Exit status: 0 on success, 2 on a usage or config error (one line on
+stderr, no traceback), 1 on a failure during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+Handler = Callable[[argparse.Namespace], int]
+
+#: Top-level module -> the install extra that provides it, for "pip install" hints.
+EXTRA_PROVIDING = {
+    **dict.fromkeys(
+        ("torch", "transformers", "peft", "accelerate", "trl", "tokenizers", "datasets"), "train"
+    ),
+    **dict.fromkeys(("torchaudio", "soundfile", "librosa", "jiwer"), "speech"),
+    **dict.fromkeys(("PIL", "torchvision", "sklearn"), "vision"),
+    **dict.fromkeys(("scipy", "prometheus_client", "starlette", "uvicorn"), "monitor"),
+    **dict.fromkeys(("streamlit", "altair", "pandas"), "dashboard"),
+}
+
+#: Families `omnitune models build-tiny` knows; the builders live with their modality.
+TINY_FAMILIES = ("text", "whisper", "llava", "idefics3", "qwen2-vl")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("omnitune")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; each leaf sets `handler` to a function taking the namespace."""
+    parser = argparse.ArgumentParser(
+        prog="omnitune",
+        description=(
+            "Parameter-efficient fine-tuning for text, vision-language and speech models, "
+            "and a monitor that watches them in production."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"omnitune {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    config = commands.add_parser("config", help="check or show a run config")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    check = config_commands.add_parser(
+        "check", help="validate a config file (exit 2 and the bad field's path if invalid)"
+    )
+    check.add_argument("file", help="YAML config file")
+    _accept_overrides(check)
+    check.set_defaults(handler=_config_check)
+    show = config_commands.add_parser(
+        "show", help="print the resolved config, defaults and overrides applied"
+    )
+    show.add_argument("file", help="YAML config file")
+    _accept_overrides(show)
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.set_defaults(handler=_config_show)
+    config.set_defaults(handler=_help_of(config))
+
+    models = commands.add_parser("models", help="build tiny offline models")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION")
+    tiny = model_commands.add_parser(
+        "build-tiny",
+        help="build a tiny model, tokenizer and processor offline and save_pretrained them",
+    )
+    tiny.add_argument("family", choices=TINY_FAMILIES)
+    tiny.add_argument("--out", required=True, help="folder to write (created if missing)")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument(
+        "--hidden-size", type=int, default=64, help="model width, a multiple of 16 up to 128"
+    )
+    tiny.set_defaults(handler=_models_build_tiny)
+    check_model = model_commands.add_parser(
+        "check",
+        help="load a model folder or hub id as training would and run one generate()",
+    )
+    check_model.add_argument("model", help="local folder or hub id (hub ids need the local cache)")
+    check_model.add_argument("--max-new-tokens", type=int, default=8)
+    check_model.set_defaults(handler=_models_check)
+    models.set_defaults(handler=_help_of(models))
+
+    parser.set_defaults(handler=_help_of(parser))
+    return parser
+
+
+def _accept_overrides(command: argparse.ArgumentParser) -> None:
+    """Let `command` take `section.key=value` overrides anywhere on its command line."""
+    command.set_defaults(overrides=[])
+    command.epilog = (
+        "Any config key can be overridden as section.key=value, e.g. train.max_steps=20."
+    )
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, collecting `key=value` words as overrides for commands that accept them.
+
+    argparse cannot take a variable number of positionals after an option (`--json a=1`), so
+    overrides are the words it did not recognise, each of which must contain '='.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(extra)  # each is checked for its '=' when it is applied
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    _configure_logging(args.verbose)
+    from omnitune.trainers.errors import MissingDependencyError, OmnituneError
+
+    try:
+        try:
+            return int(args.handler(args) or 0)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRA_PROVIDING:
+                raise
+            raise MissingDependencyError(top, EXTRA_PROVIDING[top]) from exc
+    except OmnituneError as exc:
+        print(f"omnitune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("omnitune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _configure_logging(verbosity: int) -> None:
+    import logging
+    import os
+
+    if verbosity == 0:
+        # Library chatter (weight-loading bars, deprecation notes) only with -v.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _help_of(parser: argparse.ArgumentParser) -> Handler:
+    def show_help(_: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return show_help
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from omnitune.trainers.config import load_run_config
+
+    config = load_run_config(args.file, args.overrides)
+    print(
+        f"{args.file}: ok ({config.model.modality}, {config.peft.method}, {config.objective.name})"
+    )
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from omnitune.trainers.config import load_run_config
+
+    config = load_run_config(args.file, args.overrides)
+    if args.json:
+        print(config.model_dump_json(indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _models_build_tiny(args: argparse.Namespace) -> int:
+    from omnitune.modalities.tiny import build_tiny
+
+    out = build_tiny(args.family, args.out, seed=args.seed, hidden_size=args.hidden_size)
+    print(out)
+    return 0
+
+
+def _models_check(args: argparse.Namespace) -> int:
+    from omnitune.modalities.loading import infer_modality, load_model_config, load_pretrained
+    from omnitune.modalities.smoke import smoke_generate
+
+    modality = infer_modality(load_model_config(args.model))
+    model, processor = load_pretrained(args.model, modality)
+    result = smoke_generate(model, processor, modality, max_new_tokens=args.max_new_tokens)
+    print(
+        f"{args.model}: {modality}, {result.model_class} ({result.parameters:,} parameters), "
+        f"{result.processor_class}; generated {result.generated_tokens} tokens "
+        f"from a {result.input_tokens}-token prompt: {result.text!r}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The run config: one YAML file per training run, validated by these pydantic models.
+
+Every field's `description` is its reference documentation (`omnitune config show --schema`
+prints them). Unknown keys are rejected everywhere (`extra="forbid"`), so a typo in a nested key
+fails with its dotted path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from omnitune.trainers.configio import load_config
+
+Modality = Literal["text", "vision_language", "speech"]
+PeftMethod = Literal[
+    "lora",
+    "dora",
+    "rslora",
+    "pissa",
+    "olora",
+    "loraplus",
+    "ia3",
+    "prompt_tuning",
+    "qlora",
+    "full",
+    "hft",
+]
+
+
+class Section(BaseModel):
+    """Base for config sections: strict about unknown keys, assignment re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(
+        description="Hub id (e.g. openai/whisper-tiny) or local folder saved with save_pretrained."
+    )
+    modality: Modality = Field(description="Which modality package loads and trains the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights dtype. 'auto': bfloat16 on a GPU that supports it, else float32.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub. Off unless you trust the repository."
+    )
+
+
+class DataSection(Section):
+    train: str = Field(description="Training data: a JSONL/CSV manifest, a folder, or hf:NAME.")
+    eval: str | None = Field(None, description="Evaluation data, same forms as `train`.")
+    max_length: int = Field(
+        512, ge=8, le=1_048_576, description="Longest token sequence kept for text targets."
+    )
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many samples (None: all)."
+    )
+    options: dict[str, object] = Field(
+        default_factory=dict,
+        description="Modality-specific reading options, validated by the modality package.",
+    )
+
+
+class PeftSection(Section):
+    method: PeftMethod = Field("lora", description="Parameter-efficient method, or 'full'.")
+    r: int = Field(8, ge=1, le=4096, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | str | None = Field(
+        None,
+        description="Module names or one regex to adapt; None: the architecture's default.",
+    )
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full and saved with the adapter (e.g. a projector)."
+    )
+    loraplus_lr_ratio: float = Field(
+        16.0, gt=0, description="LoRA+: learning-rate ratio of the B matrices to the A matrices."
+    )
+    num_virtual_tokens: int = Field(
+        16, ge=1, le=1024, description="Prompt tuning: number of virtual tokens."
+    )
+    hft_selection: Literal["alternate", "random"] = Field(
+        "alternate",
+        description="Half Fine-Tuning: alternate the frozen half each round, or draw it per round.",
+    )
+    hft_round_steps: int = Field(
+        50, ge=1, description="Half Fine-Tuning: optimizer steps per round."
+    )
+
+
+class ObjectiveSection(Section):
+    name: Literal["sft", "dpo", "orpo"] = Field("sft", description="Training objective.")
+    beta: float = Field(0.1, gt=0, description="DPO/ORPO preference strength.")
+    assistant_only_loss: bool = Field(
+        True, description="Text/VLM SFT: train only on assistant turns (prompts masked)."
+    )
+
+
+class TrainSection(Section):
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps to run; takes precedence over `epochs`."
+    )
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data.")
+    batch_size: int = Field(8, ge=1, le=65_536, description="Samples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, lt=1.0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None: off.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 where the device supports it, else none."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None: at end.")
+    save_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps; None: at end."
+    )
+    save_total_limit: int = Field(2, ge=1, description="Keep the last K checkpoints (+ the best).")
+    logging_steps: int = Field(10, ge=1, description="Log loss and throughput every N steps.")
+    seed: int = Field(0, ge=0, description="Seeds Python, NumPy, torch and the data order.")
+    resume: Literal["auto", "never"] | str = Field(
+        "auto", description="'auto': continue from the latest checkpoint; or a checkpoint path."
+    )
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; None: torch's default."
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_length(self) -> TrainSection:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set train.max_steps or train.epochs")
+        return self
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = Field(32, ge=1, le=65_536, description="Tokens generated per sample.")
+    num_beams: int = Field(1, ge=1, le=64, description="Beam width; 1 is greedy.")
+
+
+class EvalSection(Section):
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Metric names; empty: the modality's default (perplexity, vqa_accuracy, wer).",
+    )
+    batch_size: int = Field(16, ge=1, description="Samples per evaluation batch.")
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    early_stopping_metric: str | None = Field(
+        None, description="Stop when this eval metric stops improving."
+    )
+    early_stopping_patience: int = Field(3, ge=1, description="Evaluations without improvement.")
+
+
+class RunConfig(Section):
+    """A whole training run: what `omnitune train CONFIG` reads."""
+
+    model: ModelSection
+    data: DataSection
+    peft: PeftSection = Field(default_factory=PeftSection)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    train: TrainSection
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: str = Field("runs/default", description="Where the run writes everything.")
+
+    @model_validator(mode="after")
+    def _objective_fits_modality(self) -> RunConfig:
+        if self.objective.name in {"dpo", "orpo"} and self.model.modality == "speech":
+            raise ValueError(
+                f"objective.name: {self.objective.name} is for text and vision_language models, "
+                "not speech"
+            )
+        return self
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a run config, with `section.key=value` overrides applied."""
+    return load_config(RunConfig, path, overrides)
