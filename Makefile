@@ -7,7 +7,7 @@ STAMP := $(VENV)/.omnitune-installed
 TORCH_PINS := torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench lint format system-deps venv clean
+.PHONY: demo test test-fast lint format venv clean
 
 venv: $(STAMP)
 
@@ -18,20 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-system-deps:
-	bash scripts/install-system-deps.sh
-
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP) system-deps
+test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not prometheus" $(PYTEST_ARGS)
-
-bench: $(STAMP)
-	$(PY) -m bench.run
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
