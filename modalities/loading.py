@@ -65,8 +65,11 @@ def load_pretrained(
     dtype: str = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    **model_options: Any,
 ) -> tuple[Any, Any]:
     """Load `(model, processor)`; for text models the processor is the tokenizer.
+
+    `model_options` go to the model's `from_pretrained` (e.g. a 4-bit quantization_config).
 
     `modality` is checked against the checkpoint's config when given, and inferred from it
     otherwise, so a speech config pointed at a text model fails here with both names.
@@ -85,7 +88,9 @@ def load_pretrained(
     auto_processor = transformers.AutoTokenizer if found == "text" else transformers.AutoProcessor
     try:
         processor = auto_processor.from_pretrained(name_or_path, **hub)
-        model = auto_model.from_pretrained(name_or_path, dtype=resolve_dtype(dtype), **hub)
+        model = auto_model.from_pretrained(
+            name_or_path, dtype=resolve_dtype(dtype), **hub, **model_options
+        )
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"model.name_or_path: cannot load '{name_or_path}': {_why(exc)}"

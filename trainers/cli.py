@@ -69,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_config_show)
     config.set_defaults(handler=_help_of(config))
 
+    train = commands.add_parser("train", help="fine-tune a model as a run config describes")
+    train.add_argument("config", help="YAML run config")
+    _accept_overrides(train)
+    train.set_defaults(handler=_train, log_progress=True)
+
+    export = commands.add_parser(
+        "export", help="write a run's adapter (PEFT format) or a merged full model"
+    )
+    export.add_argument("run", help="run folder (the config's output_dir)")
+    export.add_argument(
+        "--merge", action="store_true", help="merge the adapter into the base weights"
+    )
+    export.add_argument("--out", help="destination folder (default: RUN/merged or RUN/adapter)")
+    export.set_defaults(handler=_export)
+
     models = commands.add_parser("models", help="build tiny offline models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION")
     tiny = model_commands.add_parser(
@@ -121,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (the console script passes it to sys.exit)."""
     parser = build_parser()
     args = parse_args(parser, argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, getattr(args, "log_progress", False))
     from omnitune.trainers.errors import MissingDependencyError, OmnituneError
 
     try:
@@ -140,17 +155,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, progress: bool = False) -> None:
+    """WARNING by default; long-running commands (train) show omnitune's INFO progress lines."""
     import logging
     import os
 
     if verbosity == 0:
+        import warnings
+
         # Library chatter (weight-loading bars, deprecation notes) only with -v.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if progress and verbosity == 0:
+        logging.getLogger("omnitune").setLevel(logging.INFO)
 
 
 def _help_of(parser: argparse.ArgumentParser) -> Handler:
@@ -181,6 +202,29 @@ def _config_show(args: argparse.Namespace) -> int:
         import yaml
 
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from omnitune.trainers.config import load_run_config
+
+    config = load_run_config(args.config, args.overrides)
+    from omnitune.trainers.loop import train
+
+    result = train(config)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
+    print(
+        f"{result.run_dir}: {result.steps} steps, train loss {result.train_loss:.4f}"
+        + (f", eval {metrics}" if metrics else "")
+        + f"; saved {result.output}"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from omnitune.trainers.export import export_run
+
+    print(export_run(args.run, merge=args.merge, out=args.out))
     return 0
 
 

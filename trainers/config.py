@@ -51,6 +51,31 @@ class ModelSection(Section):
     )
 
 
+class BalanceSection(Section):
+    by: str | None = Field(
+        None, description="Record field holding each example's label or group, e.g. 'speaker'."
+    )
+    strategy: Literal["none", "oversample", "undersample", "temperature"] = Field(
+        "none",
+        description=(
+            "How to reweight groups when sampling: oversample rare ones to the largest, "
+            "undersample common ones to the smallest, or temperature: p(group) ~ n^T."
+        ),
+    )
+    temperature: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Temperature strategy: 1 keeps the data's mix, 0 -> uniform.",
+    )
+
+    @model_validator(mode="after")
+    def _strategy_needs_a_field(self) -> BalanceSection:
+        if self.strategy != "none" and not self.by:
+            raise ValueError(f"data.balance.by: strategy '{self.strategy}' needs a field name")
+        return self
+
+
 class DataSection(Section):
     train: str = Field(description="Training data: a JSONL/CSV manifest, a folder, or hf:NAME.")
     eval: str | None = Field(None, description="Evaluation data, same forms as `train`.")
@@ -60,6 +85,7 @@ class DataSection(Section):
     max_eval_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many samples (None: all)."
     )
+    balance: BalanceSection = Field(default_factory=BalanceSection)
     options: dict[str, object] = Field(
         default_factory=dict,
         description="Modality-specific reading options, validated by the modality package.",

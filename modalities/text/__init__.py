@@ -1,1 +1,88 @@
-"""Text modality: causal language models with chat templates."""
+"""Text modality: causal language models with chat templates.
+
+Data: chat JSONL (`messages`), `prompt`/`completion` pairs, or `text`; assistant-only loss from
+the chat template's {% generation %} marks. Metric: perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omnitune.modalities.base import Examples, Modality, Targets
+from omnitune.modalities.loading import load_pretrained
+from omnitune.modalities.profile import build_profile
+from omnitune.modalities.text.features import text_features
+
+
+def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
+    return load_pretrained(
+        model_section.name_or_path,
+        "text",
+        dtype=model_section.dtype,
+        revision=model_section.revision,
+        trust_remote_code=model_section.trust_remote_code,
+        **options,
+    )
+
+
+def dataset(source: str, config: Any, tokenizer: Any, training: bool) -> Examples:
+    from omnitune.modalities.text.data import read_text_dataset
+
+    return read_text_dataset(source, config, tokenizer, training)
+
+
+def collator(tokenizer: Any, config: Any, training: bool) -> Any:
+    from omnitune.modalities.text.collate import make_text_collator
+
+    return make_text_collator(tokenizer, config, training)
+
+
+def evaluate(model: Any, tokenizer: Any, examples: Examples, config: Any) -> dict[str, float]:
+    from omnitune.modalities.evaluation import token_loss
+
+    loss = token_loss(
+        model,
+        examples,
+        collator(tokenizer, config, training=False),
+        config.eval.batch_size,
+        config.data.max_eval_samples,
+    )
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def profile(examples: Examples) -> dict[str, Any]:
+    return build_profile("text", (text_features(e["prompt"]) for e in examples), examples.source)
+
+
+def targets(model: Any) -> Targets:
+    """peft's per-architecture defaults where it has them; attention q/v projections otherwise."""
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FF,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA,
+    )
+
+    kind = model.config.model_type
+    return Targets(
+        lora=list(LORA.get(kind, ["q_proj", "v_proj"])),
+        ia3=list(IA3.get(kind, ["k_proj", "v_proj", "down_proj"])),
+        ia3_feedforward=list(IA3_FF.get(kind, ["down_proj"])),
+    )
+
+
+MODALITY = Modality(
+    name="text",
+    load=load,
+    dataset=dataset,
+    collator=collator,
+    evaluate=evaluate,
+    profile=profile,
+    targets=targets,
+    metric_directions={"loss": "min", "perplexity": "min"},
+    task_type="CAUSAL_LM",
+)

@@ -1,0 +1,121 @@
+"""The modality interface the trainer core calls, and the registry that finds modalities by name.
+
+A modality is a small frozen dataclass of functions, not a base class: the core calls these and
+nothing else, so no modality-specific branch is needed in the trainer. Each modality package
+builds one `Modality` in its `__init__.py`; the registry imports it only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omnitune.trainers.errors import ConfigError, DataError
+
+#: modality name -> module whose `MODALITY` attribute is its `Modality`.
+MODALITIES: dict[str, str] = {
+    "text": "omnitune.modalities.text",
+    "speech": "omnitune.modalities.speech",
+    "vision_language": "omnitune.modalities.vision_language",
+}
+
+
+@dataclass
+class Examples:
+    """A dataset read from disk: usable examples, and what was skipped, counted by reason.
+
+    `groups[i]` is example i's value of the balancing field (None when unbalanced), so the
+    sampler can weight examples without reading them again.
+    """
+
+    items: list[dict[str, Any]]
+    source: str
+    skipped: Counter[str] = field(default_factory=Counter)
+    groups: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+        return f"{self.source}: {len(self)} examples" + (f"; skipped {skipped}" if skipped else "")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where parameter-efficient methods attach by default for one model."""
+
+    lora: list[str] | str
+    modules_to_save: list[str] | None = None
+    ia3: list[str] | None = None
+    ia3_feedforward: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Modality:
+    """What the trainer core needs from a modality; every field is a plain function.
+
+    - load(model_section) -> (model, processor)
+    - dataset(source, data_section, processor, training) -> Examples
+    - collator(processor, data_section, training) -> callable(list of examples) -> batch dict
+    - evaluate(model, processor, examples, eval_section, collate) -> {metric: value}
+    - profile(examples) -> reference dict (the drift baseline the monitor compares with)
+    - targets(model) -> Targets (default PEFT attachment points)
+    - metric_directions: metric name -> "min" or "max", for best checkpoints and early stopping
+    """
+
+    name: str
+    load: Callable[..., tuple[Any, Any]]
+    dataset: Callable[..., Examples]
+    collator: Callable[..., Callable[[list[dict[str, Any]]], dict[str, Any]]]
+    evaluate: Callable[..., dict[str, float]]
+    profile: Callable[[Examples], dict[str, Any]]
+    targets: Callable[[Any], Targets]
+    metric_directions: dict[str, str]
+    task_type: str  # peft TaskType name: CAUSAL_LM or SEQ_2_SEQ_LM
+
+
+def get_modality(name: str) -> Modality:
+    """The registered modality called `name` (imports its package on first use)."""
+    if name not in MODALITIES:
+        raise ConfigError(f"model.modality: unknown '{name}' (known: {', '.join(MODALITIES)})")
+    return importlib.import_module(MODALITIES[name]).MODALITY
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """Yield `(line_number, record, problem)` for each row of a JSONL or CSV manifest.
+
+    A row that cannot be parsed yields `(line, None, reason)`, so callers count and skip it;
+    a missing or unreadable file is a DataError naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                yield line, dict(row), None
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                yield line, None, "invalid JSON"
+                continue
+            if not isinstance(record, dict):
+                yield line, None, "not a JSON object"
+                continue
+            yield line, record, None

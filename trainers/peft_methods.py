@@ -1,0 +1,174 @@
+"""Parameter-efficient methods by name: each maps onto a `peft` config or `requires_grad` choice.
+
+`prepare_model(method, model, ...)` returns a `Prepared` bundle: the model to train, the names of
+the parameters a checkpoint must hold, the optimizer's parameter groups, and an optional
+per-step hook (Half Fine-Tuning changes what trains each round). Nothing here re-implements
+what `peft` has: LoRA and its variants, IA3 and prompt tuning are `peft` configs; LoRA+ is
+`peft.optimizers.create_loraplus_optimizer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from omnitune.trainers.errors import ConfigError
+
+#: method -> extra LoraConfig arguments (the LoRA family differs only in these).
+LORA_VARIANTS: dict[str, dict[str, Any]] = {
+    "lora": {},
+    "loraplus": {},
+    "qlora": {},
+    "dora": {"use_dora": True},
+    "rslora": {"use_rslora": True},
+    "pissa": {"init_lora_weights": "pissa"},
+    "olora": {"init_lora_weights": "olora"},
+}
+FULL_WEIGHT_METHODS = {"full", "hft"}
+#: methods whose initialisation changes the base weights: exported adapters are converted back
+#: to plain LoRA against the original base (peft's path_initial_model_for_weight_conversion).
+MUTATING_INIT = {"pissa", "olora"}
+
+
+@dataclass
+class Prepared:
+    model: Any
+    checkpoint_names: list[str]
+    is_peft: bool
+    update: Callable[[Any, int], str | None] = field(default=lambda model, step: None)
+
+
+def check_device_support(method: str) -> None:
+    """Fail before any weights load when the method cannot run on this machine."""
+    if method != "qlora":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "peft.method: qlora needs a CUDA GPU (4-bit weights through bitsandbytes) and this "
+            "machine has none; use peft.method=lora here"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "peft.method: qlora needs the bitsandbytes package: pip install bitsandbytes"
+        ) from None
+
+
+def load_options(method: str) -> dict[str, Any]:
+    """Extra `from_pretrained` arguments the method needs (4-bit quantisation for QLoRA)."""
+    if method != "qlora":
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    }
+
+
+def prepare_model(model: Any, section: Any, targets: Any, task_type: str, seed: int) -> Prepared:
+    """Wrap or unfreeze `model` for `section.method`."""
+    method = section.method
+    if method in FULL_WEIGHT_METHODS:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        names = [name for name, _ in model.named_parameters()]
+        if method == "full":
+            return Prepared(model, names, is_peft=False)
+        from omnitune.trainers.hft import HalfFineTuning
+
+        schedule = HalfFineTuning(model, section.hft_round_steps, section.hft_selection, seed)
+        return Prepared(model, names, is_peft=False, update=schedule.update)
+
+    from peft import get_peft_model
+
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    config = _peft_config(section, targets, task_type)
+    try:
+        wrapped = get_peft_model(model, config)
+    except ValueError as exc:
+        if "not found" in str(exc) or "did not match" in str(exc) or "no modules" in str(exc):
+            raise ConfigError(
+                f"peft.target_modules: {config.target_modules!r} matched no module of this "
+                f"model; its linear layers are named: {', '.join(linear_layer_names(model))}"
+            ) from None
+        raise
+    names = [name for name, p in wrapped.named_parameters() if p.requires_grad]
+    return Prepared(wrapped, names, is_peft=True)
+
+
+def _peft_config(section: Any, targets: Any, task_type: str) -> Any:
+    import peft
+
+    method = section.method
+    chosen = section.target_modules
+    if method in LORA_VARIANTS:
+        return peft.LoraConfig(
+            r=section.r,
+            lora_alpha=section.alpha,
+            lora_dropout=section.dropout,
+            target_modules=chosen or targets.lora,
+            modules_to_save=section.modules_to_save or targets.modules_to_save,
+            task_type=task_type,
+            **LORA_VARIANTS[method],
+        )
+    if method == "ia3":
+        modules = chosen or targets.ia3
+        if modules is None:
+            raise ConfigError("peft.target_modules: no IA3 default for this model; set it")
+        feedforward = [m for m in targets.ia3_feedforward or [] if m in modules]
+        return peft.IA3Config(
+            target_modules=modules,
+            feedforward_modules=feedforward,
+            modules_to_save=section.modules_to_save or targets.modules_to_save,
+            task_type=task_type,
+        )
+    if method == "prompt_tuning":
+        if task_type != "CAUSAL_LM":
+            raise ConfigError("peft.method: prompt_tuning is supported for text models only")
+        return peft.PromptTuningConfig(
+            task_type=task_type, num_virtual_tokens=section.num_virtual_tokens
+        )
+    raise ConfigError(f"peft.method: unknown '{method}'")
+
+
+def build_optimizer(model: Any, section: Any, train: Any) -> Any:
+    """AdamW over the trainable parameters (fused on CUDA); LoRA+ gives B matrices a higher lr."""
+    import torch
+
+    options: dict[str, Any] = {"lr": train.lr, "weight_decay": train.weight_decay}
+    if torch.cuda.is_available():
+        options["fused"] = True
+    if section.method == "loraplus":
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, loraplus_lr_ratio=section.loraplus_lr_ratio, **options
+        )
+    # Built before Half Fine-Tuning freezes its first half: every group has optimizer state.
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(parameters, **options)
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """Distinct last-name parts of the model's linear layers (what target_modules matches)."""
+    import torch
+
+    names = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name
+    }
+    return sorted(names)
