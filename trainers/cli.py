@@ -212,6 +212,8 @@ def _train(args: argparse.Namespace) -> int:
     from omnitune.trainers.loop import train
 
     result = train(config)
+    if not result.main_process:
+        return 0
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
     print(
         f"{result.run_dir}: {result.steps} steps, train loss {result.train_loss:.4f}"

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -58,6 +59,7 @@ class RunResult:
     stopped_early: bool
     samples_per_second: float
     output: Path
+    main_process: bool = True
 
 
 def train(config: RunConfig) -> RunResult:
@@ -72,7 +74,12 @@ def train(config: RunConfig) -> RunResult:
     check_device_support(config.peft.method)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.train.mixed_precision))
+    # Without CUDA, accelerate runs several launched processes over gloo only when told cpu=True.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.train.mixed_precision),
+        cpu=several and not torch.cuda.is_available(),
+    )
     main = accelerator.is_main_process
     set_seed(config.train.seed)
     run_dir = Path(config.output_dir)
@@ -194,9 +201,9 @@ def train(config: RunConfig) -> RunResult:
             step_loss = float(accelerator.reduce(torch.stack(micro_losses).mean(), "mean"))
             grad_norm = None
             if config.train.max_grad_norm is not None:
-                grad_norm = float(
-                    accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
-                )
+                # None under DeepSpeed, which clips inside its engine (gradient_clipping).
+                norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+                grad_norm = None if norm is None else float(norm)
             if not math.isfinite(step_loss) or (
                 grad_norm is not None and not math.isfinite(grad_norm)
             ):
@@ -291,6 +298,7 @@ def train(config: RunConfig) -> RunResult:
             stopped_early=stopped_early,
             samples_per_second=run_samples / duration if duration > 0 else 0.0,
             output=output,
+            main_process=main,
         )
         if main:
             summary = {
