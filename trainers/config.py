@@ -125,6 +125,14 @@ class ObjectiveSection(Section):
     assistant_only_loss: bool = Field(
         True, description="Text/VLM SFT: train only on assistant turns (prompts masked)."
     )
+    loss: Literal["cross_entropy", "class_weighted", "focal"] = Field(
+        "cross_entropy",
+        description=(
+            "cross_entropy: the model's own loss; class_weighted: examples weighted by the "
+            "inverse frequency of their data.balance.by group; focal: (1-p)^gamma * CE per token."
+        ),
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss focusing power.")
 
 
 class TrainSection(Section):
@@ -194,6 +202,14 @@ class RunConfig(Section):
     train: TrainSection
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: str = Field("runs/default", description="Where the run writes everything.")
+
+    @model_validator(mode="after")
+    def _weighted_loss_needs_groups(self) -> RunConfig:
+        if self.objective.loss == "class_weighted" and not self.data.balance.by:
+            raise ValueError(
+                "objective.loss: class_weighted needs data.balance.by to name the class field"
+            )
+        return self
 
     @model_validator(mode="after")
     def _objective_fits_modality(self) -> RunConfig:

@@ -154,6 +154,7 @@ def train(config: RunConfig) -> RunResult:
         saved_names = set(prepared.checkpoint_names)
         checkpoint_tensors = {n: p for n, p in unwrapped.named_parameters() if n in saved_names}
         collate = modality.collator(processor, config, training=True)
+        loss_fn = _custom_loss(config, train_set.groups, unwrapped, accelerator.device)
 
         if eval_set is not None and state.step == 0:
             # The "before" value: every run's log shows where training started from.
@@ -195,7 +196,8 @@ def train(config: RunConfig) -> RunResult:
                 # DDP all-reduces gradients only on the last micro-batch of a step.
                 sync = micro == grad_accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = model(**batch).loss
+                    outputs = model(**batch)
+                    loss = outputs.loss if loss_fn is None else loss_fn(outputs, batch, indices)
                     accelerator.backward(loss / grad_accum)
                 micro_losses.append(loss.detach().float())
             step_loss = float(accelerator.reduce(torch.stack(micro_losses).mean(), "mean"))
@@ -357,6 +359,29 @@ def _evaluate(
     for key, value in shared.items():
         setattr(state, key, value)
     return metrics, better, stop
+
+
+def _custom_loss(config: RunConfig, groups: list[str | None], model: Any, device: Any) -> Any:
+    """None for the model's own loss; else a function (outputs, batch, indices) -> loss."""
+    if config.objective.loss == "cross_entropy":
+        return None
+    import torch
+
+    from omnitune.trainers.losses import inverse_frequency_weights, sequence_loss
+
+    causal = not model.config.is_encoder_decoder
+    gamma = config.objective.focal_gamma if config.objective.loss == "focal" else 0.0
+    weight_of = (
+        inverse_frequency_weights(groups) if config.objective.loss == "class_weighted" else None
+    )
+
+    def loss(outputs: Any, batch: dict[str, Any], indices: list[int]) -> Any:
+        weights = None
+        if weight_of is not None:
+            weights = torch.tensor([weight_of[groups[i]] for i in indices], device=device)
+        return sequence_loss(outputs.logits, batch["labels"], causal, weights, gamma)
+
+    return loss
 
 
 def _selection_metric(config: RunConfig, modality: Any) -> tuple[str, str]:
