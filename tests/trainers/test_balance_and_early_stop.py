@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,8 +73,7 @@ def test_balanced_run_logs_the_distribution_report(run_config):
     )
     result = run_cli("train", str(path))
     assert result.returncode == 0, result.stderr[-2000:]
-    log = load_run_config(path).output_dir + "/train.log"
-    text = open(log).read()
+    text = (Path(load_run_config(path).output_dir) / "train.log").read_text()
     assert "balance by length (oversample): long: " in text and "-> 50.0%" in text
 
 
