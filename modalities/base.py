@@ -63,10 +63,10 @@ class Targets:
 class Modality:
     """What the trainer core needs from a modality; every field is a plain function.
 
-    - load(model_section) -> (model, processor)
-    - dataset(source, data_section, processor, training) -> Examples
-    - collator(processor, data_section, training) -> callable(list of examples) -> batch dict
-    - evaluate(model, processor, examples, eval_section, collate) -> {metric: value}
+    - load(model_section, **from_pretrained_options) -> (model, processor)
+    - dataset(source, run_config, processor, training) -> Examples
+    - collator(processor, run_config, training) -> callable(list of examples) -> batch dict
+    - evaluate(model, processor, examples, run_config) -> {metric: value}
     - profile(examples) -> reference dict (the drift baseline the monitor compares with)
     - targets(model) -> Targets (default PEFT attachment points)
     - metric_directions: metric name -> "min" or "max", for best checkpoints and early stopping
@@ -80,7 +80,7 @@ class Modality:
     profile: Callable[[Examples], dict[str, Any]]
     targets: Callable[[Any], Targets]
     metric_directions: dict[str, str]
-    task_type: str  # peft TaskType name: CAUSAL_LM or SEQ_2_SEQ_LM
+    task_type: str | None  # peft TaskType name (CAUSAL_LM), or None to wrap the model as is
 
 
 def get_modality(name: str) -> Modality:

@@ -75,7 +75,9 @@ def load_options(method: str) -> dict[str, Any]:
     }
 
 
-def prepare_model(model: Any, section: Any, targets: Any, task_type: str, seed: int) -> Prepared:
+def prepare_model(
+    model: Any, section: Any, targets: Any, task_type: str | None, seed: int
+) -> Prepared:
     """Wrap or unfreeze `model` for `section.method`."""
     method = section.method
     if method in FULL_WEIGHT_METHODS:
@@ -109,7 +111,7 @@ def prepare_model(model: Any, section: Any, targets: Any, task_type: str, seed: 
     return Prepared(wrapped, names, is_peft=True)
 
 
-def _peft_config(section: Any, targets: Any, task_type: str) -> Any:
+def _peft_config(section: Any, targets: Any, task_type: str | None) -> Any:
     import peft
 
     method = section.method

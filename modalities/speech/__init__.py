@@ -1,1 +1,82 @@
-"""Speech modality: Whisper-style sequence-to-sequence speech recognition."""
+"""Speech modality: Whisper-style sequence-to-sequence speech recognition.
+
+Data: JSONL/CSV manifests of audio path + transcript. Metrics: WER and CER from generate()
+(the selection metric is WER), plus the token loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omnitune.modalities.base import Examples, Modality, Targets
+from omnitune.modalities.loading import load_pretrained
+from omnitune.modalities.profile import build_profile
+
+#: A reference profile reads at most this many recordings (an evenly spaced subset).
+PROFILE_SAMPLES = 2000
+
+
+def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
+    return load_pretrained(
+        model_section.name_or_path,
+        "speech",
+        dtype=model_section.dtype,
+        revision=model_section.revision,
+        trust_remote_code=model_section.trust_remote_code,
+        **options,
+    )
+
+
+def dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
+    from omnitune.modalities.speech.data import read_speech_manifest
+
+    return read_speech_manifest(source, config, processor, training)
+
+
+def collator(processor: Any, config: Any, training: bool) -> Any:
+    from omnitune.modalities.speech.collate import make_speech_collator
+
+    return make_speech_collator(processor, config, training)
+
+
+def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
+    from omnitune.modalities.evaluation import token_loss
+    from omnitune.modalities.speech.metrics import error_rates, transcribe
+
+    limit = config.data.max_eval_samples or len(examples)
+    subset = [examples[i] for i in range(min(limit, len(examples)))]
+    loss = token_loss(model, subset, collator(processor, config, False), config.eval.batch_size)
+    was_training = model.training
+    model.eval()
+    hypotheses = transcribe(model, processor, [e["audio"] for e in subset], config)
+    model.train(was_training)
+    return {**error_rates([e["text"] for e in subset], hypotheses), "loss": loss}
+
+
+def profile(examples: Examples) -> dict[str, Any]:
+    from omnitune.modalities.speech.audio import features_of_file
+
+    step = max(1, len(examples) // PROFILE_SAMPLES)
+    rows = (features_of_file(examples[i]["audio"], 16_000) for i in range(0, len(examples), step))
+    return build_profile("speech", rows, examples.source)
+
+
+def targets(model: Any) -> Targets:
+    """Attention q/v projections: encoder self-, decoder self- and cross-attention."""
+    return Targets(
+        lora=["q_proj", "v_proj"], ia3=["k_proj", "v_proj", "fc2"], ia3_feedforward=["fc2"]
+    )
+
+
+MODALITY = Modality(
+    name="speech",
+    load=load,
+    dataset=dataset,
+    collator=collator,
+    evaluate=evaluate,
+    profile=profile,
+    targets=targets,
+    metric_directions={"wer": "min", "cer": "min", "loss": "min"},
+    # No peft task type: PeftModelForSeq2SeqLM passes input_ids, which Whisper does not take.
+    task_type=None,
+)

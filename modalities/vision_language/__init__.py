@@ -1,1 +1,95 @@
-"""Vision-language modality: LLaVA, Idefics3/SmolVLM and Qwen2-VL style models."""
+"""Vision-language modality: LLaVA, Idefics3/SmolVLM and Qwen2-VL style models.
+
+Data: conversations with image parts, or image/question/answer rows. Default trainable parts:
+LoRA on the language model's attention, the projector trained in full, the vision tower
+frozen. Metrics: VQA exact-match accuracy from generate() (the selection metric), token loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omnitune.modalities.base import Examples, Modality, Targets
+from omnitune.modalities.loading import load_pretrained
+from omnitune.modalities.profile import build_profile
+
+#: Module names of the vision-to-language projector, by family (LLaVA, Idefics3, Qwen2-VL).
+PROJECTORS = ("multi_modal_projector", "connector", "merger")
+#: Module names of the language model inside the VLM, by family.
+LANGUAGE_MODELS = ("language_model", "text_model")
+PROFILE_SAMPLES = 2000
+
+
+def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
+    return load_pretrained(
+        model_section.name_or_path,
+        "vision_language",
+        dtype=model_section.dtype,
+        revision=model_section.revision,
+        trust_remote_code=model_section.trust_remote_code,
+        **options,
+    )
+
+
+def dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
+    from omnitune.modalities.vision_language.data import read_vlm_dataset
+
+    return read_vlm_dataset(source, config, processor, training)
+
+
+def collator(processor: Any, config: Any, training: bool) -> Any:
+    from omnitune.modalities.vision_language.collate import make_vlm_collator
+
+    return make_vlm_collator(processor, config, training)
+
+
+def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
+    from omnitune.modalities.evaluation import token_loss
+    from omnitune.modalities.vision_language.metrics import answer_questions, vqa_accuracy
+
+    limit = config.data.max_eval_samples or len(examples)
+    subset = [examples[i] for i in range(min(limit, len(examples)))]
+    loss = token_loss(model, subset, collator(processor, config, False), config.eval.batch_size)
+    was_training = model.training
+    model.eval()
+    answers = answer_questions(model, processor, subset, config)
+    model.train(was_training)
+    return {"vqa_accuracy": vqa_accuracy([e["answer"] for e in subset], answers), "loss": loss}
+
+
+def profile(examples: Examples) -> dict[str, Any]:
+    from omnitune.modalities.vision_language.images import image_features, open_image
+
+    step = max(1, len(examples) // PROFILE_SAMPLES)
+    rows = (
+        image_features(open_image(examples[i]["images"][0])) for i in range(0, len(examples), step)
+    )
+    return build_profile("vision_language", rows, examples.source)
+
+
+def targets(model: Any) -> Targets:
+    """LoRA on the language model's q/v projections only; the projector trains in full."""
+    names = [name for name, _ in model.named_modules()]
+    language = next(
+        (lm for lm in LANGUAGE_MODELS if any(f".{lm}." in f"{n}." for n in names)), None
+    )
+    scope = rf".*\.{language}\..*" if language else r"^(?!.*(vision|visual|image)).*"
+    projector = [p for p in PROJECTORS if any(n.split(".")[-1] == p for n in names)]
+    return Targets(
+        lora=scope + r"\.(q_proj|v_proj)",
+        modules_to_save=projector or None,
+        ia3=None,
+    )
+
+
+MODALITY = Modality(
+    name="vision_language",
+    load=load,
+    dataset=dataset,
+    collator=collator,
+    evaluate=evaluate,
+    profile=profile,
+    targets=targets,
+    metric_directions={"vqa_accuracy": "max", "loss": "min"},
+    task_type="CAUSAL_LM",
+)

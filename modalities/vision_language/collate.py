@@ -1,0 +1,60 @@
+"""Batching VLM conversations through the processor's own chat template.
+
+The processor expands image placeholders into the family's image tokens and returns every
+model-specific field (`pixel_values`, `image_grid_thw`, `mm_token_type_ids`,
+`pixel_attention_mask`, ...), which are passed through untouched. Labels keep only the
+assistant turns (`return_assistant_tokens_mask`), so prompt and image tokens never count in
+the loss. Nothing is truncated, so image tokens are never cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS, open_image
+
+
+def with_images(example: dict[str, Any], max_pixels: int, drop_answer: bool = False) -> list:
+    """The example's messages with each image placeholder holding its opened image."""
+    images = iter(open_image(path, max_pixels) for path in example["images"])
+    messages = example["messages"][:-1] if drop_answer else example["messages"]
+    return [
+        {
+            "role": m["role"],
+            "content": [
+                {"type": "image", "image": next(images)} if p.get("type") == "image" else p
+                for p in m["content"]
+            ],
+        }
+        for m in messages
+    ]
+
+
+def make_vlm_collator(
+    processor: Any, config: Any, training: bool
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    max_pixels = int(config.data.options.get("max_pixels", DEFAULT_MAX_PIXELS))
+    assistant_only = config.objective.assistant_only_loss
+
+    def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        conversations = [with_images(e, max_pixels) for e in examples]
+        processor.tokenizer.padding_side = "right"
+        batch = dict(
+            processor.apply_chat_template(
+                conversations,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                padding=True,
+                return_assistant_tokens_mask=True,
+            )
+        )
+        keep = batch.pop("assistant_masks").bool() if assistant_only else None
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        if keep is not None:
+            labels = labels.masked_fill(~keep, -100)
+        batch["labels"] = labels
+        return batch
+
+    return collate

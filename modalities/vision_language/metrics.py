@@ -1,0 +1,61 @@
+"""VQA exact-match accuracy: generate an answer per image question, compare after normalising."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omnitune.modalities.vision_language.collate import with_images
+from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS
+
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def normalise_answer(text: str) -> str:
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+def answer_questions(
+    model: Any, processor: Any, examples: list[dict[str, Any]], config: Any
+) -> list[str]:
+    import torch
+
+    max_pixels = int(config.data.options.get("max_pixels", DEFAULT_MAX_PIXELS))
+    device = next(model.parameters()).device
+    generation = config.eval.generation
+    answers: list[str] = []
+    tokenizer = processor.tokenizer
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues every prompt from its right end
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(examples), config.eval.batch_size):
+                chunk = examples[start : start + config.eval.batch_size]
+                prompts = [with_images(e, max_pixels, drop_answer=True) for e in chunk]
+                inputs = processor.apply_chat_template(
+                    prompts,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                    padding=True,
+                )
+                inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=generation.max_new_tokens,
+                    num_beams=generation.num_beams,
+                    do_sample=False,
+                )
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def vqa_accuracy(references: list[str], answers: list[str]) -> float:
+    pairs = list(zip(references, answers, strict=True))
+    if not pairs:
+        return float("nan")
+    return sum(normalise_answer(r) == normalise_answer(a) for r, a in pairs) / len(pairs)

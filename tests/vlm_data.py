@@ -1,0 +1,35 @@
+"""Real handwritten digits from scikit-learn's bundled set, as 32x32 PNGs with questions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def write_digit_vqa(folder: Path, start: int, count: int, broken: bool = False) -> Path:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(start, start + count):
+        pixels = (digits.images[index] * (255 / 16)).astype(np.uint8)
+        image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).convert("RGB")
+        name = f"digit{index:04d}.png"
+        image.save(folder / name)
+        rows.append(
+            {
+                "image": name,
+                "question": "Which digit is this?",
+                "answer": str(int(digits.target[index])),
+            }
+        )
+    if broken:
+        (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+        rows.append({"image": "truncated.png", "question": "Which digit is this?", "answer": "1"})
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
