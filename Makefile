@@ -7,7 +7,7 @@ STAMP := $(VENV)/.omnitune-installed
 TORCH_PINS := torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint format venv clean
+.PHONY: demo test test-fast bench lint format venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not prometheus" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.run
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     _accept_overrides(train)
     train.set_defaults(handler=_train, log_progress=True)
 
+    evaluate = commands.add_parser(
+        "eval", help="the modality's metrics (perplexity, WER/CER, VQA accuracy) on a dataset"
+    )
+    evaluate.add_argument("target", help="run folder, model folder or hub id")
+    evaluate.add_argument("--data", help="JSONL/CSV data (default: the run's data.eval)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _accept_overrides(evaluate)
+    evaluate.set_defaults(handler=_eval)
+
     export = commands.add_parser(
         "export", help="write a run's adapter (PEFT format) or a merged full model"
     )
@@ -220,6 +229,19 @@ def _train(args: argparse.Namespace) -> int:
         + (f", eval {metrics}" if metrics else "")
         + f"; saved {result.output}"
     )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from omnitune.trainers.evaluation import evaluate_target
+
+    summary, count, metrics = evaluate_target(args.target, args.data, args.overrides)
+    if args.json:
+        import json
+
+        print(json.dumps({"data": summary, "examples": count, **metrics}))
+    else:
+        print(f"{summary}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
 

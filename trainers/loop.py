@@ -60,6 +60,8 @@ class RunResult:
     samples_per_second: float
     output: Path
     main_process: bool = True
+    loop_seconds: float = 0.0
+    loop_cpu_seconds: float = 0.0
 
 
 def train(config: RunConfig) -> RunResult:
@@ -156,6 +158,7 @@ def train(config: RunConfig) -> RunResult:
         collate = modality.collator(processor, config, training=True)
         loss_fn = _custom_loss(config, train_set.groups, unwrapped, accelerator.device)
 
+        last_eval: dict[str, float] = {}
         if eval_set is not None and state.step == 0:
             # The "before" value: every run's log shows where training started from.
             last_eval, _, _ = _evaluate(
@@ -176,7 +179,7 @@ def train(config: RunConfig) -> RunResult:
         window_loss: list[float] = []
         window_start, window_samples = time.perf_counter(), 0
         run_start, run_samples = time.perf_counter(), 0
-        last_eval: dict[str, float] = {}
+        cpu_start = time.process_time()
         last_saved = state.step if resume_from is not None else None
         stopped_early = False
         train_loss = None
@@ -281,6 +284,8 @@ def train(config: RunConfig) -> RunResult:
                 )
                 break
         progress.close()
+        loop_seconds = time.perf_counter() - run_start
+        loop_cpu_seconds = time.process_time() - cpu_start
 
         if last_saved != state.step:
             save_checkpoint(run_dir, state, checkpoint_tensors, optimizer, scheduler, accelerator)
@@ -290,7 +295,6 @@ def train(config: RunConfig) -> RunResult:
             _export_final(unwrapped, processor, output, initial_adapter)
             reference = modality.profile(train_set)
             (run_dir / "reference.json").write_text(json.dumps(reference))
-        duration = time.perf_counter() - run_start
         result = RunResult(
             run_dir=run_dir,
             steps=state.step,
@@ -298,9 +302,11 @@ def train(config: RunConfig) -> RunResult:
             eval_metrics=last_eval,
             best_step=state.best_step,
             stopped_early=stopped_early,
-            samples_per_second=run_samples / duration if duration > 0 else 0.0,
+            samples_per_second=run_samples / loop_seconds if loop_seconds > 0 else 0.0,
             output=output,
             main_process=main,
+            loop_seconds=loop_seconds,
+            loop_cpu_seconds=loop_cpu_seconds,
         )
         if main:
             summary = {

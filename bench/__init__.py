@@ -1,0 +1,1 @@
+"""omnitune's benchmarks: `make bench` runs them all (`python -m bench.run`)."""

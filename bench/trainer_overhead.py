@@ -1,0 +1,132 @@
+"""Trainer-core overhead: omnitune's loop against a plain PyTorch loop doing the same work.
+
+Same tiny Llama, same LoRA config (peft), same data, batch size, seed, AdamW, linear schedule,
+gradient clipping and one CPU thread. The plain loop is what a user would write by hand (the
+nanoGPT shape); omnitune's side is `omnitune.trainers.loop.train` with logging every 10 steps,
+a checkpoint at the end and no evaluation. Figure: training samples per second over the loop.
+
+    python -m bench.trainer_overhead --side omnitune|plain --model DIR --data FILE --steps N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from bench.harness import peak_rss_mb
+
+BATCH, LR, SEED, RANK = 16, 3e-3, 0, 8
+
+
+def run_omnitune(model: str, data: str, steps: int, out: str) -> dict:
+    from omnitune.trainers.config import RunConfig
+    from omnitune.trainers.loop import train
+
+    config = RunConfig.model_validate(
+        {
+            "model": {"name_or_path": model, "modality": "text"},
+            "data": {"train": data},
+            "peft": {
+                "method": "lora",
+                "r": RANK,
+                "alpha": 2 * RANK,
+                "target_modules": ["q_proj", "v_proj"],
+            },
+            "train": {
+                "max_steps": steps,
+                "batch_size": BATCH,
+                "lr": LR,
+                "seed": SEED,
+                "num_threads": 1,
+                "logging_steps": 10,
+                "resume": "never",
+            },
+            "output_dir": out,
+        }
+    )
+    result = train(config)
+    samples = result.steps * BATCH
+    return {
+        "samples_per_second": result.samples_per_second,
+        "samples_per_cpu_second": samples / result.loop_cpu_seconds,
+        "steps": result.steps,
+    }
+
+
+def run_plain(model_dir: str, data: str, steps: int) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    torch.set_num_threads(1)
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=RANK, lora_alpha=2 * RANK, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        ),
+    )
+    examples = []
+    for line in Path(data).read_text().splitlines():
+        encoded = tokenizer.apply_chat_template(
+            json.loads(line)["messages"], return_dict=True, return_assistant_tokens_mask=True
+        )
+        labels = [
+            t if m else -100
+            for t, m in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True)
+        ]
+        examples.append((encoded["input_ids"], labels))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=steps)
+    model.train()
+    order: list[int] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        if len(order) < BATCH:
+            order += random.sample(range(len(examples)), len(examples))
+        batch = [examples[order.pop()] for _ in range(BATCH)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((BATCH, width), tokenizer.pad_token_id)
+        labels = torch.full((BATCH, width), -100)
+        mask = torch.zeros((BATCH, width), dtype=torch.long)
+        for row, (ids, target) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(target)
+            mask[row, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {
+        "samples_per_second": steps * BATCH / elapsed,
+        "samples_per_cpu_second": steps * BATCH / cpu,
+        "steps": steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", choices=["omnitune", "plain"], required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--out", default="bench/.cache/run")
+    args = parser.parse_args()
+    if args.side == "omnitune":
+        figures = run_omnitune(args.model, args.data, args.steps, args.out)
+    else:
+        figures = run_plain(args.model, args.data, args.steps)
+    print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
+
+
+if __name__ == "__main__":
+    main()
