@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import random
 import sys
 import time
-from pathlib import Path
 
 from bench.harness import REPO, Comparison, compare, python, write_results
 
@@ -14,28 +11,12 @@ CACHE = REPO / "bench" / ".cache"
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def text_task(path: Path, count: int = 512) -> Path:
-    rng = random.Random(0)
-    rows = []
-    for _ in range(count):
-        digits = [rng.randrange(10) for _ in range(rng.randint(1, 3))]
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": " ".join(WORDS[d] for d in digits)},
-                    {"role": "assistant", "content": " ".join(map(str, digits))},
-                ]
-            }
-        )
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def trainer_overhead(pairs: int) -> Comparison:
+    from omnitune.modalities.text.demo_data import write_digit_chat
     from omnitune.modalities.tiny import build_tiny
 
     model = build_tiny("text", CACHE / "tiny-text", seed=0)
-    data = text_task(CACHE / "text-train.jsonl")
+    data = write_digit_chat(CACHE / "text", train=512, test=16)["train"]
     common = ["--model", str(model), "--data", str(data), "--steps", "400"]
     module = [python(), "-m", "bench.trainer_overhead"]
     return compare(

@@ -21,12 +21,17 @@ class SmokeResult:
 
 
 def smoke_generate(
-    model: Any, processor: Any, modality: str, max_new_tokens: int = 8
+    model: Any,
+    processor: Any,
+    modality: str,
+    max_new_tokens: int = 8,
+    prompt: str = "Which digit is this?",
 ) -> SmokeResult:
-    """Run greedy generation on one synthetic input suited to `modality`."""
+    """Run greedy generation on one synthetic input suited to `modality`; `prompt` is the
+    user's message (text) or the question about the image (vision-language)."""
     import torch
 
-    inputs = _synthetic_inputs(processor, modality)
+    inputs = _synthetic_inputs(processor, modality, prompt)
     model.eval()
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -44,7 +49,7 @@ def smoke_generate(
     )
 
 
-def _synthetic_inputs(processor: Any, modality: str) -> dict[str, Any]:
+def _synthetic_inputs(processor: Any, modality: str, prompt: str) -> dict[str, Any]:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -60,12 +65,12 @@ def _synthetic_inputs(processor: Any, modality: str) -> dict[str, Any]:
         messages = [
             {
                 "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": "Which digit is this?"}],
+                "content": [{"type": "image"}, {"type": "text", "text": prompt}],
             }
         ]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
         return dict(processor(images=[image], text=[prompt], return_tensors="pt"))
-    messages = [{"role": "user", "content": "Which digit is this?"}]
+    messages = [{"role": "user", "content": prompt}]
     return dict(
         processor.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_model.add_argument("model", help="local folder or hub id (hub ids need the local cache)")
     check_model.add_argument("--max-new-tokens", type=int, default=8)
+    check_model.add_argument(
+        "--prompt",
+        default="Which digit is this?",
+        help="the user message (text) or the question about a synthetic image (VLM)",
+    )
     check_model.set_defaults(handler=_models_check)
     models.set_defaults(handler=_help_of(models))
 
@@ -266,7 +271,9 @@ def _models_check(args: argparse.Namespace) -> int:
 
     modality = infer_modality(load_model_config(args.model))
     model, processor = load_pretrained(args.model, modality)
-    result = smoke_generate(model, processor, modality, max_new_tokens=args.max_new_tokens)
+    result = smoke_generate(
+        model, processor, modality, max_new_tokens=args.max_new_tokens, prompt=args.prompt
+    )
     print(
         f"{args.model}: {modality}, {result.model_class} ({result.parameters:,} parameters), "
         f"{result.processor_class}; generated {result.generated_tokens} tokens "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,30 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def digit_chat(rng: random.Random) -> dict[str, Any]:
-    """'seven three' -> '7 3': learnable by a tiny model in a few dozen steps."""
-    digits = [rng.randrange(10) for _ in range(rng.randint(1, 3))]
-    return {
-        "messages": [
-            {"role": "user", "content": " ".join(WORDS[d] for d in digits)},
-            {"role": "assistant", "content": " ".join(map(str, digits))},
-        ],
-        "length": "short" if len(digits) == 1 else "long",
-    }
-
 
 @pytest.fixture(scope="session")
 def text_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("text-data")
-    rng = random.Random(0)
-    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
-    for split, count in (("train", 256), ("eval", 48)):
-        rows = [json.dumps(digit_chat(rng)) for _ in range(count)]
-        paths[split].write_text("\n".join(rows) + "\n")
-    return paths
+    from omnitune.modalities.text.demo_data import write_digit_chat
+
+    return write_digit_chat(tmp_path_factory.mktemp("text-data"), train=256, test=48, seed=0)
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from omnitune.modalities.vision_language.demo_data import write_digit_vqa
 from omnitune.trainers.config import load_run_config
 from tests.conftest import run_cli
 from tests.speech_data import write_tone_corpus
 from tests.trainers.conftest import eval_losses
-from tests.vlm_data import write_digit_vqa
 
 pytestmark = pytest.mark.slow
 

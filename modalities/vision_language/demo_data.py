@@ -1,4 +1,5 @@
-"""Real handwritten digits from scikit-learn's bundled set, as 32x32 PNGs with questions."""
+"""Real handwritten digits from scikit-learn's bundled `load_digits` (1,797 8x8 images, no
+download), rendered as 32x32 PNGs with a question and its answer. Deterministic."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 
 
 def write_digit_vqa(folder: Path, start: int, count: int, broken: bool = False) -> Path:
+    """Images `start` .. `start + count` of the set, and `data.jsonl` of image/question/answer
+    rows; with `broken`, one truncated PNG too (for testing that it is skipped and counted)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
