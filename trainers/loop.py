@@ -78,6 +78,8 @@ def train(config: RunConfig) -> RunResult:
         torch.set_num_threads(config.train.num_threads)
     # Without CUDA, accelerate runs several launched processes over gloo only when told cpu=True.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not several:
+        _forget_accelerate_state()
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(config.train.mixed_precision),
         cpu=several and not torch.cuda.is_available(),
@@ -414,6 +416,20 @@ def _resume_point(run_dir: Path, resume: str, main: bool) -> Path | None:
     if not (path / "state.json").is_file():
         raise ConfigError(f"train.resume: {resume} is not a checkpoint folder (no state.json)")
     return path
+
+
+def _forget_accelerate_state() -> None:
+    """Let a second run in the same process choose its own precision and device.
+
+    accelerate keeps its state in process-wide singletons that refuse a different
+    mixed_precision once set; a notebook or a sweep calling train() twice would fail. Resetting
+    is safe in a single process (there is no process group to lose). The reset functions are
+    accelerate's private API, the same ones transformers' test utilities use.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def _mixed_precision(choice: str) -> str:
