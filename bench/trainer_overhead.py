@@ -1,11 +1,19 @@
 """Trainer-core overhead: omnitune's loop against a plain PyTorch loop doing the same work.
 
 Same tiny Llama, same LoRA config (peft), same data, batch size, seed, AdamW, linear schedule,
-gradient clipping and one CPU thread. The plain loop is what a user would write by hand (the
-nanoGPT shape); omnitune's side is `omnitune.trainers.loop.train` with logging every 10 steps,
-a checkpoint at the end and no evaluation. Figure: training samples per second over the loop.
+gradient clipping and one CPU thread. The plain loop is what a user would write by hand, in
+nanoGPT's shape: it prints the loss every 10 steps and saves the trainable weights and the
+optimizer at the end. omnitune's side is `omnitune.trainers.loop.train`, logging every 10 steps
+(train.log, metrics.jsonl, TensorBoard) and writing a checkpoint at the end (fsynced, with RNG
+and data position), no evaluation. Figure: training samples per second over the loop.
 
     python -m bench.trainer_overhead --side omnitune|plain --model DIR --data FILE --steps N
+    python -m bench.trainer_overhead --side alternate --rounds R ...
+
+A diagnostic for noisy machines: `--side alternate` runs both loops in one process, plain then
+omnitune then plain ..., R rounds of N steps each, and prints every round's figures, to tell
+the machine's drift (seen here: 15-20% between runs seconds apart) from the loops' difference.
+`make bench` uses one fresh process per side instead, so each side's peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -56,7 +65,7 @@ def run_omnitune(model: str, data: str, steps: int, out: str) -> dict:
     }
 
 
-def run_plain(model_dir: str, data: str, steps: int) -> dict:
+def run_plain(model_dir: str, data: str, steps: int, out: str) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
@@ -87,7 +96,7 @@ def run_plain(model_dir: str, data: str, steps: int) -> dict:
     model.train()
     order: list[int] = []
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    for step in range(steps):
         if len(order) < BATCH:
             order += random.sample(range(len(examples)), len(examples))
         batch = [examples[order.pop()] for _ in range(BATCH)]
@@ -105,6 +114,14 @@ def run_plain(model_dir: str, data: str, steps: int) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 10 == 0:
+            print(f"step {step + 1} loss {loss.item():.4f}", file=sys.stderr)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"model": trainable, "optimizer": optimizer.state_dict(), "step": steps},
+        Path(out) / "plain-checkpoint.pt",
+    )
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "samples_per_second": steps * BATCH / elapsed,
@@ -115,16 +132,33 @@ def run_plain(model_dir: str, data: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--side", choices=["omnitune", "plain"], required=True)
+    parser.add_argument("--side", choices=["omnitune", "plain", "alternate"], required=True)
+    parser.add_argument("--rounds", type=int, default=10, help="pairs, with --side alternate")
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out", default="bench/.cache/run")
     args = parser.parse_args()
+    if args.side == "alternate":
+        run_plain(args.model, args.data, args.steps, args.out)  # warm-up round for both sides
+        run_omnitune(args.model, args.data, args.steps, args.out)
+        rounds = []
+        for index in range(args.rounds):
+            order = ["plain", "omnitune"] if index % 2 == 0 else ["omnitune", "plain"]
+            figures = {}
+            for side in order:
+                figures[side] = (
+                    run_plain(args.model, args.data, args.steps, args.out)
+                    if side == "plain"
+                    else run_omnitune(args.model, args.data, args.steps, args.out)
+                )["samples_per_second"]
+            rounds.append(figures)
+        print(json.dumps({"rounds": rounds, "peak_rss_mb": peak_rss_mb()}))
+        return
     if args.side == "omnitune":
         figures = run_omnitune(args.model, args.data, args.steps, args.out)
     else:
-        figures = run_plain(args.model, args.data, args.steps)
+        figures = run_plain(args.model, args.data, args.steps, args.out)
     print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
 
 
