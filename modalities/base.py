@@ -83,6 +83,18 @@ class Modality:
     task_type: str | None  # peft TaskType name (CAUSAL_LM), or None to wrap the model as is
 
 
+def lazy(target: str) -> Callable[..., Any]:
+    """The function `module:name`, imported on its first call: a modality's package stays
+    cheap to import (no torch, no audio or image libraries) until its code actually runs."""
+    module, name = target.split(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
 def get_modality(name: str) -> Modality:
     """The registered modality called `name` (imports its package on first use)."""
     if name not in MODALITIES:

@@ -98,6 +98,22 @@ def load_pretrained(
     return model, processor
 
 
+def section_loader(modality: str) -> Any:
+    """A modality's `load(model_section, **options)`: load_pretrained with the config's fields."""
+
+    def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
+        return load_pretrained(
+            model_section.name_or_path,
+            modality,
+            dtype=model_section.dtype,
+            revision=model_section.revision,
+            trust_remote_code=model_section.trust_remote_code,
+            **options,
+        )
+
+    return load
+
+
 def _looks_like_path(name: str) -> bool:
     """Hub ids are `name` or `org/name`; anything else (absolute, ./, ~, deeper) is a path."""
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()

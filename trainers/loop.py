@@ -163,10 +163,8 @@ def train(config: RunConfig) -> RunResult:
         collate = modality.collator(processor, config, training=True)
         loss_fn = _custom_loss(config, train_set.groups, unwrapped, accelerator.device)
 
-        last_eval: dict[str, float] = {}
-        if eval_set is not None and state.step == 0:
-            # The "before" value: every run's log shows where training started from.
-            last_eval, _, _ = _evaluate(
+        def evaluate_now() -> tuple[dict[str, float], bool, bool]:
+            return _evaluate(
                 accelerator,
                 modality,
                 unwrapped,
@@ -178,6 +176,11 @@ def train(config: RunConfig) -> RunResult:
                 direction,
                 runlog,
             )
+
+        last_eval: dict[str, float] = {}
+        if eval_set is not None and state.step == 0:
+            # The "before" value: every run's log shows where training started from.
+            last_eval, _, _ = evaluate_now()
         model.train()
         order = plan.epoch_order(state.epoch)
         progress = _progress_bar(total_steps, state.step, main)
@@ -258,18 +261,7 @@ def train(config: RunConfig) -> RunResult:
             improved = False
             due = config.train.eval_steps and state.step % config.train.eval_steps == 0
             if eval_set is not None and (due or state.step == total_steps):
-                last_eval, improved, stop = _evaluate(
-                    accelerator,
-                    modality,
-                    unwrapped,
-                    processor,
-                    eval_set,
-                    config,
-                    state,
-                    selection_metric,
-                    direction,
-                    runlog,
-                )
+                last_eval, improved, stop = evaluate_now()
                 model.train()
                 stopped_early = stop
             save_due = config.train.save_steps and state.step % config.train.save_steps == 0

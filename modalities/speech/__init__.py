@@ -8,35 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnitune.modalities.base import Examples, Modality, Targets
-from omnitune.modalities.loading import load_pretrained
+from omnitune.modalities.base import Examples, Modality, Targets, lazy
+from omnitune.modalities.loading import section_loader
 from omnitune.modalities.profile import build_profile
 
 #: A reference profile reads at most this many recordings (an evenly spaced subset).
 PROFILE_SAMPLES = 2000
 
 
-def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
-    return load_pretrained(
-        model_section.name_or_path,
-        "speech",
-        dtype=model_section.dtype,
-        revision=model_section.revision,
-        trust_remote_code=model_section.trust_remote_code,
-        **options,
-    )
-
-
-def dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
-    from omnitune.modalities.speech.data import read_speech_manifest
-
-    return read_speech_manifest(source, config, processor, training)
-
-
-def collator(processor: Any, config: Any, training: bool) -> Any:
-    from omnitune.modalities.speech.collate import make_speech_collator
-
-    return make_speech_collator(processor, config, training)
+load = section_loader("speech")
+dataset = lazy("omnitune.modalities.speech.data:read_speech_manifest")
+collator = lazy("omnitune.modalities.speech.collate:make_speech_collator")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:

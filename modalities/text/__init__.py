@@ -9,33 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from omnitune.modalities.base import Examples, Modality, Targets
-from omnitune.modalities.loading import load_pretrained
+from omnitune.modalities.base import Examples, Modality, Targets, lazy
+from omnitune.modalities.loading import section_loader
 from omnitune.modalities.profile import build_profile
 from omnitune.modalities.text.features import text_features
 
-
-def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
-    return load_pretrained(
-        model_section.name_or_path,
-        "text",
-        dtype=model_section.dtype,
-        revision=model_section.revision,
-        trust_remote_code=model_section.trust_remote_code,
-        **options,
-    )
-
-
-def dataset(source: str, config: Any, tokenizer: Any, training: bool) -> Examples:
-    from omnitune.modalities.text.data import read_text_dataset
-
-    return read_text_dataset(source, config, tokenizer, training)
-
-
-def collator(tokenizer: Any, config: Any, training: bool) -> Any:
-    from omnitune.modalities.text.collate import make_text_collator
-
-    return make_text_collator(tokenizer, config, training)
+load = section_loader("text")
+dataset = lazy("omnitune.modalities.text.data:read_text_dataset")
+collator = lazy("omnitune.modalities.text.collate:make_text_collator")
 
 
 def evaluate(model: Any, tokenizer: Any, examples: Examples, config: Any) -> dict[str, float]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnitune.modalities.base import Examples, Modality, Targets
-from omnitune.modalities.loading import load_pretrained
+from omnitune.modalities.base import Examples, Modality, Targets, lazy
+from omnitune.modalities.loading import section_loader
 from omnitune.modalities.profile import build_profile
 
 #: Module names of the vision-to-language projector, by family (LLaVA, Idefics3, Qwen2-VL).
@@ -20,27 +20,9 @@ LANGUAGE_MODELS = ("language_model", "text_model")
 PROFILE_SAMPLES = 2000
 
 
-def load(model_section: Any, **options: Any) -> tuple[Any, Any]:
-    return load_pretrained(
-        model_section.name_or_path,
-        "vision_language",
-        dtype=model_section.dtype,
-        revision=model_section.revision,
-        trust_remote_code=model_section.trust_remote_code,
-        **options,
-    )
-
-
-def dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
-    from omnitune.modalities.vision_language.data import read_vlm_dataset
-
-    return read_vlm_dataset(source, config, processor, training)
-
-
-def collator(processor: Any, config: Any, training: bool) -> Any:
-    from omnitune.modalities.vision_language.collate import make_vlm_collator
-
-    return make_vlm_collator(processor, config, training)
+load = section_loader("vision_language")
+dataset = lazy("omnitune.modalities.vision_language.data:read_vlm_dataset")
+collator = lazy("omnitune.modalities.vision_language.collate:make_vlm_collator")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
