@@ -37,3 +37,27 @@ def token_loss(
             tokens += n
     model.train(was_training)
     return total / tokens if tokens else float("nan")
+
+
+def loss_and_generations(
+    model: Any,
+    examples: Any,
+    config: Any,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    generate: Callable[[list[dict[str, Any]]], list[str]],
+) -> tuple[list[dict[str, Any]], float, list[str]]:
+    """Token loss and generated outputs on the first `data.max_eval_samples` examples.
+
+    `generate(subset)` runs with the model in eval mode; the model's mode is restored after,
+    so evaluating in the middle of training leaves dropout as it was.
+    """
+    limit = config.data.max_eval_samples or len(examples)
+    subset = [examples[i] for i in range(min(limit, len(examples)))]
+    loss = token_loss(model, subset, collate, config.eval.batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = generate(subset)
+    finally:
+        model.train(was_training)
+    return subset, loss, outputs

@@ -22,17 +22,17 @@ collator = lazy("omnitune.modalities.speech.collate:make_speech_collator")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
-    from omnitune.modalities.evaluation import token_loss
+    from omnitune.modalities.evaluation import loss_and_generations
     from omnitune.modalities.speech.metrics import error_rates, transcribe
 
-    limit = config.data.max_eval_samples or len(examples)
-    subset = [examples[i] for i in range(min(limit, len(examples)))]
-    loss = token_loss(model, subset, collator(processor, config, False), config.eval.batch_size)
-    was_training = model.training
-    model.eval()
-    hypotheses = transcribe(model, processor, [e["audio"] for e in subset], config)
-    model.train(was_training)
-    return {**error_rates([e["text"] for e in subset], hypotheses), "loss": loss}
+    subset, loss, transcripts = loss_and_generations(
+        model,
+        examples,
+        config,
+        collator(processor, config, False),
+        lambda chosen: transcribe(model, processor, [e["audio"] for e in chosen], config),
+    )
+    return {**error_rates([e["text"] for e in subset], transcripts), "loss": loss}
 
 
 def profile(examples: Examples) -> dict[str, Any]:

@@ -26,16 +26,16 @@ collator = lazy("omnitune.modalities.vision_language.collate:make_vlm_collator")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
-    from omnitune.modalities.evaluation import token_loss
+    from omnitune.modalities.evaluation import loss_and_generations
     from omnitune.modalities.vision_language.metrics import answer_questions, vqa_accuracy
 
-    limit = config.data.max_eval_samples or len(examples)
-    subset = [examples[i] for i in range(min(limit, len(examples)))]
-    loss = token_loss(model, subset, collator(processor, config, False), config.eval.batch_size)
-    was_training = model.training
-    model.eval()
-    answers = answer_questions(model, processor, subset, config)
-    model.train(was_training)
+    subset, loss, answers = loss_and_generations(
+        model,
+        examples,
+        config,
+        collator(processor, config, False),
+        lambda chosen: answer_questions(model, processor, chosen, config),
+    )
     return {"vqa_accuracy": vqa_accuracy([e["answer"] for e in subset], answers), "loss": loss}
 
 
