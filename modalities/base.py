@@ -44,6 +44,22 @@ class Examples:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.items[index]
 
+    def usable_records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """`(line, record)` for each row of `self.source` that parses; the others are counted
+        in `skipped` under their reason."""
+        for line, record, problem in read_records(self.source):
+            if record is None:
+                self.skipped[problem or "unreadable row"] += 1
+                continue
+            yield line, record
+
+    def add(self, item: dict[str, Any], record: dict[str, Any], group_field: str | None) -> None:
+        """Keep `item`, remembering its record's balancing group (None without one)."""
+        self.items.append(item)
+        self.groups.append(
+            str(record[group_field]) if group_field and group_field in record else None
+        )
+
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
         return f"{self.source}: {len(self)} examples" + (f"; skipped {skipped}" if skipped else "")

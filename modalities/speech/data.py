@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnitune.modalities.base import Examples, read_records
+from omnitune.modalities.base import Examples
 from omnitune.modalities.speech.audio import AudioProblem, check_usable, read_audio
 from omnitune.trainers.errors import DataError
 
@@ -23,10 +23,7 @@ def read_speech_manifest(source: str, config: Any, processor: Any, training: boo
     base = Path(source).parent
     group_field = config.data.balance.by
     examples = Examples(items=[], source=source)
-    for line, record, problem in read_records(source):
-        if record is None:
-            examples.skipped[problem or "unreadable row"] += 1
-            continue
+    for line, record in examples.usable_records():
         if not record.get("audio") or not isinstance(record.get("text"), str):
             examples.skipped["no audio or text field"] += 1
             continue
@@ -43,6 +40,5 @@ def read_speech_manifest(source: str, config: Any, processor: Any, training: boo
         for key in ("speaker", "language", "domain"):
             if key in record:
                 item[key] = str(record[key])
-        examples.items.append(item)
-        examples.groups.append(str(record[group_field]) if group_field in record else None)
+        examples.add(item, record, group_field)
     return examples

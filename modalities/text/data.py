@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnitune.modalities.base import Examples, read_records
+from omnitune.modalities.base import Examples
 
 IGNORE = -100
 
@@ -19,16 +19,12 @@ def read_text_dataset(source: str, config: Any, tokenizer: Any, training: bool) 
     examples = Examples(items=[], source=source)
     group_field = config.data.balance.by
     assistant_only = config.objective.assistant_only_loss
-    for _line, record, problem in read_records(source):
-        if record is None:
-            examples.skipped[problem or "unreadable"] += 1
-            continue
+    for _line, record in examples.usable_records():
         encoded, problem = _encode(record, tokenizer, assistant_only, config.data.max_length)
         if encoded is None:
             examples.skipped[problem] += 1
             continue
-        examples.items.append(encoded)
-        examples.groups.append(str(record[group_field]) if group_field in record else None)
+        examples.add(encoded, record, group_field)
     return examples
 
 

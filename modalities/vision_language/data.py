@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnitune.modalities.base import Examples, read_records
+from omnitune.modalities.base import Examples
 from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image
 from omnitune.trainers.errors import DataError
 
@@ -23,10 +23,7 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
     max_pixels = int(config.data.options.get("max_pixels", DEFAULT_MAX_PIXELS))
     group_field = config.data.balance.by
     examples = Examples(items=[], source=source)
-    for line, record, problem in read_records(source):
-        if record is None:
-            examples.skipped[problem or "unreadable row"] += 1
-            continue
+    for line, record in examples.usable_records():
         messages = _as_messages(record)
         if messages is None:
             examples.skipped["no messages or image/question/answer fields"] += 1
@@ -50,15 +47,14 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
         if not images or answer is None:
             examples.skipped["no image or no assistant answer"] += 1
             continue
-        examples.items.append(
-            {
-                "messages": messages,
-                "images": images,
-                "answer": _text_of(answer),
-                "prompt": " ".join(_text_of(m) for m in messages if m["role"] != "assistant"),
-            }
-        )
-        examples.groups.append(str(record[group_field]) if group_field in record else None)
+        prompt = " ".join(_text_of(m) for m in messages if m["role"] != "assistant")
+        item = {
+            "messages": messages,
+            "images": images,
+            "answer": _text_of(answer),
+            "prompt": prompt,
+        }
+        examples.add(item, record, group_field)
     return examples
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +18,7 @@ def test_train_cli_lowers_eval_loss_and_writes_the_run(run_config):
     path = run_config()
     result = run_cli("train", str(path))
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = load_run_config(path).output_dir
-    from pathlib import Path
-
-    run_dir = Path(run_dir)
+    run_dir = Path(load_run_config(path).output_dir)
     losses = eval_losses(run_dir)
     assert losses[0] > losses[-1], losses
     for name in (
