@@ -34,6 +34,7 @@ class Comparison:
     reference: list[dict[str, Any]] = field(default_factory=list)
     reference_name: str = "reference"
     target: str = ""
+    also: tuple[str, ...] = ()  # other figures whose medians the table shows (e.g. "wer")
 
     def median(self, side: str, figure: str | None = None) -> float:
         runs = self.omnitune if side == "omnitune" else self.reference
@@ -106,6 +107,10 @@ def write_results(comparisons: list[Comparison], folder: Path) -> None:
                 "omnitune_peak_rss_mb": c.median("omnitune", "peak_rss_mb"),
                 "reference_peak_rss_mb": c.median("reference", "peak_rss_mb"),
                 "target": c.target,
+                "also": {
+                    name: [c.median("omnitune", name), c.median("reference", name)]
+                    for name in c.also
+                },
                 "machine": machine(),
                 "date": date,
                 "runs": {"omnitune": c.omnitune, "reference": c.reference},
@@ -120,15 +125,17 @@ def write_results(comparisons: list[Comparison], folder: Path) -> None:
         "(A B, B A, ...) in one invocation; omnitune and reference columns are medians.",
         "",
         "| task | figure | omnitune | reference | ratio | per pair | peak RSS MB (ours / ref) "
-        "| target | machine | date |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| other figures (ours / ref) | target | machine | date |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         pairs = ", ".join(f"{x:.3f}" for x in r["pair_ratios"])
+        also = "; ".join(f"{k} {a:.3g} / {b:.3g}" for k, (a, b) in r["also"].items()) or "-"
         lines.append(
             f"| {r['task']} | {r['figure']} ({r['unit']}) | {r['omnitune']:.1f} | "
             f"{r['reference']:.1f} ({r['reference_name']}) | {r['ratio']:.3f} | {pairs} | "
-            f"{r['omnitune_peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} | {r['target']} "
+            f"{r['omnitune_peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} | {also} "
+            f"| {r['target']} "
             f"| {r['machine']} | {r['date']} |"
         )
     (folder / "results.md").write_text("\n".join(lines) + "\n")
