@@ -58,7 +58,7 @@ def speech_finetune(pairs: int = 3) -> Comparison:
             check=True,
             capture_output=True,
         )
-    common = ["--model", str(base / "model"), "--steps", "150"]
+    common = ["--model", str(base / "model"), "--steps", "300"]
     module = [python(), "-m", "bench.speech_finetune"]
     return compare(
         Comparison(

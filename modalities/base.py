@@ -24,6 +24,20 @@ MODALITIES: dict[str, str] = {
     "vision_language": "omnitune.modalities.vision_language",
 }
 
+#: modality name -> "module:Class" of the pydantic model for its `data.options`.
+OPTIONS_MODELS: dict[str, str] = {
+    "speech": "omnitune.modalities.speech.options:SpeechOptions",
+}
+
+
+def options_model(modality: str) -> Any:
+    """The pydantic model that validates `modality`'s `data.options`, or None (free-form)."""
+    target = OPTIONS_MODELS.get(modality)
+    if target is None:
+        return None
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 @dataclass
 class Examples:
@@ -37,6 +51,7 @@ class Examples:
     source: str
     skipped: Counter[str] = field(default_factory=Counter)
     groups: list[str | None] = field(default_factory=list)
+    lengths: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -53,9 +68,17 @@ class Examples:
                 continue
             yield line, record
 
-    def add(self, item: dict[str, Any], record: dict[str, Any], group_field: str | None) -> None:
-        """Keep `item`, remembering its record's balancing group (None without one)."""
+    def add(
+        self,
+        item: dict[str, Any],
+        record: dict[str, Any],
+        group_field: str | None,
+        length: float = 0.0,
+    ) -> None:
+        """Keep `item`, remembering its record's balancing group (None without one) and its
+        length (tokens, seconds: what `data.group_by_length` sorts by)."""
         self.items.append(item)
+        self.lengths.append(float(length))
         self.groups.append(
             str(record[group_field]) if group_field and group_field in record else None
         )

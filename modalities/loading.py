@@ -108,7 +108,7 @@ def section_loader(modality: str) -> Any:
             dtype=model_section.dtype,
             revision=model_section.revision,
             trust_remote_code=model_section.trust_remote_code,
-            **options,
+            **{**model_section.config_overrides, **options},
         )
 
     return load

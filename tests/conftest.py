@@ -33,7 +33,13 @@ def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     """Tests run offline with an empty, private hub cache, as on CI."""
     saved = dict(os.environ)
     home = tmp_path_factory.mktemp("hf-home")
-    os.environ.update(offline_env(HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub")))
+    os.environ.update(
+        offline_env(
+            HF_HOME=str(home),
+            HF_HUB_CACHE=str(home / "hub"),
+            OMNITUNE_CACHE=str(tmp_path_factory.mktemp("omnitune-cache")),
+        )
+    )
     yield
     os.environ.clear()
     os.environ.update(saved)

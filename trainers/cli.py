@@ -228,7 +228,8 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config)
     if not result.main_process:
         return 0
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
+    overall = {k: v for k, v in result.eval_metrics.items() if "/" not in k}
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items())
     print(
         f"{result.run_dir}: {result.steps} steps, train loss {result.train_loss:.4f}"
         + (f", eval {metrics}" if metrics else "")
@@ -246,7 +247,9 @@ def _eval(args: argparse.Namespace) -> int:
 
         print(json.dumps({"data": summary, "examples": count, **metrics}))
     else:
-        print(f"{summary}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        from omnitune.trainers.runlog import format_metrics
+
+        print(f"{summary}: {format_metrics(metrics)}")
     return 0
 
 

@@ -7,12 +7,13 @@ fails with its dotted path instead of being silently ignored.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omnitune.trainers.configio import load_config
+from omnitune.trainers.configio import field_names, load_config
 
 Modality = Literal["text", "vision_language", "speech"]
 PeftMethod = Literal[
@@ -48,6 +49,13 @@ class ModelSection(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."
+    )
+    config_overrides: dict[str, object] = Field(
+        default_factory=dict,
+        description=(
+            "Model config attributes set at load, e.g. {dropout: 0.1} for a small model "
+            "trained on little data; passed to from_pretrained."
+        ),
     )
 
 
@@ -86,6 +94,13 @@ class DataSection(Section):
         None, ge=1, description="Evaluate on at most this many samples (None: all)."
     )
     balance: BalanceSection = Field(default_factory=BalanceSection)
+    group_by_length: bool = Field(
+        False,
+        description=(
+            "Batch examples of similar length (speech: duration; text: tokens) for less padding: "
+            "shuffled windows of 50 batches are sorted by length, cut, and the batches shuffled."
+        ),
+    )
     options: dict[str, object] = Field(
         default_factory=dict,
         description="Modality-specific reading options, validated by the modality package.",
@@ -218,6 +233,34 @@ class RunConfig(Section):
                 f"objective.name: {self.objective.name} is for text and vision_language models, "
                 "not speech"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _options_fit_modality(self) -> RunConfig:
+        """Check `data.options` against the modality's own options model, if it has one."""
+        from pydantic import ValidationError
+
+        from omnitune.modalities.base import options_model
+
+        model = options_model(self.model.modality)
+        if model is None:
+            return self
+        try:
+            model.model_validate(self.data.options)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                loc = ["data", "options", *map(str, error["loc"])]
+                message = error["msg"].removeprefix("Value error, ")
+                field, sep, rest = message.partition(": ")
+                if sep and field.isidentifier():  # a validator naming its own field
+                    loc, message = [*loc, field], rest
+                if error["type"] == "extra_forbidden":
+                    known = field_names(model, [str(part) for part in error["loc"][:-1]])
+                    hint = difflib.get_close_matches(loc[-1], known, n=1)
+                    message = "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else "")
+                problems.append(f"{'.'.join(loc)}: {message}")
+            raise ValueError("; ".join(problems)) from None
         return self
 
 

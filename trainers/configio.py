@@ -103,7 +103,7 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     path = ".".join(loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        known = _field_names(root, loc[:-1])
+        known = field_names(root, loc[:-1])
         hint = difflib.get_close_matches(loc[-1], known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         listing = f" (known keys: {', '.join(sorted(known))})" if known and not hint else ""
@@ -119,7 +119,7 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     return f"{path}: {message}"
 
 
-def _field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
+def field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
     """Names of the fields at `loc` inside `root`, following nested pydantic models."""
     model: Any = root
     for part in loc:

@@ -110,3 +110,18 @@ def _git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """'wer 0.1200, loss 1.3000' with breakdown metrics ('wer/speaker=a') grouped at the end:
+    '... | speaker=a: wer 0.0800, cer 0.0300; speaker=b: ...'."""
+    overall = [f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k]
+    groups: dict[str, list[str]] = {}
+    for key, value in metrics.items():
+        if "/" in key:
+            name, _, part = key.partition("/")
+            groups.setdefault(part, []).append(f"{name} {value:.4f}")
+    text = ", ".join(overall)
+    if groups:
+        text += " | " + "; ".join(f"{part}: {', '.join(values)}" for part, values in groups.items())
+    return text

@@ -66,6 +66,11 @@ class BatchPlan:
     seed: int
     weights: np.ndarray | None = None
     epoch_size: int | None = None
+    lengths: np.ndarray | None = None  # set: batches hold examples of similar length
+
+    #: Length grouping sorts windows of this many global batches (HF's LengthGroupedSampler
+    #: uses 50 too): wide enough to find similar lengths, narrow enough to stay random.
+    WINDOW_BATCHES = 50
 
     @property
     def global_batch(self) -> int:
@@ -79,9 +84,29 @@ class BatchPlan:
     def epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         if self.weights is None:
-            return rng.permutation(self.n_examples)
-        size = self.epoch_size or self.n_examples
-        return rng.choice(self.n_examples, size=size, replace=True, p=self.weights)
+            order = rng.permutation(self.n_examples)
+        else:
+            size = self.epoch_size or self.n_examples
+            order = rng.choice(self.n_examples, size=size, replace=True, p=self.weights)
+        if self.lengths is not None:
+            order = self._group_by_length(order, rng)
+        return order
+
+    def _group_by_length(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Sort each window of the shuffled order by length (longest first), cut it into global
+        batches, and shuffle the batches: similar lengths share a batch, the epoch stays random.
+        The partial last batch stays last, so the wrap-around rule of `batch()` still holds."""
+        assert self.lengths is not None
+        window = self.global_batch * self.WINDOW_BATCHES
+        chunks = []
+        for start in range(0, len(order), window):
+            part = order[start : start + window]
+            chunks.append(part[np.argsort(-self.lengths[part], kind="stable")])
+        ordered = np.concatenate(chunks)
+        full = len(ordered) // self.global_batch
+        batches = ordered[: full * self.global_batch].reshape(full, self.global_batch)
+        shuffled = batches[rng.permutation(full)].reshape(-1)
+        return np.concatenate([shuffled, ordered[full * self.global_batch :]])
 
     def batch(self, order: np.ndarray, index: int, rank: int) -> list[int]:
         start = index * self.global_batch + rank * self.per_device_batch

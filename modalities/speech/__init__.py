@@ -17,29 +17,37 @@ PROFILE_SAMPLES = 2000
 
 
 load = section_loader("speech")
-dataset = lazy("omnitune.modalities.speech.data:read_speech_manifest")
+dataset = lazy("omnitune.modalities.speech.data:read_speech_dataset")
 collator = lazy("omnitune.modalities.speech.collate:make_speech_collator")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
     from omnitune.modalities.evaluation import loss_and_generations
-    from omnitune.modalities.speech.metrics import error_rates, transcribe
+    from omnitune.modalities.speech.metrics import error_rates_by_field, transcribe
 
     subset, loss, transcripts = loss_and_generations(
         model,
         examples,
         config,
         collator(processor, config, False),
-        lambda chosen: transcribe(model, processor, [e["audio"] for e in chosen], config),
+        lambda chosen: transcribe(model, processor, chosen, config),
     )
-    return {**error_rates([e["text"] for e in subset], transcripts), "loss": loss}
+    return {**error_rates_by_field(subset, transcripts), "loss": loss}
 
 
 def profile(examples: Examples) -> dict[str, Any]:
+    """Drift baseline from the clips' audio features: read from the feature cache when the
+    clip is cached (no second decode), else computed from the audio."""
     from omnitune.modalities.speech.audio import features_of_file
+    from omnitune.modalities.speech.features import read_profile_row
 
     step = max(1, len(examples) // PROFILE_SAMPLES)
-    rows = (features_of_file(examples[i]["audio"], 16_000) for i in range(0, len(examples), step))
+    rows = (
+        read_profile_row(item["features"])
+        if item.get("features")
+        else features_of_file(item["audio"], 16_000)
+        for item in (examples[i] for i in range(0, len(examples), step))
+    )
     return build_profile("speech", rows, examples.source)
 
 

@@ -46,11 +46,11 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     return F.resample(torch.from_numpy(samples), rate, target).numpy()
 
 
-def check_usable(samples: np.ndarray, sampling_rate: int, max_seconds: float) -> None:
+def check_clip(duration: float, rms: float, max_seconds: float) -> None:
     """Raise AudioProblem when a decoded recording is silent or too long for the model."""
-    if float(np.sqrt(np.mean(np.square(samples)))) < SILENCE_RMS:
+    if rms < SILENCE_RMS:
         raise AudioProblem("silent audio")
-    if len(samples) / sampling_rate > max_seconds:
+    if duration > max_seconds:
         raise AudioProblem(f"longer than {max_seconds:g} s")
 
 

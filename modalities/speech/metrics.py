@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from omnitune.modalities.speech.audio import read_audio
 from omnitune.modalities.speech.collate import set_language_and_task
 
 _PUNCTUATION = re.compile(r"[^\w\s']")
@@ -16,25 +15,29 @@ def normalise(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 
-def transcribe(model: Any, processor: Any, paths: list[str], config: Any) -> list[str]:
+def transcribe(
+    model: Any, processor: Any, examples: list[dict[str, Any]], config: Any
+) -> list[str]:
+    """Greedy (or beam, per `eval.generation`) transcripts of `examples`, from cached features."""
+    import numpy as np
     import torch
 
+    from omnitune.modalities.speech.features import example_features
+
     extractor = processor.feature_extractor
-    rate = extractor.sampling_rate
     generate_args = set_language_and_task(processor, config)
     if not getattr(model.generation_config, "is_multilingual", False):
         generate_args = {}
     device = next(model.parameters()).device
     generation = config.eval.generation
+
     texts: list[str] = []
     with torch.inference_mode():
-        for start in range(0, len(paths), config.eval.batch_size):
-            chunk = paths[start : start + config.eval.batch_size]
-            features = extractor(
-                [read_audio(p, rate) for p in chunk], sampling_rate=rate, return_tensors="pt"
-            ).input_features.to(device)
+        for start in range(0, len(examples), config.eval.batch_size):
+            chunk = examples[start : start + config.eval.batch_size]
+            features = torch.from_numpy(np.stack([example_features(e, extractor) for e in chunk]))
             output = model.generate(
-                input_features=features,
+                input_features=features.to(device, dtype=model.dtype),
                 max_new_tokens=generation.max_new_tokens,
                 num_beams=generation.num_beams,
                 **generate_args,
@@ -53,3 +56,24 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
         return {"wer": float("nan"), "cer": float("nan")}
     refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+#: Manifest columns that get their own error rates when present (`wer/speaker=alice`).
+BREAKDOWN_FIELDS = ("speaker", "domain", "language")
+
+
+def error_rates_by_field(examples: list[dict[str, Any]], hypotheses: list[str]) -> dict[str, float]:
+    """Overall WER/CER plus `wer/FIELD=VALUE` and `cer/FIELD=VALUE` for each breakdown field
+    the examples carry: a model that is fine on average can fail one speaker entirely."""
+    references = [e["text"] for e in examples]
+    rates = error_rates(references, hypotheses)
+    for field in BREAKDOWN_FIELDS:
+        values = sorted({e[field] for e in examples if field in e})
+        if len(values) < 2:
+            continue
+        for value in values:
+            chosen = [i for i, e in enumerate(examples) if e.get(field) == value]
+            part = error_rates([references[i] for i in chosen], [hypotheses[i] for i in chosen])
+            for name, rate in part.items():
+                rates[f"{name}/{field}={value}"] = rate
+    return rates

@@ -24,7 +24,7 @@ def read_text_dataset(source: str, config: Any, tokenizer: Any, training: bool) 
         if encoded is None:
             examples.skipped[problem] += 1
             continue
-        examples.add(encoded, record, group_field)
+        examples.add(encoded, record, group_field, length=len(encoded["input_ids"]))
     return examples
 
 

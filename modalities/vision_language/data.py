@@ -54,7 +54,7 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
             "answer": _text_of(answer),
             "prompt": prompt,
         }
-        examples.add(item, record, group_field)
+        examples.add(item, record, group_field, length=len(prompt) + len(item["answer"]))
     return examples
 
 
