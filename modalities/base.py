@@ -27,6 +27,7 @@ MODALITIES: dict[str, str] = {
 #: modality name -> "module:Class" of the pydantic model for its `data.options`.
 OPTIONS_MODELS: dict[str, str] = {
     "speech": "omnitune.modalities.speech.options:SpeechOptions",
+    "vision_language": "omnitune.modalities.vision_language.options:VisionOptions",
 }
 
 

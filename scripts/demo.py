@@ -6,7 +6,8 @@ repeated by hand. Today's path, about 5 minutes on 2 CPU cores:
 2. build a tiny chat model and train it (configs/demo-text.yaml) to turn digit words into
    numerals, then ask it;
 3. build a tiny LLaVA and train it (configs/demo-llava.yaml) on scikit-learn's real
-   handwritten digits, then evaluate it on held-out digits;
+   handwritten digits, evaluate it on held-out digits, then LoRA-adapt it
+   (configs/demo-llava-shift.yaml) to the same digits scanned by "another device";
 4. build a tiny Whisper, train it (configs/demo-speech-base.yaml) on the shipped espeak-ng
    `base` voices, then LoRA-adapt it (configs/demo-speech-shift.yaml) to two unseen voices in
    background noise: the run log shows WER on `shift` before and after;
@@ -49,7 +50,12 @@ def write_demo_data() -> None:
     write_digit_chat(REPO / DATA / "text", train=1024, test=64, seed=0)
     write_digit_vqa(REPO / DATA / "digits" / "train", 0, 1400)
     write_digit_vqa(REPO / DATA / "digits" / "test", 1400, 200)
-    print(f"wrote demo data under {DATA}: digit chats, and 1,600 handwritten digits as PNG")
+    write_digit_vqa(REPO / DATA / "digits-shift" / "train", 0, 600, domain="shift")
+    write_digit_vqa(REPO / DATA / "digits-shift" / "test", 1400, 200, domain="shift")
+    print(
+        f"wrote demo data under {DATA}: digit chats, and 1,600 handwritten digits as PNG "
+        "(plus 800 as scans from another device, the `shift` domain)"
+    )
 
 
 def main() -> None:
@@ -66,6 +72,7 @@ def main() -> None:
     omnitune("models", "build-tiny", "llava", "--out", str(MODELS / "tiny-llava"))
     omnitune("train", "configs/demo-llava.yaml", "train.resume=never")
     omnitune("eval", "runs/demo/llava")
+    omnitune("train", "configs/demo-llava-shift.yaml", "train.resume=never")
 
     omnitune("models", "build-tiny", "whisper", "--out", str(MODELS / "tiny-whisper"))
     omnitune("train", "configs/demo-speech-base.yaml", "train.resume=never")

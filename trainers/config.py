@@ -88,7 +88,11 @@ class DataSection(Section):
     train: str = Field(description="Training data: a JSONL/CSV manifest, a folder, or hf:NAME.")
     eval: str | None = Field(None, description="Evaluation data, same forms as `train`.")
     max_length: int = Field(
-        512, ge=8, le=1_048_576, description="Longest token sequence kept for text targets."
+        512,
+        ge=8,
+        le=1_048_576,
+        description="Longest sample in tokens (image tokens included); longer ones are dropped "
+        "and counted, never truncated (vision: see data.options.overlong).",
     )
     max_eval_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many samples (None: all)."

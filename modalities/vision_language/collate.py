@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS, open_image
+from omnitune.modalities.vision_language.images import open_image
+from omnitune.modalities.vision_language.options import vision_options
 
 
 def with_images(example: dict[str, Any], max_pixels: int, drop_answer: bool = False) -> list:
@@ -34,7 +35,7 @@ def with_images(example: dict[str, Any], max_pixels: int, drop_answer: bool = Fa
 def make_vlm_collator(
     processor: Any, config: Any, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    max_pixels = int(config.data.options.get("max_pixels", DEFAULT_MAX_PIXELS))
+    max_pixels = vision_options(config).max_pixels
     assistant_only = config.objective.assistant_only_loss
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:

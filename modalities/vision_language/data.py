@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from omnitune.modalities.base import Examples
-from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS, ImageProblem, open_image
+from omnitune.modalities.vision_language.images import ImageProblem, open_image
+from omnitune.modalities.vision_language.options import vision_options
 from omnitune.trainers.errors import DataError
 
 
 def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
     base = Path(source).parent
-    max_pixels = int(config.data.options.get("max_pixels", DEFAULT_MAX_PIXELS))
+    options = vision_options(config)
+    max_pixels = options.max_pixels
     group_field = config.data.balance.by
     examples = Examples(items=[], source=source)
     for line, record in examples.usable_records():
@@ -38,8 +40,7 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
                         raise DataError(f"{source}:{line}: image file {path} does not exist")
                     images.append(str(path))
         try:
-            for path in images:
-                open_image(path, max_pixels)
+            opened = [open_image(path, max_pixels) for path in images]
         except ImageProblem as found:
             examples.skipped[found.reason] += 1
             continue
@@ -54,8 +55,38 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
             "answer": _text_of(answer),
             "prompt": prompt,
         }
-        examples.add(item, record, group_field, length=len(prompt) + len(item["answer"]))
+        tokens = token_length(processor, item, opened)
+        if tokens > config.data.max_length:
+            if options.overlong == "fail":
+                raise DataError(
+                    f"{source}:{line}: {tokens} tokens with its image tokens, over "
+                    f"data.max_length={config.data.max_length}; raise it, or set "
+                    "data.options.overlong=drop to skip such samples"
+                )
+            examples.skipped[f"longer than data.max_length ({config.data.max_length} tokens)"] += 1
+            continue
+        examples.add(item, record, group_field, length=tokens)
     return examples
+
+
+def token_length(processor: Any, item: dict[str, Any], opened: list[Any]) -> int:
+    """The sample's length in tokens as the collator will encode it, image tokens included
+    (their number depends on the family and, for Idefics3 and Qwen2-VL, on the image size)."""
+    pictures = iter(opened)
+    conversation = [
+        {
+            "role": m["role"],
+            "content": [
+                {"type": "image", "image": next(pictures)} if p.get("type") == "image" else p
+                for p in m["content"]
+            ],
+        }
+        for m in item["messages"]
+    ]
+    encoded = processor.apply_chat_template(
+        [conversation], tokenize=True, return_dict=True, return_tensors="np"
+    )
+    return int(encoded["input_ids"].shape[1])
 
 
 def _as_messages(record: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -1,5 +1,9 @@
 """Real handwritten digits from scikit-learn's bundled `load_digits` (1,797 8x8 images, no
-download), rendered as 32x32 PNGs with a question and its answer. Deterministic."""
+download), rendered as 32x32 PNGs with a question and its answer. Deterministic.
+
+Two domains: `base` (white ink on black, as the set comes) and `shift` (dark ink on a tinted
+background with sensor noise: scans from another device), for the adapt-to-a-shift demo.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,13 @@ from pathlib import Path
 import numpy as np
 
 
-def write_digit_vqa(folder: Path, start: int, count: int, broken: bool = False) -> Path:
+def write_digit_vqa(
+    folder: Path, start: int, count: int, broken: bool = False, domain: str = "base"
+) -> Path:
     """Images `start` .. `start + count` of the set, and `data.jsonl` of image/question/answer
     rows; with `broken`, one truncated PNG too (for testing that it is skipped and counted)."""
+    if domain not in {"base", "shift"}:
+        raise ValueError(f"domain: '{domain}' is not base or shift")
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -21,6 +29,8 @@ def write_digit_vqa(folder: Path, start: int, count: int, broken: bool = False) 
     for index in range(start, start + count):
         pixels = (digits.images[index] * (255 / 16)).astype(np.uint8)
         image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).convert("RGB")
+        if domain == "shift":
+            image = Image.fromarray(_shifted(np.asarray(image), index))
         name = f"digit{index:04d}.png"
         image.save(folder / name)
         rows.append(
@@ -28,6 +38,7 @@ def write_digit_vqa(folder: Path, start: int, count: int, broken: bool = False) 
                 "image": name,
                 "question": "Which digit is this?",
                 "answer": str(int(digits.target[index])),
+                "domain": domain,
             }
         )
     if broken:
@@ -36,3 +47,13 @@ def write_digit_vqa(folder: Path, start: int, count: int, broken: bool = False) 
     path = folder / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def _shifted(rgb: np.ndarray, index: int) -> np.ndarray:
+    """Dark ink on a random pastel background, with Gaussian noise (seeded by the index)."""
+    rng = np.random.default_rng(index)
+    ink = rgb.astype(np.float32) / 255.0
+    background = rng.uniform(0.6, 1.0, size=3)
+    colour = background * (1.0 - ink)  # the digit is dark where the original was bright
+    colour += rng.normal(0.0, 0.08, size=colour.shape)
+    return (np.clip(colour, 0.0, 1.0) * 255).astype(np.uint8)

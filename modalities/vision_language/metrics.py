@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from omnitune.modalities.vision_language.collate import with_images
-from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS
+from omnitune.modalities.vision_language.options import vision_options
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
@@ -20,7 +20,7 @@ def answer_questions(
 ) -> list[str]:
     import torch
 
-    max_pixels = int(config.data.options.get("max_pixels", DEFAULT_MAX_PIXELS))
+    max_pixels = vision_options(config).max_pixels
     device = next(model.parameters()).device
     generation = config.eval.generation
     answers: list[str] = []

@@ -127,6 +127,10 @@ def test_each_vlm_family_trains_with_lora_on_the_language_model(
     assert "vqa_accuracy" in result.eval_metrics
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["train_skipped"] == {"unreadable image": 1}
+    # Reload the saved adapter onto the base model in a fresh process and generate answers.
+    again = run_cli("eval", str(result.run_dir), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["vqa_accuracy"] == result.eval_metrics["vqa_accuracy"]
 
     from safetensors.torch import load_file
 

@@ -1,0 +1,31 @@
+"""The vision-language modality's `data.options`, validated with the run config (pydantic only)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS
+
+
+class VisionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=28 * 28,
+        description="Images larger than this many pixels are scaled down (aspect kept).",
+    )
+    overlong: Literal["drop", "fail"] = Field(
+        "drop",
+        description=(
+            "A sample longer than data.max_length tokens (image tokens included) is dropped and "
+            "counted, or stops the run naming the sample. It is never truncated: cutting image "
+            "tokens breaks the image-feature/image-token match."
+        ),
+    )
+
+
+def vision_options(config: Any) -> VisionOptions:
+    return VisionOptions.model_validate(config.data.options)

@@ -1,0 +1,113 @@
+"""Vision-language: the over-long policy (image tokens never cut) and the base + LoRA demo path
+on the `shift` digits, driven through the CLI with the shipped configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+from omnitune.trainers.config import RunConfig
+from tests.conftest import REPO, run_cli
+from tests.trainers.conftest import read_metrics
+
+
+def _with_long_question(folder):
+    data = write_digit_vqa(folder, 0, 4)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows.append({**rows[0], "question": "Which digit is this? " * 60})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def test_an_overlong_sample_is_dropped_and_counted_or_fails_naming_it(tiny_model, tmp_path):
+    from transformers import AutoProcessor
+
+    from omnitune.modalities.vision_language.data import read_vlm_dataset
+
+    data = _with_long_question(tmp_path / "digits")
+    processor = AutoProcessor.from_pretrained(tiny_model("llava"))
+
+    def read(**data_section):
+        config = RunConfig.model_validate(
+            {
+                "model": {"name_or_path": "unused", "modality": "vision_language"},
+                "data": {"train": str(data), **data_section},
+                "train": {"max_steps": 1},
+            }
+        )
+        return read_vlm_dataset(str(data), config, processor, training=True)
+
+    everything = read(max_length=4096)
+    assert len(everything) == 5
+    short, long = min(everything.lengths), max(everything.lengths)
+    assert long > 4 * short  # the long question, image tokens included in both
+
+    kept = read(max_length=int(short) + 10)
+    assert len(kept) == 4
+    assert kept.skipped == {f"longer than data.max_length ({int(short) + 10} tokens)": 1}
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_model("llava")), "modality": "vision_language"},
+                "data": {
+                    "train": str(data),
+                    "max_length": int(short) + 10,
+                    "options": {"overlong": "fail"},
+                },
+                "train": {"max_steps": 1},
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
+    failed = run_cli("train", str(config))
+    assert failed.returncode == 1
+    assert f"{data}:5: {int(long)} tokens with its image tokens, over data.max_length" in (
+        failed.stderr
+    )
+    bad = run_cli("config", "check", str(config), "data.options.overlong=cut")
+    assert bad.returncode == 2
+    assert "data.options.overlong: Input should be 'drop' or 'fail'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_lora_on_shifted_digits_raises_their_accuracy(tiny_model, tmp_path):
+    base_data = {
+        split: write_digit_vqa(tmp_path / "base" / split, start, count)
+        for split, start, count in (("train", 0, 600), ("test", 1400, 60))
+    }
+    shift_data = {
+        split: write_digit_vqa(tmp_path / "shift" / split, start, count, domain="shift")
+        for split, start, count in (("train", 0, 300), ("test", 1400, 60))
+    }
+    base = run_cli(
+        "train",
+        str(REPO / "configs" / "demo-llava.yaml"),
+        f"model.name_or_path={tiny_model('llava')}",
+        f"data.train={base_data['train']}",
+        f"data.eval={base_data['test']}",
+        f"output_dir={tmp_path / 'base-run'}",
+        "train.max_steps=100",
+        "train.eval_steps=100",
+    )
+    assert base.returncode == 0, base.stderr[-3000:]
+
+    shift = run_cli(
+        "train",
+        str(REPO / "configs" / "demo-llava-shift.yaml"),
+        f"model.name_or_path={tmp_path / 'base-run' / 'model'}",
+        f"data.train={shift_data['train']}",
+        f"data.eval={shift_data['test']}",
+        f"output_dir={tmp_path / 'shift-run'}",
+        "train.max_steps=40",
+        "train.eval_steps=40",
+    )
+    assert shift.returncode == 0, shift.stderr[-3000:]
+    evals = [r for r in read_metrics(tmp_path / "shift-run") if r["kind"] == "eval"]
+    before, after = evals[0], evals[-1]
+    assert (before["step"], after["step"]) == (0, 40)
+    assert after["vqa_accuracy"] > before["vqa_accuracy"] + 0.1, (before, after)
