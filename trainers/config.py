@@ -7,13 +7,12 @@ fails with its dotted path instead of being silently ignored.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omnitune.trainers.configio import field_names, load_config
+from omnitune.trainers.configio import describe_error, load_config
 
 Modality = Literal["text", "vision_language", "speech"]
 PeftMethod = Literal[
@@ -252,18 +251,7 @@ class RunConfig(Section):
         try:
             model.model_validate(self.data.options)
         except ValidationError as exc:
-            problems = []
-            for error in exc.errors():
-                loc = ["data", "options", *map(str, error["loc"])]
-                message = error["msg"].removeprefix("Value error, ")
-                field, sep, rest = message.partition(": ")
-                if sep and field.isidentifier():  # a validator naming its own field
-                    loc, message = [*loc, field], rest
-                if error["type"] == "extra_forbidden":
-                    known = field_names(model, [str(part) for part in error["loc"][:-1]])
-                    hint = difflib.get_close_matches(loc[-1], known, n=1)
-                    message = "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else "")
-                problems.append(f"{'.'.join(loc)}: {message}")
+            problems = [describe_error(e, model, "data.options") for e in exc.errors()]
             raise ValueError("; ".join(problems)) from None
         return self
 

@@ -86,7 +86,7 @@ def validate(model: type[ModelT], data: dict[str, Any], source: str = "config") 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(error, model) for error in exc.errors()]
+        problems = [describe_error(error, model) for error in exc.errors()]
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 
@@ -98,12 +98,15 @@ def load_config(
     return validate(model, data, source=str(path))
 
 
-def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
+def describe_error(error: dict[str, Any], root: type[BaseModel], prefix: str = "") -> str:
+    """One pydantic error as 'dotted.path: what is wrong', with a did-you-mean for unknown keys.
+
+    `prefix` names where `root` sits in a larger config (e.g. 'data.options')."""
     loc = [str(part) for part in error["loc"]]
-    path = ".".join(loc) or "(top level)"
+    path = ".".join([prefix, *loc] if prefix else loc) or prefix or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        known = field_names(root, loc[:-1])
+        known = _field_names(root, loc[:-1])
         hint = difflib.get_close_matches(loc[-1], known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         listing = f" (known keys: {', '.join(sorted(known))})" if known and not hint else ""
@@ -119,7 +122,7 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     return f"{path}: {message}"
 
 
-def field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
+def _field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
     """Names of the fields at `loc` inside `root`, following nested pydantic models."""
     model: Any = root
     for part in loc:

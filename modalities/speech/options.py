@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Options(BaseModel):
@@ -34,12 +34,13 @@ class NoiseOptions(_Options):
         (10.0, 30.0), description="SNR range in dB; each example draws one value uniformly."
     )
 
-    @model_validator(mode="after")
-    def _ordered(self) -> NoiseOptions:
-        low, high = self.snr_db
+    @field_validator("snr_db")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
         if low > high:
-            raise ValueError(f"snr_db: low end {low} is above high end {high}")
-        return self
+            raise ValueError(f"low end {low} is above high end {high}")
+        return value
 
 
 class SpeedOptions(_Options):
@@ -50,11 +51,12 @@ class SpeedOptions(_Options):
         [0.9, 1.1], min_length=1, description="Speed factors, one drawn per example."
     )
 
-    @model_validator(mode="after")
-    def _positive(self) -> SpeedOptions:
-        if any(not 0.5 <= f <= 2.0 for f in self.factors):
-            raise ValueError(f"factors: each must be within 0.5-2.0 (got {self.factors})")
-        return self
+    @field_validator("factors")
+    @classmethod
+    def _in_range(cls, value: list[float]) -> list[float]:
+        if any(not 0.5 <= f <= 2.0 for f in value):
+            raise ValueError(f"each must be within 0.5-2.0 (got {value})")
+        return value
 
 
 class AugmentOptions(_Options):
