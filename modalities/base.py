@@ -31,6 +31,15 @@ OPTIONS_MODELS: dict[str, str] = {
 }
 
 
+def default_cache_root() -> Path:
+    """Where omnitune caches derived data (features, spilled media): $OMNITUNE_CACHE, else
+    ~/.cache/omnitune, as HF_HOME is for the hub cache."""
+    import os
+
+    root = os.environ.get("OMNITUNE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "omnitune"
+
+
 def options_model(modality: str) -> Any:
     """The pydantic model that validates `modality`'s `data.options`, or None (free-form)."""
     target = OPTIONS_MODELS.get(modality)

@@ -18,14 +18,14 @@ into the on-disk cache and read back per batch, so memory does not grow with the
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omnitune.modalities.base import Examples
+from omnitune.modalities.base import Examples, default_cache_root
+from omnitune.modalities.hf_sources import hf_rows, is_hf_source
 from omnitune.modalities.speech.audio import AudioProblem, check_clip
-from omnitune.modalities.speech.features import FeatureCache, default_cache_root
+from omnitune.modalities.speech.features import FeatureCache
 from omnitune.modalities.speech.options import SpeechOptions, speech_options
 from omnitune.trainers.errors import DataError
 
@@ -34,10 +34,7 @@ EXTRA_FIELDS = ("speaker", "language", "domain")
 
 
 def feature_cache(processor: Any, options: SpeechOptions) -> FeatureCache:
-    folder = None
-    if options.feature_cache:
-        folder = Path(options.cache_dir) if options.cache_dir else default_cache_root()
-        folder = folder / "speech-features"
+    folder = _cache_root(options) / "speech-features" if options.feature_cache else None
     return FeatureCache(folder, processor.feature_extractor)
 
 
@@ -77,16 +74,16 @@ def _records(
     source: str, options: SpeechOptions, examples: Examples
 ) -> Iterator[tuple[str, Path, dict[str, Any]]]:
     """`(where, base folder for relative paths, record)` for each row of any source form."""
-    if source.startswith("hf:"):
-        yield from _hf_records(source, _load_hub_dataset(source), options)
+    if is_hf_source(source):
+        from datasets import Audio
+
+        spill = _cache_root(options) / "hf-media"
+        audio = {options.audio_column: Audio(decode=False)}
+        for where, row in hf_rows(source, audio, spill, "data.options.audio_column"):
+            yield where, Path("."), row
         return
     path = Path(source)
     if path.is_dir():
-        if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
-            from datasets import load_from_disk
-
-            yield from _hf_records(source, load_from_disk(str(path)), options)
-            return
         yield from _folder_records(path, options, examples)
         return
     for line, record in examples.usable_records():
@@ -124,41 +121,5 @@ def _folder_records(
         yield str(audio), folder, record
 
 
-def _load_hub_dataset(source: str) -> Any:
-    from datasets import load_dataset
-
-    _, name, *rest = source.split(":")
-    split = rest[0] if rest else "train"
-    try:
-        return load_dataset(name, split=split)
-    except Exception as exc:  # datasets raises many types; the message is what helps
-        raise DataError(f"{source}: cannot load the dataset offline: {exc}") from None
-
-
-def _hf_records(
-    source: str, dataset: Any, options: SpeechOptions
-) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-    """Rows of a `datasets` Dataset with its Audio column undecoded; in-memory audio bytes are
-    written once to the cache folder, so every example is a path like any other source's."""
-    from datasets import Audio
-
-    column = options.audio_column
-    if column not in dataset.column_names:
-        raise DataError(
-            f"{source}: no '{column}' column (columns: {', '.join(dataset.column_names)}); "
-            "set data.options.audio_column"
-        )
-    dataset = dataset.cast_column(column, Audio(decode=False))
-    spill = (Path(options.cache_dir) if options.cache_dir else default_cache_root()) / "hf-audio"
-    for index, row in enumerate(dataset):
-        audio = row[column] or {}
-        path = audio.get("path")
-        if audio.get("bytes"):
-            digest = hashlib.sha1(audio["bytes"]).hexdigest()
-            suffix = Path(path).suffix if path else ".wav"
-            target = spill / f"{digest}{suffix}"
-            if not target.exists():
-                spill.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(audio["bytes"])
-            path = str(target)
-        yield f"{source}[{index}]", Path("."), {**row, column: path}
+def _cache_root(options: SpeechOptions) -> Path:
+    return Path(options.cache_dir) if options.cache_dir else default_cache_root()

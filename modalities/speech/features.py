@@ -27,12 +27,6 @@ from omnitune.modalities.speech.audio import audio_features, read_audio
 CACHE_VERSION = 3
 
 
-def default_cache_root() -> Path:
-    """$OMNITUNE_CACHE, else ~/.cache/omnitune (like HF_HOME for the hub cache)."""
-    root = os.environ.get("OMNITUNE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "omnitune"
-
-
 @dataclass(frozen=True)
 class ClipInfo:
     """What the reader keeps about a file instead of its samples (a few scalars and a path)."""

@@ -10,34 +10,38 @@ error naming the line; an unreadable one is skipped and counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omnitune.modalities.base import Examples
+from omnitune.modalities.base import Examples, default_cache_root
+from omnitune.modalities.hf_sources import hf_rows, is_hf_source
 from omnitune.modalities.vision_language.images import ImageProblem, open_image
 from omnitune.modalities.vision_language.options import vision_options
 from omnitune.trainers.errors import DataError
 
 
 def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
-    base = Path(source).parent
     options = vision_options(config)
     max_pixels = options.max_pixels
     group_field = config.data.balance.by
     examples = Examples(items=[], source=source)
-    for line, record in examples.usable_records():
+    for where, base, record in _records(source, options, examples):
         messages = _as_messages(record)
         if messages is None:
             examples.skipped["no messages or image/question/answer fields"] += 1
             continue
+        # HF-style rows keep images in an `images` column and bare {"type": "image"} parts.
+        listed = iter(record.get("images") or [])
         images: list[str] = []
         for message in messages:
             for part in message["content"]:
                 if part.get("type") == "image":
-                    path = Path(part.pop("image", None) or part.pop("path", ""))
+                    given = part.pop("image", None) or part.pop("path", None) or next(listed, "")
+                    path = _local_path(str(given))
                     path = path if path.is_absolute() else base / path
                     if not path.is_file():
-                        raise DataError(f"{source}:{line}: image file {path} does not exist")
+                        raise DataError(f"{where}: image file {path} does not exist")
                     images.append(str(path))
         try:
             opened = [open_image(path, max_pixels) for path in images]
@@ -59,7 +63,7 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
         if tokens > config.data.max_length:
             if options.overlong == "fail":
                 raise DataError(
-                    f"{source}:{line}: {tokens} tokens with its image tokens, over "
+                    f"{where}: {tokens} tokens with its image tokens, over "
                     f"data.max_length={config.data.max_length}; raise it, or set "
                     "data.options.overlong=drop to skip such samples"
                 )
@@ -67,6 +71,34 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
             continue
         examples.add(item, record, group_field, length=tokens)
     return examples
+
+
+def _records(
+    source: str, options: Any, examples: Examples
+) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+    """`(where, base folder for relative paths, record)` from a JSONL/CSV file or an HF dataset
+    (its `image` / `images` columns read undecoded, in-memory images spilled to the cache)."""
+    if is_hf_source(source):
+        from datasets import Image
+
+        spill = default_cache_root() / "hf-media"
+        media = {"image": Image(decode=False), "images": Image(decode=False)}
+        for where, row in hf_rows(source, media, spill, "an 'image' or 'images' column"):
+            yield where, Path("."), row
+        return
+    for line, record in examples.usable_records():
+        yield f"{source}:{line}", Path(source).parent, record
+
+
+def _local_path(given: str) -> Path:
+    """A path, or a file:// URL of one (remote URLs are not fetched: no network at run time)."""
+    if given.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(given).path))
+    if "://" in given:
+        raise DataError(f"image '{given}': only local paths and file:// URLs are read")
+    return Path(given)
 
 
 def token_length(processor: Any, item: dict[str, Any], opened: list[Any]) -> int:

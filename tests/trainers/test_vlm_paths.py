@@ -4,6 +4,7 @@ on the `shift` digits, driven through the CLI with the shipped configs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -111,3 +112,67 @@ def test_lora_on_shifted_digits_raises_their_accuracy(tiny_model, tmp_path):
     before, after = evals[0], evals[-1]
     assert (before["step"], after["step"]) == (0, 40)
     assert after["vqa_accuracy"] > before["vqa_accuracy"] + 0.1, (before, after)
+
+
+def test_hf_image_columns_and_file_urls_are_read(tiny_model, tmp_path):
+    import io
+
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+    from transformers import AutoProcessor
+
+    from omnitune.modalities.vision_language.data import read_vlm_dataset
+    from omnitune.trainers.errors import DataError
+
+    processor = AutoProcessor.from_pretrained(tiny_model("llava"))
+    digits = write_digit_vqa(tmp_path / "digits", 0, 2)
+    rows = [json.loads(line) for line in digits.read_text().splitlines()]
+
+    def read(source):
+        config = RunConfig.model_validate(
+            {
+                "model": {"name_or_path": "unused", "modality": "vision_language"},
+                "data": {"train": str(source)},
+                "train": {"max_steps": 1},
+            }
+        )
+        return read_vlm_dataset(str(source), config, processor, training=True)
+
+    def png_bytes(name):
+        buffer = io.BytesIO()
+        PILImage.open(tmp_path / "digits" / name).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    # An Image column holding bytes, with question/answer columns.
+    qa = Dataset.from_list(
+        [{**r, "image": {"bytes": png_bytes(r["image"]), "path": None}} for r in rows]
+    ).cast_column("image", Image(decode=False))
+    qa.save_to_disk(str(tmp_path / "hf-qa"))
+    examples = read(tmp_path / "hf-qa")
+    assert [e["answer"] for e in examples.items] == [r["answer"] for r in rows]
+    assert all(Path(e["images"][0]).is_file() for e in examples.items)
+
+    # HF chat style: an `images` list column and bare {"type": "image"} parts.
+    chat = Dataset.from_list(
+        [
+            {
+                "images": [{"bytes": png_bytes(r["image"]), "path": None}],
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": r["answer"]}]},
+                ],
+            }
+            for r in rows
+        ]
+    ).cast_column("images", [Image(decode=False)])
+    chat.save_to_disk(str(tmp_path / "hf-chat"))
+    assert [e["answer"] for e in read(tmp_path / "hf-chat").items] == [r["answer"] for r in rows]
+
+    # file:// URLs are local paths; other URLs are refused (nothing is fetched at run time).
+    urls = tmp_path / "urls.jsonl"
+    image = (tmp_path / "digits" / rows[0]["image"]).as_uri()
+    urls.write_text(json.dumps({**rows[0], "image": image}) + "\n")
+    assert len(read(urls)) == 1
+    urls.write_text(json.dumps({**rows[0], "image": "https://example.org/a.png"}) + "\n")
+    with pytest.raises(DataError, match="only local paths and file:// URLs are read"):
+        read(urls)
