@@ -90,9 +90,15 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
-def write_results(comparisons: list[Comparison], folder: Path) -> None:
+def write_results(comparisons: list[Comparison], folder: Path, keep_others: bool = False) -> None:
+    """Write results.json and results.md. With `keep_others` (one benchmark run alone), rows
+    of other benchmarks already in results.json stay, each with its own date."""
     date = time.strftime("%Y-%m-%d")
     rows = []
+    previous = folder / "results.json"
+    if keep_others and previous.is_file():
+        measured = {c.task for c in comparisons}
+        rows = [r for r in json.loads(previous.read_text()) if r["task"] not in measured]
     for c in comparisons:
         rows.append(
             {
