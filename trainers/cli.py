@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     check_model.set_defaults(handler=_models_check)
     models.set_defaults(handler=_help_of(models))
 
+    from omnitune.monitor.cli import add_commands as add_monitor_commands
+
+    add_monitor_commands(commands, _accept_overrides, _help_of)
+
     parser.set_defaults(handler=_help_of(parser))
     return parser
 

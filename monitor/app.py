@@ -1,0 +1,184 @@
+"""The daemon's HTTP API, a Starlette app over a `Monitor`.
+
+POST /v1/events   one JSON event, a JSON array or JSON lines; 200 once committed
+GET  /metrics     Prometheus text format
+GET  /healthz     liveness (no auth, for probes)
+GET  /v1/status   drift, safety and latency state and active alerts
+GET  /v1/events   stored (redacted) events: ?since=UNIX&after_id=N&model=M&flagged=1&limit=N
+
+Every refusal is a 4xx with `{"error": "..."}` naming the problem (the event index and field
+for invalid events), counted in `omnitune_rejected_requests_total{reason}`; the daemon goes on
+serving. Blocking work (SQLite, detectors) runs in Starlette's thread pool.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from omnitune.monitor.engine import Monitor, Rejected
+from omnitune.monitor.events import BodyError, parse_events
+
+MAX_EVENTS_LISTED = 5000
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(
+    monitor: Monitor,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    server = monitor.config.server
+
+    def refuse(status: int, reason: str, message: str) -> JSONResponse:
+        monitor.reject(reason)
+        return JSONResponse({"error": message}, status_code=status)
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if server.token is None:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header or scheme.lower() != "bearer":
+            response = refuse(401, "unauthorized", "missing bearer token (Authorization header)")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if not hmac.compare_digest(given.strip().encode(), server.token.encode()):
+            return refuse(403, "forbidden", "wrong bearer token")
+        return None
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > server.max_body_bytes:
+            raise BodyTooLarge
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > server.max_body_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def post_events(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await read_body(request)
+        except BodyTooLarge:
+            return refuse(
+                413, "too_large", f"body is larger than {server.max_body_bytes} bytes; send batches"
+            )
+        try:
+            events = parse_events(body, request.headers.get("content-type", ""))
+        except BodyError as exc:
+            message = str(exc)
+            invalid_json = message.startswith("invalid JSON") or message.startswith("empty")
+            return refuse(400 if invalid_json else 422, "invalid", message)
+        if len(events) > server.max_events_per_request:
+            return refuse(
+                413,
+                "too_many_events",
+                f"{len(events)} events in one request; the limit is "
+                f"{server.max_events_per_request}",
+            )
+        try:
+            result = await run_in_threadpool(monitor.ingest, events)
+        except Rejected as exc:
+            return refuse(exc.status, exc.reason, str(exc))
+        return JSONResponse(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "flagged": result.flagged,
+                "captured": result.captured,
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        body = await run_in_threadpool(generate_latest, monitor.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def status(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return JSONResponse(await run_in_threadpool(monitor.status))
+
+    async def list_events(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            filters = _event_filters(dict(request.query_params))
+        except ValueError as exc:
+            return refuse(400, "invalid_query", str(exc))
+        events = await run_in_threadpool(lambda: monitor.recent_events(**filters))
+        next_id = events[-1]["id"] if events else filters.get("after_id")
+        return JSONResponse({"events": events, "next_after_id": next_id})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"no such endpoint: {request.url.path}"}, status_code=404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return JSONResponse(
+            {"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405
+        )
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        import logging
+
+        logging.getLogger("omnitune.monitor").exception("error serving %s", request.url.path)
+        return JSONResponse({"error": "internal error; see the daemon's log"}, status_code=500)
+
+    routes = [
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/events", list_events, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/status", status, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_allowed, 500: crashed},
+    )
+
+
+def _event_filters(query: dict[str, str]) -> dict[str, Any]:
+    known = {"since", "after_id", "model", "flagged", "limit"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown query parameter {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    filters: dict[str, Any] = {}
+    try:
+        if "since" in query:
+            filters["since"] = float(query["since"])
+        if "after_id" in query:
+            filters["after_id"] = int(query["after_id"])
+        if "limit" in query:
+            filters["limit"] = int(query["limit"])
+    except ValueError:
+        raise ValueError("since must be unix seconds; after_id and limit integers") from None
+    if not 1 <= filters.get("limit", 500) <= MAX_EVENTS_LISTED:
+        raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LISTED}")
+    if "model" in query:
+        filters["model"] = query["model"]
+    if query.get("flagged", "0").lower() in {"1", "true", "yes"}:
+        filters["flagged"] = True
+    return filters

@@ -1,0 +1,153 @@
+"""`omnitune monitor serve | replay | status`: the daemon's command line.
+
+Registered into the one `omnitune` command by `omnitune.trainers.cli`; standard library only at
+import time, like the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
+    monitor = commands.add_parser("monitor", help="the post-deployment monitor daemon")
+    actions = monitor.add_subparsers(dest="monitor_command", metavar="ACTION")
+
+    serve = actions.add_parser("serve", help="run the daemon (Prometheus /metrics, event API)")
+    serve.add_argument("--config", required=True, help="monitor YAML config")
+    serve.add_argument("--host", help="bind address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port (overrides server.port; 0: any free)")
+    accept_overrides(serve)
+    serve.set_defaults(handler=_serve)
+
+    replay = actions.add_parser("replay", help="send recorded events (JSONL) to a daemon")
+    replay.add_argument("file", help="JSONL file of events")
+    replay.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
+    replay.add_argument("--token", help="bearer token, if the daemon wants one")
+    replay.add_argument(
+        "--rate", type=float, default=0.0, help="events per second (0: as fast as possible)"
+    )
+    replay.add_argument("--batch-size", type=int, default=500)
+    replay.set_defaults(handler=_replay)
+
+    status = actions.add_parser("status", help="a daemon's drift, safety and latency state")
+    status.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
+    status.add_argument("--token", help="bearer token, if the daemon wants one")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(handler=_status)
+    monitor.set_defaults(handler=help_of(monitor))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from omnitune.monitor.config import load_monitor_config
+
+    overrides = list(args.overrides)
+    if args.host is not None:
+        overrides.append(f"server.host={args.host}")
+    if args.port is not None:
+        overrides.append(f"server.port={args.port}")
+    config = load_monitor_config(args.config, overrides)
+    from omnitune.monitor.server import serve
+
+    return serve(config)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from omnitune.monitor.client import Client
+    from omnitune.trainers.errors import DataError, UsageError
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if args.rate < 0:
+        raise UsageError("--rate must be 0 (as fast as possible) or a positive rate")
+    client = Client(args.url, args.token, batch_size=args.batch_size, max_queue=1_000_000)
+    start = time.monotonic()
+    read = bad = 0
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"{path}:{line_number}: invalid JSON, skipped", file=sys.stderr)
+                bad += 1
+                continue
+            client.log_event(event)
+            read += 1
+            if args.rate > 0:
+                ahead = read / args.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+    client.flush(timeout_s=60)
+    client.close()
+    stats = client.stats()
+    elapsed = time.monotonic() - start
+    print(
+        f"{path}: sent {stats['sent']} of {read} events in {elapsed:.2f} s "
+        f"({stats['sent'] / max(elapsed, 1e-9):.0f}/s); dropped {stats['dropped']}, "
+        f"invalid lines {bad}"
+    )
+    return 0 if stats["sent"] == read else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    from omnitune.trainers.errors import OmnituneError
+
+    request = Request(args.url.rstrip("/") + "/v1/status")
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urlopen(request, timeout=10) as response:
+            status = json.loads(response.read())
+    except HTTPError as exc:
+        raise OmnituneError(
+            f"{args.url}: {exc.code} {exc.read().decode(errors='replace')}"
+        ) from None
+    except (URLError, OSError) as exc:
+        raise OmnituneError(f"{args.url}: daemon not reachable ({exc})") from None
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"store: {status['store']['events']} events in {status['store']['path']}"]
+    for name, model in status["models"].items():
+        drifted = [f for f, d in model["drift"].items() if d["decision"]["drifted"]]
+        lines.append(
+            f"{name} ({model['modality']}): {model['events_total']:.0f} events, window "
+            f"{model['window']}, drift: {', '.join(drifted) if drifted else 'none'}"
+        )
+        for feature, drift in sorted(model["drift"].items()):
+            decision = drift["decision"]
+            lines.append(
+                f"  {feature:<24} {decision['test']} {decision['score']:.4g} "
+                f"(threshold {decision['threshold']:.4g}){'  DRIFT' if decision['drifted'] else ''}"
+            )
+        for adapter, latency in model["latency"].items():
+            lines.append(
+                f"  latency[{adapter or '-'}]: p50 {latency['p50']:.4g} s, p95 "
+                f"{latency['p95']:.4g} s, p99 {latency['p99']:.4g} s over {latency['count']}"
+            )
+        if model["safety"]:
+            flags = ", ".join(f"{k} {v:.0f}" for k, v in sorted(model["safety"].items()))
+            lines.append(f"  safety flags: {flags}")
+    alerts = status["alerts"]
+    lines.append(f"alerts: {len(alerts)}")
+    for alert in alerts:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(alert["since"]))
+        lines.append(f"  [{alert['kind']}] {alert['model']}: {alert['message']} (since {since})")
+    return "\n".join(lines)

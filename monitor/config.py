@@ -1,0 +1,189 @@
+"""The monitor daemon's config: one pydantic model per section, read like every omnitune config.
+
+`omnitune monitor serve --config configs/monitor.yaml key=value ...` loads it through
+`omnitune.trainers.configio`, so a bad field is reported as `drift.alpha: ...` with the file
+name, exactly as run configs are. Field descriptions are the reference documentation
+(docs/monitor.md lists them).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from omnitune.trainers import configio
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSection(Section):
+    host: str = Field("127.0.0.1", description="bind address; loopback unless you expose it")
+    port: int = Field(9108, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    token: str | None = Field(
+        None, description="bearer token every request but /healthz must carry (none: no auth)"
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="larger POST bodies are refused with 413"
+    )
+    max_events_per_request: int = Field(10_000, gt=0, description="more are refused with 413")
+
+
+class StoreSection(Section):
+    path: Path = Field(Path("runs/monitor/events.sqlite"), description="SQLite file (WAL mode)")
+    retention_days: float | None = Field(
+        30.0, gt=0, description="events older than this are deleted (none: keep by age)"
+    )
+    max_events: int | None = Field(
+        5_000_000, gt=0, description="the oldest events beyond this count are deleted"
+    )
+    retention_interval_s: float = Field(60.0, gt=0, description="how often retention runs")
+    fsync: bool = Field(
+        False, description="fsync every commit (survives power loss; a crash is survived anyway)"
+    )
+
+
+class ModelSection(Section):
+    modality: Literal["text", "vision_language", "speech"]
+    reference: Path | None = Field(
+        None,
+        description="the drift baseline: a run's reference.json, a run folder, or a JSONL file "
+        "of reference events (for embeddings and categorical features)",
+    )
+    features: list[str] | None = Field(
+        None, description="features to test for drift (default: all in the reference)"
+    )
+
+
+class WindowSection(Section):
+    size: int = Field(1000, ge=10, description="events per model kept for drift and latency")
+    min_events: int = Field(200, ge=10, description="no drift decision before this many events")
+
+
+class DriftSection(Section):
+    scalar_test: Literal["psi", "ks", "wasserstein"] = Field(
+        "psi", description="the score a scalar feature's alert and gauge follow"
+    )
+    psi_threshold: float = Field(0.25, gt=0, description="PSI at or above this is drift")
+    psi_warning: float = Field(0.1, gt=0, description="PSI band that is reported as a warning")
+    psi_bins: int = Field(10, ge=3, le=100, description="reference-quantile bins for PSI")
+    ks_min_effect: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="KS distance needed besides a significant p-value: at large windows every "
+        "trivial shift is significant",
+    )
+    wasserstein_threshold: float = Field(
+        0.3, gt=0, description="Wasserstein distance divided by the reference's standard deviation"
+    )
+    alpha: float = Field(0.01, gt=0, lt=1, description="family-wise (or FDR) significance level")
+    correction: Literal["bonferroni", "fdr", "none"] = Field(
+        "bonferroni", description="multiple-testing correction across a model's features"
+    )
+    js_threshold: float = Field(
+        0.1, gt=0, le=1, description="Jensen-Shannon distance for categorical features"
+    )
+    mmd_permutations: int = Field(100, ge=20, description="permutations calibrating MMD's cut-off")
+    mmd_max_samples: int = Field(150, ge=20, description="events per side MMD compares")
+    interval_s: float = Field(2.0, gt=0, description="how often the detectors re-evaluate")
+
+
+class LatencySection(Section):
+    buckets: list[float] = Field(
+        [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        description="histogram bucket bounds in seconds",
+    )
+    slo_quantile: float = Field(0.95, gt=0, lt=1, description="the quantile the SLO is set on")
+    slo_seconds: float | None = Field(
+        1.0, gt=0, description="breach when the window's quantile exceeds this (none: no SLO)"
+    )
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if not value or any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("must be a non-empty list of increasing bounds")
+        if value[0] <= 0:
+            raise ValueError("bounds must be positive seconds")
+        return value
+
+
+class SafetySection(Section):
+    scanners: list[str] = Field(
+        ["pii", "prompt_injection", "toxicity", "refusal"],
+        description="scanners to run (see omnitune.monitor.safety.SCANNERS)",
+    )
+    toxicity_model: str | None = Field(
+        None,
+        description="a local transformers text-classification model folder for toxicity "
+        "(default: the shipped lexicon)",
+    )
+    toxicity_label: str = Field("toxic", description="the model's label that means toxic")
+    toxicity_threshold: float = Field(0.5, gt=0, lt=1)
+    rate_threshold: float = Field(
+        0.05, gt=0, le=1, description="alert when a category's share of the window exceeds this"
+    )
+
+    @field_validator("scanners")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from omnitune.monitor.safety import SCANNERS
+
+        unknown = [name for name in value if name not in SCANNERS]
+        if unknown:
+            raise ValueError(f"unknown scanner {unknown[0]!r} (known: {', '.join(SCANNERS)})")
+        return value
+
+
+class CaptureSection(Section):
+    dir: Path | None = Field(
+        Path("runs/monitor/capture"),
+        description="where captured samples become datasets (none: capture off)",
+    )
+    on_drift: bool = Field(True, description="capture events that arrive while a model drifts")
+    on_safety: bool = Field(True, description="capture events a safety scanner flagged")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="share of eligible events captured")
+    max_per_model: int = Field(10_000, gt=0, description="stop capturing a model past this")
+
+
+class TailSection(Section):
+    paths: list[Path] = Field([], description="JSONL log files whose new lines are ingested")
+    poll_s: float = Field(0.5, gt=0, description="how often the files are checked")
+
+
+class MonitorConfig(Section):
+    server: ServerSection = ServerSection()
+    store: StoreSection = StoreSection()
+    models: dict[str, ModelSection] = Field(
+        ..., description="the models events may name; events for others are refused with 422"
+    )
+    window: WindowSection = WindowSection()
+    drift: DriftSection = DriftSection()
+    latency: LatencySection = LatencySection()
+    safety: SafetySection = SafetySection()
+    capture: CaptureSection = CaptureSection()
+    tail: TailSection = TailSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitorConfig:
+        if not self.models:
+            raise ValueError("models: declare at least one model")
+        if self.window.min_events > self.window.size:
+            raise ValueError(
+                f"window.min_events: {self.window.min_events} is above window.size "
+                f"{self.window.size}"
+            )
+        if self.drift.psi_warning >= self.drift.psi_threshold:
+            raise ValueError("drift.psi_warning: must be below drift.psi_threshold")
+        return self
+
+
+def load_monitor_config(path: str | Path, overrides: list[str] | None = None) -> MonitorConfig:
+    """Read, override and validate a monitor config. Relative paths are relative to the working
+    directory, as in run configs."""
+    return configio.load_config(MonitorConfig, path, overrides)

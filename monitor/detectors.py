@@ -1,0 +1,197 @@
+"""Drift detectors: fit on reference values, score a current window, return the evidence.
+
+Pure functions of arrays (numpy and scipy): no I/O, no globals, so each is tested on synthetic
+data whose answer is known. Every test returns a `DriftResult` with its score, the threshold the
+score is compared with, and a p-value where the test has one; `correct()` then adjusts a model's
+p-values for the number of features tested (Bonferroni or Benjamini-Hochberg).
+
+Decisions rest on effect sizes, not p-values alone: with windows of thousands of events a KS or
+chi-squared test calls trivial shifts significant, the most common false alarm of drift tools.
+So KS needs both a significant (corrected) p-value and a distance of at least `ks_min_effect`,
+chi-squared a Jensen-Shannon distance of at least `js_threshold`, and PSI and Wasserstein are
+effect sizes compared with fixed bands.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+#: PSI's floor for an empty bin, so that log(0) never happens (the usual 1e-4).
+PSI_EPSILON = 1e-4
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    test: str
+    score: float
+    threshold: float
+    drifted: bool
+    p_value: float | None = None
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class ScalarReference:
+    values: np.ndarray  # sorted
+    edges: np.ndarray  # inner bin edges (reference quantiles)
+    proportions: np.ndarray
+    std: float
+
+    @classmethod
+    def fit(cls, values: Sequence[float] | np.ndarray, bins: int = 10) -> ScalarReference:
+        array = np.sort(np.asarray(values, dtype=np.float64))
+        if array.size == 0:
+            raise ValueError("a reference needs at least one value")
+        edges = np.unique(np.quantile(array, np.linspace(0, 1, bins + 1)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, array, side="right"), minlength=len(edges) + 1)
+        std = float(array.std())
+        if std == 0.0:
+            std = max(abs(float(array[0])) * 1e-3, 1e-9)
+        return cls(array, edges, counts / counts.sum(), std)
+
+
+def psi(
+    reference: ScalarReference, current: np.ndarray, threshold: float, warning: float
+) -> DriftResult:
+    """Population stability index over the reference's quantile bins (0.1 / 0.25 bands)."""
+    bins = np.searchsorted(reference.edges, current, side="right")
+    counts = np.bincount(bins, minlength=len(reference.edges) + 1)
+    expected = np.maximum(reference.proportions, PSI_EPSILON)
+    actual = np.maximum(counts / max(1, counts.sum()), PSI_EPSILON)
+    score = float(np.sum((actual - expected) * np.log(actual / expected)))
+    return DriftResult("psi", score, threshold, score >= threshold, warning=score >= warning)
+
+
+def ks(
+    reference: ScalarReference, current: np.ndarray, min_effect: float, alpha: float
+) -> DriftResult:
+    """Two-sample Kolmogorov-Smirnov: the p-value is corrected later; `min_effect` on D."""
+    from scipy.stats import ks_2samp
+
+    result = ks_2samp(reference.values, current, method="asymp")
+    score, p_value = float(result.statistic), float(result.pvalue)
+    return DriftResult("ks", score, min_effect, score >= min_effect and p_value < alpha, p_value)
+
+
+def wasserstein(reference: ScalarReference, current: np.ndarray, threshold: float) -> DriftResult:
+    """Earth mover's distance in units of the reference's standard deviation."""
+    from scipy.stats import wasserstein_distance
+
+    score = float(wasserstein_distance(reference.values, current)) / reference.std
+    return DriftResult("wasserstein", score, threshold, score >= threshold)
+
+
+def categorical(
+    reference: Mapping[str, int], current: Sequence[str], js_threshold: float, alpha: float
+) -> DriftResult:
+    """Chi-squared homogeneity test with a Jensen-Shannon distance (base 2) as the effect size."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import chi2_contingency
+
+    seen = Counter(current)
+    names = sorted(set(reference) | set(seen))
+    table = np.array([[reference.get(n, 0) for n in names], [seen.get(n, 0) for n in names]])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return DriftResult("chi2", 0.0, js_threshold, False, 1.0)
+    p_value = float(chi2_contingency(table + 0.5).pvalue)
+    distance = float(jensenshannon(table[0] / table[0].sum(), table[1] / table[1].sum(), base=2))
+    return DriftResult(
+        "chi2", distance, js_threshold, distance >= js_threshold and p_value < alpha, p_value
+    )
+
+
+def mmd(
+    reference: np.ndarray,
+    current: np.ndarray,
+    alpha: float,
+    permutations: int = 100,
+    max_samples: int = 200,
+    seed: int = 0,
+) -> DriftResult:
+    """Maximum mean discrepancy with an RBF kernel (median-heuristic bandwidth); the p-value and
+    the threshold come from `permutations` random splits of the pooled samples."""
+    rng = np.random.default_rng(seed)
+    x = _subsample(np.asarray(reference, dtype=np.float64), max_samples, rng)
+    y = _subsample(np.asarray(current, dtype=np.float64), max_samples, rng)
+    pooled = np.concatenate([x, y])
+    squared = np.sum(pooled**2, axis=1)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2 * pooled @ pooled.T, 0.0)
+    off_diagonal = distances[np.triu_indices_from(distances, k=1)]
+    bandwidth = float(np.median(off_diagonal)) or 1.0
+    kernel = np.exp(-distances / bandwidth)
+    n = len(x)
+    observed = _mmd2(kernel, np.arange(n), np.arange(n, len(pooled)))
+    null = np.empty(permutations)
+    for i in range(permutations):
+        order = rng.permutation(len(pooled))
+        null[i] = _mmd2(kernel, order[:n], order[n:])
+    p_value = float((1 + np.sum(null >= observed)) / (1 + permutations))
+    threshold = float(np.quantile(null, 1 - alpha))
+    return DriftResult("mmd", observed, threshold, p_value < alpha, p_value)
+
+
+def _mmd2(kernel: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased squared MMD from the pooled kernel matrix and two index sets."""
+    kaa, kbb, kab = kernel[np.ix_(a, a)], kernel[np.ix_(b, b)], kernel[np.ix_(a, b)]
+    m, n = len(a), len(b)
+    within_a = (kaa.sum() - np.trace(kaa)) / (m * (m - 1))
+    within_b = (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+    return float(within_a + within_b - 2 * kab.mean())
+
+
+def _subsample(array: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if array.ndim == 1:
+        array = array[:, None]
+    if len(array) <= limit:
+        return array
+    return array[rng.choice(len(array), size=limit, replace=False)]
+
+
+def correct(results: dict[str, DriftResult], method: str, alpha: float) -> dict[str, DriftResult]:
+    """Re-decide the p-value tests in `results` with p-values adjusted across all of them.
+
+    A test's decision needs its adjusted p-value below `alpha` and its effect size at or above
+    its threshold (KS distance, JS distance); MMD's effect is its permutation p-value itself.
+    """
+    keyed = [(name, r) for name, r in results.items() if r.p_value is not None]
+    if not keyed or method == "none":
+        return results
+    p_values = np.array([r.p_value for _, r in keyed])
+    if method == "bonferroni":
+        adjusted = np.minimum(1.0, p_values * len(p_values))
+    else:
+        from scipy.stats import false_discovery_control
+
+        adjusted = false_discovery_control(p_values, method="bh")
+    out = dict(results)
+    for (name, result), p_adj in zip(keyed, adjusted, strict=True):
+        effect_ok = result.test == "mmd" or result.score >= result.threshold
+        out[name] = replace(result, p_value=float(p_adj), drifted=bool(effect_ok and p_adj < alpha))
+    return out
+
+
+#: detector name -> what it tests; the engine picks by the feature's kind and the config.
+DETECTORS: dict[str, Callable[..., DriftResult]] = {
+    "psi": psi,
+    "ks": ks,
+    "wasserstein": wasserstein,
+    "chi2": categorical,
+    "mmd": mmd,
+}
+
+
+def describe(result: DriftResult) -> dict[str, Any]:
+    return {
+        "test": result.test,
+        "score": round(result.score, 6),
+        "threshold": round(result.threshold, 6),
+        "drifted": result.drifted,
+        "warning": result.warning,
+        "p_value": None if result.p_value is None else float(f"{result.p_value:.6g}"),
+    }

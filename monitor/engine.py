@@ -1,0 +1,551 @@
+"""The daemon's core: ingest events durably, keep per-model windows, evaluate the detectors.
+
+`Monitor` knows nothing about HTTP: the Starlette app, the log tailer and the tests all call
+`ingest()`, `evaluate()` and `status()`. Memory is bounded by the config: each model keeps
+`window.size` values per tested feature, latency and safety flag; everything older lives only
+in the store. On start the windows are rebuilt from the store's newest events and the counters
+from its counts table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from omnitune.monitor import detectors
+from omnitune.monitor.capture import Capture, training_record
+from omnitune.monitor.config import ModelSection, MonitorConfig
+from omnitune.monitor.events import Event
+from omnitune.monitor.features import event_features
+from omnitune.monitor.metrics import CountKey, Counts, build_registry
+from omnitune.monitor.reference import Reference, load_reference
+from omnitune.monitor.safety import build_scanners, redact, scan
+from omnitune.monitor.store import Row, Store
+
+logger = logging.getLogger("omnitune.monitor")
+
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+
+
+class Rejected(Exception):
+    """A request the daemon refuses as a whole; `status` is the HTTP status (4xx)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class IngestResult:
+    accepted: int
+    duplicates: int
+    flagged: int
+    captured: int
+
+
+@dataclass
+class ModelState:
+    """One model's windows and latest evaluation."""
+
+    name: str
+    section: ModelSection
+    reference: Reference | None
+    size: int
+    scalar_refs: dict[str, detectors.ScalarReference] = field(default_factory=dict)
+    features: dict[str, deque[Any]] = field(default_factory=dict)
+    latencies: dict[str, deque[float]] = field(default_factory=dict)
+    flags: deque[tuple[tuple[str, str], ...]] = field(default_factory=deque)
+    results: dict[str, dict[str, detectors.DriftResult]] = field(default_factory=dict)
+    decisions: dict[str, detectors.DriftResult] = field(default_factory=dict)
+    drift_since: dict[str, float] = field(default_factory=dict)
+    new_events: int = 0
+
+    @property
+    def drifting(self) -> bool:
+        return any(r.drifted for r in self.decisions.values())
+
+    def tracked(self) -> list[str]:
+        if self.reference is None:
+            return []
+        names = self.reference.names()
+        if self.section.features is not None:
+            names = [n for n in names if n in self.section.features]
+        return names
+
+    def observe(
+        self,
+        features: dict[str, Any],
+        latency: float | None,
+        adapter: str,
+        flags: tuple[tuple[str, str], ...],
+    ) -> None:
+        for name in self.features:
+            value = features.get(name)
+            if value is not None:
+                self.features[name].append(value)
+        if latency is not None:
+            window = self.latencies.get(adapter)
+            if window is None:
+                window = self.latencies[adapter] = deque(maxlen=self.size)
+            window.append(latency)
+        self.flags.append(flags)
+        self.new_events += 1
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.store = Store(config.store.path, config.store.fsync)
+        self.counts = Counts(config.latency.buckets)
+        self.registry, self.gauges = build_registry(self.counts)
+        self.scanners = build_scanners(config.safety.scanners, config.safety)
+        self.capture = Capture(config.capture) if config.capture.dir is not None else None
+        self.models = {name: self._model_state(name, s) for name, s in config.models.items()}
+        self.alerts: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.evaluated_at: float | None = None
+        self.lock = threading.Lock()
+        self._restore()
+
+    # Setup ---------------------------------------------------------------------------------
+
+    def _model_state(self, name: str, section: ModelSection) -> ModelState:
+        reference = (
+            load_reference(section.reference, section.modality, name)
+            if section.reference is not None
+            else None
+        )
+        size = self.config.window.size
+        state = ModelState(name, section, reference, size, flags=deque(maxlen=size))
+        if reference is not None:
+            if section.features is not None:
+                missing = [f for f in section.features if f not in reference.names()]
+                if missing:
+                    from omnitune.trainers.errors import ConfigError
+
+                    raise ConfigError(
+                        f"models.{name}.features: {missing[0]!r} is not in the reference "
+                        f"(it has: {', '.join(reference.names())})"
+                    )
+            for feature in state.tracked():
+                state.features[feature] = deque(maxlen=size)
+                if feature in reference.scalars:
+                    state.scalar_refs[feature] = detectors.ScalarReference.fit(
+                        reference.scalars[feature], self.config.drift.psi_bins
+                    )
+        return state
+
+    def _restore(self) -> None:
+        """Counters from the store's counts table, windows from each model's newest events."""
+        self.counts.add(self.store.counters())
+        for name, state in self.models.items():
+            for stored in self.store.recent(name, state.size):
+                flags = tuple(tuple(f.split("@")) for f in stored.flags.split(",") if f)
+                state.observe(
+                    stored.payload.get("features", {}), stored.latency_s, stored.adapter, flags
+                )
+        restored = sum(len(s.flags) for s in self.models.values())
+        if restored:
+            logger.info("restored %d events into the windows from %s", restored, self.store.path)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # Ingest --------------------------------------------------------------------------------
+
+    def check(self, events: list[Event]) -> None:
+        """Refuse the whole batch (nothing stored) when an event names an unknown model or a
+        modality other than its model's."""
+        for index, event in enumerate(events):
+            state = self.models.get(event.model)
+            if state is None:
+                known = ", ".join(sorted(self.models))
+                raise Rejected(
+                    422,
+                    "unknown_model",
+                    f"event {index}: unknown model {event.model!r} (declared: {known})",
+                )
+            if event.modality is not None and event.modality != state.section.modality:
+                raise Rejected(
+                    422,
+                    "wrong_modality",
+                    f"event {index}: modality {event.modality!r}, but model {event.model!r} "
+                    f"is declared {state.section.modality!r}",
+                )
+
+    def ingest(self, events: list[Event], meta: dict[str, str] | None = None) -> IngestResult:
+        """Store `events` in one transaction, then update windows and counters.
+
+        When this returns, the events are committed; a repeated `request_id` is skipped and
+        counted as a duplicate."""
+        self.check(events)
+        arrival = time.time()
+        prepared = [self._prepare(event, arrival) for event in events]
+        rows: list[Row] = [p[0] for p in prepared]
+
+        def deltas(fresh: list[bool]) -> dict[CountKey, float]:
+            counted: dict[CountKey, float] = {}
+            for new, (row, _, flags, _) in zip(fresh, prepared, strict=True):
+                if not new:
+                    continue
+                _, _, model, adapter, modality, latency, _, _ = row
+                key = ("events", (model, adapter, modality))
+                counted[key] = counted.get(key, 0.0) + 1
+                for category, side in flags:
+                    flag_key = ("safety_flags", (model, category, side))
+                    counted[flag_key] = counted.get(flag_key, 0.0) + 1
+                if latency is not None:
+                    self.counts.latency_deltas(counted, model, adapter, latency)
+            for new, event in zip(fresh, events, strict=True):
+                if new and event.error:
+                    key = ("event_errors", (event.model, event.adapter))
+                    counted[key] = counted.get(key, 0.0) + 1
+            pending.update(counted)
+            return counted
+
+        pending: dict[CountKey, float] = {}
+        fresh = self.store.commit(rows, deltas, meta)
+        self.counts.add(pending)
+        captured = self._after_commit(prepared, fresh)
+        return IngestResult(
+            accepted=sum(fresh),
+            duplicates=len(fresh) - sum(fresh),
+            flagged=sum(1 for new, p in zip(fresh, prepared, strict=True) if new and p[2]),
+            captured=captured,
+        )
+
+    def _prepare(
+        self, event: Event, arrival: float
+    ) -> tuple[Row, dict[str, Any], tuple[tuple[str, str], ...], dict[str, Any]]:
+        state = self.models[event.model]
+        modality = state.section.modality
+        features = event_features(event, modality)
+        text_in = event.input_text()
+        found_in = scan(text_in, self.scanners, "input")
+        found_out = scan(event.output or "", self.scanners, "output")
+        flags = tuple(
+            sorted(
+                {(f.category, "input") for f in found_in}
+                | {(f.category, "output") for f in found_out}
+            )
+        )
+        stored_input: Any = event.input
+        if found_in:
+            clean = redact(text_in, found_in)
+            if isinstance(event.input, dict):
+                stored_input = {
+                    k: clean if isinstance(v, str) and v == text_in else v
+                    for k, v in event.input.items()
+                }
+            else:
+                stored_input = clean
+        output = redact(event.output, found_out) if event.output and found_out else event.output
+        kept = {k: v for k, v in features.items() if k in state.features}
+        payload = {
+            "input": stored_input,
+            "output": output,
+            "label": event.label,
+            "features": kept,
+            "error": event.error,
+        }
+        row: Row = (
+            event.request_id,
+            event.ts if event.ts is not None else arrival,
+            event.model,
+            event.adapter,
+            modality,
+            event.latency_s,
+            ",".join(f"{c}@{s}" for c, s in flags),
+            json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        )
+        return row, payload, flags, kept
+
+    def _after_commit(self, prepared: list[Any], fresh: list[bool]) -> int:
+        captures: dict[str, list[dict[str, Any]]] = {}
+        capture_counts: dict[CountKey, float] = {}
+        with self.lock:
+            for new, (row, payload, flags, kept) in zip(fresh, prepared, strict=True):
+                if not new:
+                    continue
+                request_id, ts, model, adapter, modality, latency, _, _ = row
+                state = self.models[model]
+                state.observe(kept, latency, adapter, flags)
+                if self.capture is None:
+                    continue
+                reason = self.capture.reasons(bool(flags), state.drifting)
+                if reason is None or not self.capture.take(model):
+                    continue
+                meta = {"reason": reason, "ts": ts, "adapter": adapter, "request_id": request_id}
+                record = training_record(modality, payload, meta)
+                if record is None:
+                    continue
+                captures.setdefault(model, []).append(record)
+                key = ("captured", (model, reason))
+                capture_counts[key] = capture_counts.get(key, 0.0) + 1
+            if self.capture is not None:
+                for model, records in captures.items():
+                    self.capture.write(model, records)
+        if capture_counts:
+            self.store.commit([], lambda _: capture_counts)
+            self.counts.add(capture_counts)
+        return int(sum(capture_counts.values()))
+
+    def reject(self, reason: str) -> None:
+        """Count a refused request (kept across restarts like every counter)."""
+        delta = {("rejected", (reason,)): 1.0}
+        self.store.commit([], lambda _: delta)
+        self.counts.add(delta)
+
+    # Evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Run every model's detectors on its window and refresh gauges and alerts."""
+        now = time.time()
+        for state in self.models.values():
+            with self.lock:
+                snapshot = {name: list(values) for name, values in state.features.items()}
+                latencies = {a: np.asarray(v) for a, v in state.latencies.items()}
+                flags = list(state.flags)
+                state.new_events = 0
+            self._evaluate_drift(state, snapshot, now)
+            self._evaluate_latency(state, latencies, now)
+            self._evaluate_safety(state, flags, now)
+            self.gauges.window_events.labels(state.name).set(len(flags))
+        self.gauges.stored_events.set(self.store.count())
+        for model in self.models:
+            for kind in ("drift", "safety", "latency"):
+                active = sum(1 for k in self.alerts if k[0] == model and k[1] == kind)
+                self.gauges.alerts.labels(model, kind).set(active)
+        self.evaluated_at = now
+
+    def _evaluate_drift(
+        self, state: ModelState, snapshot: dict[str, list[Any]], now: float
+    ) -> None:
+        cfg = self.config.drift
+        if state.reference is None:
+            return
+        results: dict[str, dict[str, detectors.DriftResult]] = {}
+        deciding: dict[str, detectors.DriftResult] = {}
+        tested = [n for n, v in snapshot.items() if len(v) >= self.config.window.min_events]
+        alpha_each = (
+            cfg.alpha / max(1, len(tested)) if cfg.correction == "bonferroni" else cfg.alpha
+        )
+        for name in tested:
+            values = snapshot[name]
+            if name in state.scalar_refs:
+                current = np.asarray(values, dtype=np.float64)
+                reference = state.scalar_refs[name]
+                tests = {
+                    "psi": detectors.psi(reference, current, cfg.psi_threshold, cfg.psi_warning),
+                    "ks": detectors.ks(reference, current, cfg.ks_min_effect, cfg.alpha),
+                    "wasserstein": detectors.wasserstein(
+                        reference, current, cfg.wasserstein_threshold
+                    ),
+                }
+                deciding[name] = tests[cfg.scalar_test]
+            elif name in state.reference.embeddings:
+                permutations = max(cfg.mmd_permutations, math.ceil(2 / alpha_each))
+                current = np.asarray([v for v in values if isinstance(v, list)], dtype=np.float64)
+                result = detectors.mmd(
+                    state.reference.embeddings[name],
+                    current,
+                    cfg.alpha,
+                    permutations=permutations,
+                    max_samples=cfg.mmd_max_samples,
+                )
+                tests = {"mmd": result}
+                deciding[name] = result
+            else:
+                result = detectors.categorical(
+                    state.reference.categories[name],
+                    [str(v) for v in values],
+                    cfg.js_threshold,
+                    cfg.alpha,
+                )
+                tests = {"chi2": result}
+                deciding[name] = result
+            results[name] = tests
+        deciding = detectors.correct(deciding, cfg.correction, cfg.alpha)
+        with self.lock:
+            state.results = results
+            state.decisions = deciding
+            for name, result in deciding.items():
+                if result.drifted:
+                    state.drift_since.setdefault(name, now)
+                else:
+                    state.drift_since.pop(name, None)
+        for name, tests in results.items():
+            for test, result in tests.items():
+                self.gauges.drift_score.labels(state.name, name, test).set(result.score)
+                self.gauges.drift_threshold.labels(state.name, name, test).set(result.threshold)
+            decided = deciding[name]
+            self.gauges.drift_detected.labels(state.name, name).set(int(decided.drifted))
+            self._alert(
+                (state.name, "drift", name),
+                decided.drifted,
+                now,
+                f"{name} drifted ({decided.test} {decided.score:.3g} >= {decided.threshold:.3g})",
+                decided.score,
+                decided.threshold,
+            )
+
+    def _evaluate_latency(
+        self, state: ModelState, latencies: dict[str, np.ndarray], now: float
+    ) -> None:
+        slo = self.config.latency
+        for adapter, values in latencies.items():
+            if not len(values):
+                continue
+            for label, q in QUANTILES.items():
+                self.gauges.latency_window.labels(state.name, adapter, label).set(
+                    float(np.quantile(values, q))
+                )
+            if slo.slo_seconds is None:
+                continue
+            observed = float(np.quantile(values, slo.slo_quantile))
+            breached = len(values) >= self.config.window.min_events and observed > slo.slo_seconds
+            self._alert(
+                (state.name, "latency", adapter or "-"),
+                breached,
+                now,
+                f"p{slo.slo_quantile * 100:g} latency {observed:.3g} s is above the SLO of "
+                f"{slo.slo_seconds:g} s (adapter {adapter or '-'})",
+                observed,
+                slo.slo_seconds,
+            )
+
+    def _evaluate_safety(
+        self, state: ModelState, flags: list[tuple[tuple[str, str], ...]], now: float
+    ) -> None:
+        total = len(flags)
+        counted: dict[tuple[str, str], int] = {}
+        for event_flags in flags:
+            for flag in event_flags:
+                counted[flag] = counted.get(flag, 0) + 1
+        limit = self.config.safety.rate_threshold
+        seen_keys = set(counted)
+        for (category, side), count in counted.items():
+            rate = count / total
+            self.gauges.safety_rate.labels(state.name, category, side).set(rate)
+            self._alert(
+                (state.name, "safety", f"{category}@{side}"),
+                total >= self.config.window.min_events and rate > limit,
+                now,
+                f"{rate:.1%} of the window's {side}s flagged {category} (limit {limit:.1%})",
+                rate,
+                limit,
+            )
+        for key in [k for k in self.alerts if k[0] == state.name and k[1] == "safety"]:
+            category, side = key[2].split("@")
+            if (category, side) not in seen_keys:
+                self.alerts.pop(key)
+                self.gauges.safety_rate.labels(state.name, category, side).set(0.0)
+
+    def _alert(
+        self,
+        key: tuple[str, str, str],
+        active: bool,
+        now: float,
+        message: str,
+        value: float,
+        threshold: float,
+    ) -> None:
+        if not active:
+            self.alerts.pop(key, None)
+            return
+        since = self.alerts.get(key, {}).get("since", now)
+        self.alerts[key] = {
+            "model": key[0],
+            "kind": key[1],
+            "subject": key[2],
+            "since": since,
+            "message": message,
+            "value": value,
+            "threshold": threshold,
+        }
+
+    # Reading -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Drift, safety and latency state per model and the active alerts (GET /v1/status)."""
+        models = {}
+        for name, state in self.models.items():
+            with self.lock:
+                latencies = {a: np.asarray(v) for a, v in state.latencies.items()}
+                window = len(state.flags)
+                results = dict(state.results)
+                decisions = dict(state.decisions)
+                since = dict(state.drift_since)
+            models[name] = {
+                "modality": state.section.modality,
+                "reference": state.reference.source if state.reference else None,
+                "events_total": self.counts.total("events", model=name),
+                "window": window,
+                "drifting": any(r.drifted for r in decisions.values()),
+                "drift": {
+                    feature: {
+                        "decision": detectors.describe(decisions[feature]),
+                        "tests": {t: detectors.describe(r) for t, r in tests.items()},
+                        "since": since.get(feature),
+                    }
+                    for feature, tests in results.items()
+                },
+                "latency": {
+                    adapter: {
+                        "count": len(values),
+                        **{k: float(np.quantile(values, q)) for k, q in QUANTILES.items()},
+                    }
+                    for adapter, values in latencies.items()
+                    if len(values)
+                },
+                "safety": self._safety_totals(name),
+            }
+        return {
+            "status": "ok",
+            "uptime_s": round(time.time() - self.started, 3),
+            "evaluated_at": self.evaluated_at,
+            "models": models,
+            "alerts": sorted(self.alerts.values(), key=lambda a: a["since"]),
+            "store": {"path": str(self.store.path), "events": self.store.count()},
+            "rejected": {
+                labels[0]: value
+                for (key, labels), value in self.counts.values.copy().items()
+                if key == "rejected"
+            },
+        }
+
+    def _safety_totals(self, model: str) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for (key, labels), value in self.counts.values.copy().items():
+            if key == "safety_flags" and labels[0] == model:
+                totals[f"{labels[1]}@{labels[2]}"] = value
+        return totals
+
+    def recent_events(self, **filters: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": e.id,
+                "ts": e.ts,
+                "model": e.model,
+                "adapter": e.adapter,
+                "modality": e.modality,
+                "latency_s": e.latency_s,
+                "flags": [f for f in e.flags.split(",") if f],
+                **e.payload,
+            }
+            for e in self.store.events(**filters)
+        ]
+
+    def enforce_retention(self) -> int:
+        section = self.config.store
+        max_age = section.retention_days * 86400 if section.retention_days else None
+        return self.store.enforce_retention(max_age, section.max_events)

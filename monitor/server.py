@@ -1,0 +1,109 @@
+"""Running the daemon: the Monitor, its background threads and uvicorn, with a clean shutdown.
+
+uvicorn turns SIGTERM and SIGINT into a graceful shutdown: it stops accepting connections,
+finishes the requests in flight (each commits before it answers), and then the lifespan below
+stops the evaluator and tail threads and closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from omnitune.monitor.config import MonitorConfig
+from omnitune.monitor.engine import Monitor
+
+logger = logging.getLogger("omnitune.monitor")
+
+
+class Evaluator(threading.Thread):
+    """Re-evaluates the detectors every `drift.interval_s` and applies retention."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        super().__init__(name="omnitune-evaluator", daemon=True)
+        self.monitor = monitor
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        config = self.monitor.config
+        since_retention = config.store.retention_interval_s
+        while True:
+            try:
+                if since_retention >= config.store.retention_interval_s:
+                    deleted = self.monitor.enforce_retention()
+                    if deleted:
+                        logger.info("retention deleted %d events", deleted)
+                    since_retention = 0.0
+                self.monitor.evaluate()
+            except Exception:
+                logger.exception("evaluation failed; retrying")
+            if self.stopping.wait(config.drift.interval_s):
+                return
+            since_retention += config.drift.interval_s
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+
+
+def build_app(config: MonitorConfig):  # -> Starlette
+    """The ASGI app with its lifespan: threads start on startup and stop on shutdown."""
+    from omnitune.monitor.app import create_app
+    from omnitune.monitor.tail import TailThread
+
+    monitor = Monitor(config)
+    threads: list = []
+
+    @asynccontextmanager
+    async def lifespan(app) -> AsyncIterator[None]:
+        threads.append(Evaluator(monitor))
+        if config.tail.paths:
+            threads.append(TailThread(monitor, config.tail.paths, config.tail.poll_s))
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            for thread in threads:
+                thread.stop()
+            monitor.evaluate()
+            monitor.close()
+            logger.info("monitor stopped; store closed")
+
+    app = create_app(monitor, lifespan)
+    app.state.monitor = monitor
+    return app
+
+
+def serve(config: MonitorConfig) -> int:
+    """Bind, print the address, and serve until SIGTERM/SIGINT."""
+    import uvicorn
+
+    app = build_app(config)
+    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.server.host, config.server.port))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(
+        f"omnitune monitor: listening on http://{shown}:{port} "
+        f"(store {config.store.path}, models {', '.join(config.models)})",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run(sockets=[sock])
+    print("omnitune monitor: stopped", file=sys.stderr, flush=True)
+    return 0

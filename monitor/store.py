@@ -1,0 +1,214 @@
+"""The daemon's durable state: events, counters and tail offsets in one SQLite file (WAL mode).
+
+A request's events, the counter increments they cause and (for tailed logs) the new file
+offset are written in one transaction, and the daemon answers 2xx only after it commits. WAL
+with `synchronous=NORMAL` survives the daemon being killed at any point (the committed WAL
+frames are in the OS's page cache); `fsync: true` in the config sets `synchronous=FULL`, which
+also survives losing power, at a cost per request.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT UNIQUE,
+    ts REAL NOT NULL,
+    model TEXT NOT NULL,
+    adapter TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    latency_s REAL,
+    flags TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_model ON events (model, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (name, labels)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+#: (request_id, ts, model, adapter, modality, latency_s, flags, payload JSON)
+Row = tuple[str | None, float, str, str, str, float | None, str, str]
+CounterKey = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    ts: float
+    model: str
+    adapter: str
+    modality: str
+    latency_s: float | None
+    flags: str
+    payload: dict[str, Any]
+
+
+class Store:
+    def __init__(self, path: Path, fsync: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def commit(
+        self,
+        rows: list[Row],
+        counters: Callable[[list[bool]], Mapping[CounterKey, float]] | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> list[bool]:
+        """Insert `rows` (a repeated request_id is skipped), add counter deltas and set `meta`,
+        in one transaction.
+
+        Returns, per row, whether it was new. `counters` is called inside the transaction with
+        that list and returns the deltas to add, so counts follow the new rows only."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                fresh = self._insert(rows)
+                deltas = counters(fresh) if counters else {}
+                if deltas:
+                    db.executemany(
+                        "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (name, labels) "
+                        "DO UPDATE SET value = value + excluded.value",
+                        [(n, json.dumps(lab), v) for (n, lab), v in deltas.items()],
+                    )
+                if meta:
+                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return fresh
+
+    def _insert(self, rows: list[Row]) -> list[bool]:
+        ids = [row[0] for row in rows if row[0] is not None]
+        if not ids:
+            self._db.executemany("INSERT INTO events VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return [True] * len(rows)
+        seen = self._existing(ids)
+        fresh = []
+        batch = []
+        for row in rows:
+            new = row[0] is None or row[0] not in seen
+            if row[0] is not None:
+                seen.add(row[0])  # a request_id repeated inside one batch counts once
+            fresh.append(new)
+            if new:
+                batch.append(row)
+        self._db.executemany("INSERT INTO events VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        return fresh
+
+    def _existing(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT request_id FROM events WHERE request_id IN ({marks})"
+            found.update(r[0] for r in self._db.execute(query, chunk))
+        return found
+
+    def counters(self) -> dict[CounterKey, float]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, labels, value FROM counters").fetchall()
+        return {(name, tuple(json.loads(labels))): value for name, labels, value in rows}
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def recent(self, model: str, limit: int) -> list[StoredEvent]:
+        """The newest `limit` events of `model`, oldest first (to rebuild windows)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, ts, model, adapter, modality, latency_s, flags, payload FROM events "
+                "WHERE model = ? ORDER BY id DESC LIMIT ?",
+                (model, limit),
+            ).fetchall()
+        return [_stored(row) for row in reversed(rows)]
+
+    def events(
+        self,
+        since: float | None = None,
+        after_id: int | None = None,
+        model: str | None = None,
+        flagged: bool = False,
+        limit: int = 500,
+    ) -> list[StoredEvent]:
+        """Events matching the filters, oldest first (the dashboard's feed)."""
+        clauses, args = [], []
+        if since is not None:
+            clauses.append("ts >= ?")
+            args.append(since)
+        if after_id is not None:
+            clauses.append("id > ?")
+            args.append(after_id)
+        if model is not None:
+            clauses.append("model = ?")
+            args.append(model)
+        if flagged:
+            clauses.append("flags != ''")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = (
+            "SELECT id, ts, model, adapter, modality, latency_s, flags, payload FROM events "
+            f"{where} ORDER BY id LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(query, [*args, limit]).fetchall()
+        return [_stored(row) for row in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def request_ids(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT request_id FROM events WHERE request_id IS NOT NULL")
+            return {r[0] for r in rows}
+
+    def enforce_retention(
+        self, max_age_s: float | None, max_events: int | None, now: float | None = None
+    ) -> int:
+        """Delete events older than `max_age_s` and the oldest beyond `max_events`."""
+        deleted = 0
+        with self._lock:
+            if max_age_s is not None:
+                cutoff = (now or time.time()) - max_age_s
+                deleted += self._db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+            if max_events is not None:
+                row = self._db.execute("SELECT max(id) FROM events").fetchone()
+                if row[0] is not None:
+                    deleted += self._db.execute(
+                        "DELETE FROM events WHERE id <= ?", (row[0] - max_events,)
+                    ).rowcount
+            if deleted:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return deleted
+
+
+def _stored(row: Iterable[Any]) -> StoredEvent:
+    id_, ts, model, adapter, modality, latency, flags, payload = row
+    return StoredEvent(id_, ts, model, adapter, modality, latency, flags, json.loads(payload))
