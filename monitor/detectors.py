@@ -47,7 +47,11 @@ class ScalarReference:
         array = np.sort(np.asarray(values, dtype=np.float64))
         if array.size == 0:
             raise ValueError("a reference needs at least one value")
-        edges = np.unique(np.quantile(array, np.linspace(0, 1, bins + 1)[1:-1]))
+        # Inner quantile edges, plus the reference's range, so that values below its minimum or
+        # above its maximum land in bins of their own (a feature that was constant in training,
+        # such as an all-zero ratio, would otherwise share one bin with anything).
+        inner = np.quantile(array, np.linspace(0, 1, bins + 1)[1:-1])
+        edges = np.unique([array[0], *inner, np.nextafter(array[-1], np.inf)])
         counts = np.bincount(np.searchsorted(edges, array, side="right"), minlength=len(edges) + 1)
         std = float(array.std())
         if std == 0.0:

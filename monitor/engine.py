@@ -114,6 +114,10 @@ class Monitor:
         self.alerts: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.evaluated_at: float | None = None
         self.lock = threading.Lock()
+        # scipy.stats takes a second or two to import; pay that before serving, not in the
+        # first evaluation after traffic arrives.
+        import scipy.stats  # noqa: F401
+
         self._restore()
 
     # Setup ---------------------------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""Fixtures for monitor tests: a real daemon process started through the CLI on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from omnitune.monitor import traffic
+from tests.conftest import OMNITUNE, offline_env
+
+LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[str]
+    url: str
+    config: Path
+    token: str | None = None
+    output: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Drain the daemon's output, or a full pipe would block it.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def request(
+        self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None
+    ) -> tuple[int, Any]:
+        """(status, parsed JSON or text) of one HTTP request; never raises on 4xx/5xx."""
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        for key, value in {**self.auth(), **(headers or {})}.items():
+            request.add_header(key, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read().decode()
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def post(self, events: Any) -> tuple[int, Any]:
+        return self.request("POST", "/v1/events", json.dumps(events))
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.request("GET", "/v1/status")
+        assert code == 200, body
+        return body
+
+    def metrics(self) -> str:
+        code, body = self.request("GET", "/metrics")
+        assert code == 200, body
+        return body
+
+    def evaluated(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The status after an evaluation that started after this call."""
+        asked = time.time()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if (status["evaluated_at"] or 0) > asked:
+                return status
+            time.sleep(0.05)
+        raise AssertionError("no evaluation in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+def start_daemon(config: Path, token: str | None = None, timeout: float = 60) -> Daemon:
+    process = subprocess.Popen(
+        [str(OMNITUNE), "monitor", "serve", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=offline_env(),
+    )
+    deadline = time.monotonic() + timeout
+    seen = []
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = LISTENING.search(line)
+        if match:
+            daemon = Daemon(process, match.group(1), config, token, seen)
+            _wait_healthy(daemon, deadline)
+            return daemon
+    process.kill()
+    raise AssertionError("daemon did not start:\n" + "".join(seen))
+
+
+def _wait_healthy(daemon: Daemon, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if daemon.request("GET", "/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("daemon never answered /healthz")
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    return traffic.write_reference(tmp_path / "run" / "reference.json")
+
+
+@pytest.fixture
+def monitor_config(tmp_path: Path, reference: Path) -> Callable[..., Path]:
+    """`monitor_config(**sections)` writes a daemon config for the synthetic assistant."""
+
+    def write(**sections: dict[str, Any]) -> Path:
+        config: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "store": {"path": str(tmp_path / "store" / "events.sqlite")},
+            "models": {"assistant": {"modality": "text", "reference": str(reference)}},
+            "window": {"size": 400, "min_events": 200},
+            "drift": {"interval_s": 0.2},
+            "capture": {"dir": str(tmp_path / "capture")},
+        }
+        for section, values in sections.items():
+            if isinstance(values, dict) and isinstance(config.get(section), dict):
+                config[section].update(values)
+            else:
+                config[section] = values
+        path = tmp_path / "monitor.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def daemon(monitor_config: Callable[..., Path]) -> Iterator[Daemon]:
+    running = start_daemon(monitor_config())
+    yield running
+    running.stop()
