@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VOCABULARY = (
-    "please summarise the report explain how this works translate into french write a short "
-    "poem about rain what is the capital of spain list three ideas for dinner help me plan a "
-    "trip to the mountains describe the weather tomorrow compare these two options draft an "
-    "email to my team about the meeting"
-).split()
+_SENTENCES = (
+    "please summarise the report explain how this works translate into french write a "
+    "short poem about rain what is the capital of spain list three ideas for dinner help "
+    "me plan a trip to the mountains describe the weather tomorrow compare these two "
+    "options draft an email to my team about the meeting"
+)
+VOCABULARY = tuple(_SENTENCES.split())
 
 #: Planted answers that leak PII; each contains exactly one PII category.
 PII_ANSWERS = (

@@ -6,7 +6,6 @@ import http.client
 import json
 import subprocess
 import time
-from pathlib import Path
 
 from omnitune.monitor import traffic
 from tests.conftest import OMNITUNE, offline_env
