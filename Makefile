@@ -6,8 +6,11 @@ STAMP := $(VENV)/.omnitune-installed
 # The pinned torch trio (see pyproject.toml): installed first so that nothing pulls another torch.
 TORCH_PINS := torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Debian packages the tests drive for real: Prometheus (server and promtool).
+SYSTEM_PACKAGES := prometheus
+SYSTEM_COMMANDS := prometheus promtool
 
-.PHONY: demo test test-fast bench lint format venv clean
+.PHONY: demo test test-fast bench lint format venv clean system-deps
 
 venv: $(STAMP)
 
@@ -21,7 +24,21 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+# Installs the Debian packages above when one of their commands is missing (as root, as on CI
+# and the developers' machines; elsewhere it says what to install and stops).
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing=yes; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "the tests need: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

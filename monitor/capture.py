@@ -49,10 +49,14 @@ class Capture:
         return None
 
     def take(self, model: str) -> bool:
-        """Whether the next qualifying event of `model` is captured (sampling and the cap)."""
+        """Whether the next qualifying event of `model` is captured (sampling and the cap);
+        a True reserves its place under the cap, so the caller must write it."""
         if self.count(model) >= self.section.max_per_model:
             return False
-        return self.section.sample_rate >= 1.0 or self.random.random() < self.section.sample_rate
+        if self.section.sample_rate < 1.0 and self.random.random() >= self.section.sample_rate:
+            return False
+        self.counts[model] += 1
+        return True
 
     def write(self, model: str, records: list[dict[str, Any]]) -> None:
         if not records:
@@ -62,7 +66,6 @@ class Capture:
         with path.open("a", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.counts[model] = self.count(model) + len(records)
 
 
 def training_record(

@@ -35,6 +35,9 @@ logger = logging.getLogger("omnitune.monitor.client")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Retries back off exponentially from `backoff_s`, up to this.
+MAX_BACKOFF_S = 5.0
+
 
 class Client:
     def __init__(
@@ -205,7 +208,7 @@ class Client:
             if status is not None and 400 <= status < 500 and status != 429:
                 break  # the daemon refused this batch; resending cannot help
             if attempt < self.retries and not self._closing:
-                time.sleep(self.backoff_s * 2**attempt)
+                time.sleep(min(self.backoff_s * 2**attempt, MAX_BACKOFF_S))
         self.failed_batches += 1
         self.dropped += len(batch)
         logger.warning("monitor: dropped %d events (%s: %s)", len(batch), status, text[:200])

@@ -286,11 +286,11 @@ class Monitor:
                 if self.capture is None:
                     continue
                 reason = self.capture.reasons(bool(flags), state.drifting)
-                if reason is None or not self.capture.take(model):
+                if reason is None:
                     continue
                 meta = {"reason": reason, "ts": ts, "adapter": adapter, "request_id": request_id}
                 record = training_record(modality, payload, meta)
-                if record is None:
+                if record is None or not self.capture.take(model):
                     continue
                 captures.setdefault(model, []).append(record)
                 key = ("captured", (model, reason))
@@ -538,6 +538,7 @@ class Monitor:
         return [
             {
                 "id": e.id,
+                "request_id": e.request_id,
                 "ts": e.ts,
                 "model": e.model,
                 "adapter": e.adapter,

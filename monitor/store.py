@@ -49,6 +49,7 @@ CounterKey = tuple[str, tuple[str, ...]]
 @dataclass(frozen=True)
 class StoredEvent:
     id: int
+    request_id: str | None
     ts: float
     model: str
     adapter: str
@@ -144,7 +145,8 @@ class Store:
         """The newest `limit` events of `model`, oldest first (to rebuild windows)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, ts, model, adapter, modality, latency_s, flags, payload FROM events "
+                "SELECT id, request_id, ts, model, adapter, modality, latency_s, flags, payload "
+                "FROM events "
                 "WHERE model = ? ORDER BY id DESC LIMIT ?",
                 (model, limit),
             ).fetchall()
@@ -173,7 +175,8 @@ class Store:
             clauses.append("flags != ''")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = (
-            "SELECT id, ts, model, adapter, modality, latency_s, flags, payload FROM events "
+            "SELECT id, request_id, ts, model, adapter, modality, latency_s, flags, payload "
+                "FROM events "
             f"{where} ORDER BY id LIMIT ?"
         )
         with self._lock:
@@ -184,10 +187,6 @@ class Store:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM events").fetchone()[0]
 
-    def request_ids(self) -> set[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT request_id FROM events WHERE request_id IS NOT NULL")
-            return {r[0] for r in rows}
 
     def enforce_retention(
         self, max_age_s: float | None, max_events: int | None, now: float | None = None
@@ -210,5 +209,7 @@ class Store:
 
 
 def _stored(row: Iterable[Any]) -> StoredEvent:
-    id_, ts, model, adapter, modality, latency, flags, payload = row
-    return StoredEvent(id_, ts, model, adapter, modality, latency, flags, json.loads(payload))
+    id_, request_id, ts, model, adapter, modality, latency, flags, payload = row
+    return StoredEvent(
+        id_, request_id, ts, model, adapter, modality, latency, flags, json.loads(payload)
+    )

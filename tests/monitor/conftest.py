@@ -92,9 +92,11 @@ class Daemon:
         return self.process.wait(timeout=30)
 
 
-def start_daemon(config: Path, token: str | None = None, timeout: float = 60) -> Daemon:
+def start_daemon(
+    config: Path, token: str | None = None, timeout: float = 60, port: int = 0
+) -> Daemon:
     process = subprocess.Popen(
-        [str(OMNITUNE), "monitor", "serve", "--config", str(config), "--port", "0"],
+        [str(OMNITUNE), "monitor", "serve", "--config", str(config), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

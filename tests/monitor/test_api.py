@@ -7,6 +7,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from omnitune.monitor import traffic
 from tests.conftest import OMNITUNE, offline_env
 from tests.monitor.conftest import start_daemon
@@ -119,6 +121,7 @@ def test_flagged_text_is_stored_redacted_and_captured_as_a_training_set(daemon, 
     assert [e["input"] for e in after["events"]] == ["what is the capital of spain"]
 
 
+@pytest.mark.prometheus
 def test_metrics_pass_promtool(daemon):
     events, _ = traffic.make_events(300, pii_every=20)
     assert daemon.post(events)[0] == 200
