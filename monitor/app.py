@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omnitune.monitor.engine import Monitor, Rejected
+from omnitune.monitor.engine import IngestResult, Monitor, Rejected
 from omnitune.monitor.events import BodyError, parse_events
 
 MAX_EVENTS_LISTED = 5000
@@ -58,6 +58,17 @@ def create_app(
             return refuse(403, "forbidden", "wrong bearer token")
         return None
 
+    def parse_and_ingest(body: bytes, content_type: str) -> IngestResult:
+        events = parse_events(body, content_type)
+        if len(events) > server.max_events_per_request:
+            raise Rejected(
+                413,
+                "too_many_events",
+                f"{len(events)} events in one request; the limit is "
+                f"{server.max_events_per_request}",
+            )
+        return monitor.ingest(events)
+
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > server.max_body_bytes:
@@ -79,21 +90,15 @@ def create_app(
             return refuse(
                 413, "too_large", f"body is larger than {server.max_body_bytes} bytes; send batches"
             )
+        content_type = request.headers.get("content-type", "")
         try:
-            events = parse_events(body, request.headers.get("content-type", ""))
+            # Parsing and ingest run in one worker thread: handing the parsed events from the
+            # event loop to a worker made the two threads trade the GIL on every batch.
+            result = await run_in_threadpool(parse_and_ingest, body, content_type)
         except BodyError as exc:
             message = str(exc)
             invalid_json = message.startswith("invalid JSON") or message.startswith("empty")
             return refuse(400 if invalid_json else 422, "invalid", message)
-        if len(events) > server.max_events_per_request:
-            return refuse(
-                413,
-                "too_many_events",
-                f"{len(events)} events in one request; the limit is "
-                f"{server.max_events_per_request}",
-            )
-        try:
-            result = await run_in_threadpool(monitor.ingest, events)
         except Rejected as exc:
             return refuse(exc.status, exc.reason, str(exc))
         return JSONResponse(

@@ -57,6 +57,8 @@ _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?!\w|\.\d)"
     r"|(?<![\w+])\+\d{8,15}(?!\w)"
 )
+_DIGIT = re.compile(r"\d")
+_WORD = re.compile(r"\w+")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
@@ -83,6 +85,8 @@ def iban_valid(text: str) -> bool:
 
 
 def scan_pii(text: str) -> list[Finding]:
+    if "@" not in text and _DIGIT.search(text) is None:
+        return []  # every PII pattern needs an @ or a digit: most texts end here
     found: list[Finding] = []
     taken: list[tuple[int, int]] = []
 
@@ -96,7 +100,7 @@ def scan_pii(text: str) -> list[Finding]:
     if "@" in text:
         for match in _EMAIL.finditer(text):
             add("pii_email", match)
-    if not any(c.isdigit() for c in text):
+    if _DIGIT.search(text) is None:
         return found
     for match in _IBAN.finditer(text):
         if iban_valid(match.group()):
@@ -172,8 +176,13 @@ def lexicon_scanner(terms: list[str]) -> Callable[[str], list[Finding]]:
     # Longest first, so that "piece of trash" wins over "trash".
     alternation = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
     pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
+    # Most texts contain no term's longest word ("hell" of "go to hell"); a set lookup rules
+    # them out before the regex runs.
+    words = {max(_WORD.findall(term), key=len) for term in terms}
 
     def scan(text: str) -> list[Finding]:
+        if words.isdisjoint(_WORD.findall(text.lower())):
+            return []
         return [Finding("toxicity", *m.span()) for m in pattern.finditer(text)]
 
     return scan
@@ -209,8 +218,16 @@ _REFUSAL = re.compile(
 )
 
 
+#: Every refusal pattern contains one of these; texts without them skip the regex.
+_REFUSAL_KEYS = ("sorry", "afraid", "can", "won't", "unable", "not able", "as an ai")
+
+
 def scan_refusal(text: str) -> list[Finding]:
-    return [Finding("refusal", *m.span()) for m in _REFUSAL.finditer(text)]
+    lower = text.lower()
+    for key in _REFUSAL_KEYS:
+        if key in lower:
+            return [Finding("refusal", *m.span()) for m in _REFUSAL.finditer(text)]
+    return []
 
 
 # Registry --------------------------------------------------------------------------------------
