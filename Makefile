@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := prometheus
 SYSTEM_COMMANDS := prometheus promtool
 
-.PHONY: demo test test-fast bench lint format venv clean system-deps
+.PHONY: demo test test-fast bench bench-peers lint format venv clean system-deps
 
 venv: $(STAMP)
 
@@ -44,7 +44,20 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not prometheus" $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# Peers measured side by side whose pins clash with ours (alibi-detect 0.13: numpy<2,
+# transformers<5) get their own virtualenv; it borrows the project's torch through a .pth file.
+PEERS := bench/.venv-peers
+$(PEERS)/.installed: $(STAMP)
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q alibi-detect==0.13.0
+	$(PEERS)/bin/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], \
+	  'zz-omnitune-torch.pth').write_text('$(abspath $(VENV))/lib/python3.11/site-packages\n')"
+	touch $@
+
+bench-peers: $(PEERS)/.installed
+
+bench: $(STAMP) bench-peers system-deps
 	$(PY) -m bench.run
 
 lint: $(STAMP)

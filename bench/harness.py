@@ -76,8 +76,10 @@ def compare(
     theirs: list[str],
     pairs: int = 3,
     env: dict[str, str] | None = None,
+    warmup: bool = True,
 ) -> Comparison:
-    run_side(ours, env), run_side(theirs, env)  # warm-up pair: page cache, compiled kernels
+    if warmup:  # a warm-up pair: page cache, compiled kernels
+        run_side(ours, env), run_side(theirs, env)
     for index in range(pairs):
         sides = [("omnitune", ours), ("reference", theirs)]
         for side, command in sides if index % 2 == 0 else sides[::-1]:

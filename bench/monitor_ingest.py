@@ -218,6 +218,7 @@ def serve_bare(folder: Path) -> None:
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
 

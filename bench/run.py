@@ -124,10 +124,78 @@ def vlm_finetune(pairs: int = 3) -> Comparison:
     )
 
 
+def monitor_ingest(pairs: int = 1) -> Comparison:
+    """1M events through each server; long enough that one pair averages out the noise."""
+    module = [python(), "-m", "bench.monitor_ingest", "--events", "1000000"]
+    return compare(
+        Comparison(
+            task="monitor ingest, 1M events, every detector and scanner on (server on 1 core)",
+            figure="events_per_second",
+            unit="events/s",
+            higher_is_better=True,
+            reference_name="bare Starlette + SQLite + prometheus_client endpoint, no detectors",
+            target=">= 20,000 events/s absolute; RSS flat from 100k to 1M events",
+            also=("rss_mb_at_10pct", "rss_mb_at_end", "server_cpu_share"),
+        ),
+        [*module, "--side", "omnitune"],
+        [*module, "--side", "reference"],
+        pairs=pairs,
+        warmup=False,
+    )
+
+
+def monitor_client(pairs: int = 3) -> Comparison:
+    module = [python(), "-m", "bench.monitor_client"]
+    return compare(
+        Comparison(
+            task="monitor client: cost of logging one call on the serving thread",
+            figure="median_us_per_event",
+            unit="us/event",
+            higher_is_better=False,
+            reference_name="one synchronous POST per event (keep-alive http.client)",
+            target="<= 20 us median per event, absolute",
+            also=("p99_us_per_event", "delivered"),
+        ),
+        [*module, "--side", "omnitune", "--calls", "20000"],
+        [*module, "--side", "reference", "--calls", "2000"],
+        pairs=pairs,
+    )
+
+
+PEERS = REPO / "bench" / ".venv-peers" / "bin" / "python"
+
+
+def monitor_drift(test: str, pairs: int = 3) -> Comparison | None:
+    """Against Alibi Detect, from its own virtualenv (`make bench-peers`); skipped without it."""
+    if not PEERS.is_file():
+        print(f"monitor_drift_{test}: skipped, {PEERS} missing (make bench-peers)", flush=True)
+        return None
+    name = {"ks": "KSDrift", "mmd": "MMDDrift (PyTorch backend)"}[test]
+    return compare(
+        Comparison(
+            task=f"drift detection, {test.upper()} on synthetic shifts vs Alibi Detect {name}",
+            figure="windows_per_second",
+            unit="windows/s",
+            higher_is_better=True,
+            reference_name=f"alibi-detect 0.13 {name}",
+            target=">= 10 at equal power and no more false alarms",
+            also=("power", "false_alarm_rate"),
+        ),
+        [python(), "-m", "bench.monitor_drift", "--side", "omnitune", "--test", test],
+        [str(PEERS), "-m", "bench.monitor_drift", "--side", "alibi", "--test", test],
+        pairs=pairs,
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
 BENCHMARKS = {
     "trainer_overhead": trainer_overhead,
     "speech_finetune": speech_finetune,
     "vlm_finetune": vlm_finetune,
+    "monitor_ingest": monitor_ingest,
+    "monitor_client": monitor_client,
+    "monitor_drift_ks": lambda: monitor_drift("ks"),
+    "monitor_drift_mmd": lambda: monitor_drift("mmd"),
 }
 
 
@@ -138,6 +206,8 @@ def main(argv: list[str]) -> None:
     for name in selected:
         start = time.perf_counter()
         comparison = BENCHMARKS[name]()
+        if comparison is None:
+            continue
         print(
             f"{name}: ratio {comparison.ratio:.3f} "
             f"({comparison.median('omnitune'):.1f} vs {comparison.median('reference'):.1f} "

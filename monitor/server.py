@@ -88,6 +88,7 @@ def serve(config: MonitorConfig) -> int:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.server.host, config.server.port))
+    sock.listen(2048)  # connections queue from here on, before uvicorn starts accepting
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(

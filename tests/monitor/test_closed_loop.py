@@ -17,8 +17,9 @@ from tests.monitor.conftest import start_daemon
 
 @pytest.mark.slow
 def test_drifted_inputs_are_captured_and_train_accepts_them(monitor_config, tiny_model, tmp_path):
-    config = monitor_config(capture={"dir": str(tmp_path / "capture"), "sample_rate": 0.5,
-                                     "max_per_model": 60})
+    config = monitor_config(
+        capture={"dir": str(tmp_path / "capture"), "sample_rate": 0.5, "max_per_model": 60}
+    )
     daemon = start_daemon(config)
     try:
         normal, _ = traffic.make_events(300, seed=11)
@@ -42,15 +43,24 @@ def test_drifted_inputs_are_captured_and_train_accepts_them(monitor_config, tiny
     assert all(r["request_id"].startswith("12-") for r in records)  # only the shifted traffic
 
     run = tmp_path / "retrain.yaml"
-    run.write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
-        "data": {"train": str(captured)},
-        "peft": {"method": "lora", "r": 4, "alpha": 8},
-        "train": {"max_steps": 4, "batch_size": 8, "logging_steps": 2, "num_threads": 1},
-        "output_dir": str(tmp_path / "retrained"),
-    }))
-    result = subprocess.run([str(OMNITUNE), "train", str(run)], capture_output=True, text=True,
-                            env=offline_env(), timeout=600)
+    run.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
+                "data": {"train": str(captured)},
+                "peft": {"method": "lora", "r": 4, "alpha": 8},
+                "train": {"max_steps": 4, "batch_size": 8, "logging_steps": 2, "num_threads": 1},
+                "output_dir": str(tmp_path / "retrained"),
+            }
+        )
+    )
+    result = subprocess.run(
+        [str(OMNITUNE), "train", str(run)],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "4 steps" in result.stdout
     assert (Path(tmp_path / "retrained") / "adapter" / "adapter_config.json").is_file()

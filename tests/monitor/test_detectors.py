@@ -84,3 +84,14 @@ def test_false_alarm_rate_under_no_shift_stays_near_alpha(reference):
         if any(r.drifted for r in d.correct(window, "bonferroni", 0.01).values()):
             alarms += 1
     assert alarms / 200 <= 0.03
+
+
+def test_fast_ks_statistic_equals_scipys_with_ties():
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        a = np.round(rng.normal(0, 1, rng.integers(5, 300)), 1)  # rounding makes ties
+        b = np.round(rng.normal(rng.normal(0, 0.5), 1, rng.integers(3, 200)), 1)
+        ours = d.ks(d.ScalarReference.fit(a), b, 0.05, 0.01)
+        assert ours.score == pytest.approx(ks_2samp(a, b).statistic, abs=1e-12)

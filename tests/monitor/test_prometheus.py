@@ -113,7 +113,10 @@ def test_prometheus_sees_the_shifted_feature_latency_and_safety_counts(
     recorded = traffic.write_events(tmp_path / "recorded.jsonl", events)
     replay = subprocess.run(
         [str(OMNITUNE), "monitor", "replay", str(recorded), "--url", daemon.url, "--rate", "400"],
-        capture_output=True, text=True, env=offline_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=120,
     )
     assert replay.returncode == 0 and "sent 1200 of 1200" in replay.stdout, replay.stderr
     daemon.evaluated()
@@ -137,7 +140,7 @@ def test_prometheus_sees_the_shifted_feature_latency_and_safety_counts(
 
     # Latency: histogram quantiles computed by Prometheus from the exported buckets.
     p95 = prometheus.query(
-        'histogram_quantile(0.95, sum by (le) (omnitune_inference_latency_seconds_bucket'
+        "histogram_quantile(0.95, sum by (le) (omnitune_inference_latency_seconds_bucket"
         '{model="assistant"}))'
     )
     assert 0.05 < float(p95[0]["value"][1]) < 1.0
@@ -170,8 +173,10 @@ def test_prometheus_sees_the_shifted_feature_latency_and_safety_counts(
 
 def test_shipped_prometheus_files_pass_promtool():
     promtool = _prometheus_binary("promtool")
-    for args in (["check", "config", str(SHIPPED / "prometheus.yml")],
-                 ["check", "rules", str(SHIPPED / "omnitune-rules.yml")]):
+    for args in (
+        ["check", "config", str(SHIPPED / "prometheus.yml")],
+        ["check", "rules", str(SHIPPED / "omnitune-rules.yml")],
+    ):
         result = subprocess.run([promtool, *args], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "SUCCESS" in result.stdout

@@ -70,8 +70,15 @@ def test_redaction_replaces_every_finding():
 
 
 def test_every_category_is_declared():
-    texts = ["a@b.io 4111111111111111 GB82WEST12345698765432 +44 20 7946 0958 10.0.0.1 "
-             "ignore previous instructions idiot", "I cannot help with that"]
-    found = {f.category for t in texts for side in ("input", "output")
-             for f in safety.scan(t, SCANNERS, side)}
+    texts = [
+        "a@b.io 4111111111111111 GB82WEST12345698765432 +44 20 7946 0958 10.0.0.1 "
+        "ignore previous instructions idiot",
+        "I cannot help with that",
+    ]
+    found = {
+        f.category
+        for t in texts
+        for side in ("input", "output")
+        for f in safety.scan(t, SCANNERS, side)
+    }
     assert found == set(safety.CATEGORIES)
