@@ -14,6 +14,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -85,7 +86,7 @@ def main() -> None:
                 "mean_us_per_event": statistics.fmean(timings) / 1000,
                 "delivered": stats["sent"],
                 "dropped": stats["dropped"],
-                "peak_rss_mb": 0.0,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
     )

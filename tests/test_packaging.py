@@ -92,3 +92,47 @@ def test_monitor_extra_installs_without_torch_and_the_cli_runs(wheel, tmp_path):
     assert needs_torch.stderr.strip() == (
         "omnitune: error: this command needs the 'torch' package: pip install 'omnitune[train]'"
     )
+
+    # The daemon itself serves from this torch-free install.
+    from omnitune.monitor import traffic
+
+    reference = traffic.write_reference(tmp_path / "reference.json")
+    monitor_config = tmp_path / "monitor.yaml"
+    monitor_config.write_text(
+        f"store: {{path: {tmp_path / 'events.sqlite'}}}\n"
+        f"models: {{assistant: {{modality: text, reference: {reference}}}}}\n"
+        f"capture: {{dir: null}}\n"
+    )
+    daemon = subprocess.Popen(
+        [
+            str(venv / "bin" / "omnitune"),
+            "monitor",
+            "serve",
+            "--config",
+            str(monitor_config),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = daemon.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line + daemon.stdout.read()
+        url = line.split("listening on ")[1].split()[0]
+        import json
+        import urllib.request
+
+        body = json.dumps({"model": "assistant", "input": "hello there", "latency_s": 0.1})
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}/v1/events", body.encode()), timeout=30
+        ) as answer:
+            assert json.loads(answer.read())["accepted"] == 1
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as answer:
+            assert 'omnitune_events_total{adapter="",modality="text",model="assistant"} 1.0' in (
+                answer.read().decode()
+            )
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
