@@ -55,7 +55,9 @@ def check_clip(duration: float, rms: float, max_seconds: float) -> None:
 
 
 def audio_features(samples: np.ndarray, sampling_rate: int) -> dict[str, float]:
-    """Duration, loudness, silence share, zero-crossing rate and spectral centroid.
+    """Duration, loudness, silence share, zero-crossing rate, spectral centroid and an SNR
+    estimate (the 90th over the 10th percentile of 20 ms frame energies, in dB: speech frames
+    over the noise floor between words).
 
     The same function describes training audio and production requests, so the monitor's
     drift tests compare like with like. Numpy only.
@@ -75,7 +77,13 @@ def audio_features(samples: np.ndarray, sampling_rate: int) -> dict[str, float]:
         "silence_ratio": float(np.mean(frame_rms < 0.01)),
         "zero_crossing_rate": crossings / max(1, len(samples)),
         "spectral_centroid_hz": centroid,
+        "snr_db": estimated_snr_db(frame_rms),
     }
+
+
+def estimated_snr_db(frame_rms: np.ndarray) -> float:
+    loud, quiet = np.percentile(frame_rms, [90, 10])
+    return 20 * float(np.log10(max(float(loud), 1e-10) / max(float(quiet), 1e-10)))
 
 
 def features_of_file(path: str | Path, sampling_rate: int) -> dict[str, Any]:

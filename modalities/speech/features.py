@@ -101,11 +101,13 @@ class FeatureCache:
     def _key(self, path: Path) -> str:
         resolved = path.resolve()
         stat = resolved.stat()
-        identity = f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        identity = f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}\0{PROFILE_FEATURES_VERSION}"
         return hashlib.sha1(identity.encode()).hexdigest()
 
 
 _INFO_FIELDS = ("duration", "rms", "cache_file", "floor", "frames")
+#: Bumped when `audio_features` changes, so cached profile rows are recomputed.
+PROFILE_FEATURES_VERSION = 2
 
 
 def load_features(cache_file: str, floor: float, frames: int) -> np.ndarray:

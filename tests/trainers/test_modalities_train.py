@@ -72,7 +72,9 @@ def test_tiny_whisper_trains_with_lora_and_counts_bad_audio(tiny_model, speech_d
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["train_skipped"] == {"unreadable audio": 1, "silent audio": 1}
     reference = json.loads((result.run_dir / "reference.json").read_text())
-    assert {"duration_s", "rms_dbfs", "spectral_centroid_hz"} <= set(reference["features"])
+    assert {"duration_s", "rms_dbfs", "spectral_centroid_hz", "snr_db"} <= set(
+        reference["features"]
+    )
 
     from peft import PeftModel
     from transformers import AutoModelForSpeechSeq2Seq
