@@ -11,7 +11,10 @@ repeated by hand. Today's path, about 5 minutes on 2 CPU cores:
 4. build a tiny Whisper, train it (configs/demo-speech-base.yaml) on the shipped espeak-ng
    `base` voices, then LoRA-adapt it (configs/demo-speech-shift.yaml) to two unseen voices in
    background noise: the run log shows WER on `shift` before and after;
-5. build the other tiny families (Idefics3, Qwen2-VL) and prove each loads and runs.
+5. build the other tiny families (Idefics3, Qwen2-VL) and prove each loads and runs;
+6. serve the monitor (configs/demo-monitor.yaml) for the chat model of step 2, replay traffic
+   whose users start typing longer numbers, read the drift it reports, and fine-tune on the
+   prompts it captured: the loop from fine-tuning to monitoring and back.
 """
 
 from __future__ import annotations
@@ -82,7 +85,103 @@ def main() -> None:
     for family in ("idefics3", "qwen2-vl"):
         omnitune("models", "build-tiny", family, "--out", str(MODELS / f"tiny-{family}"))
         omnitune("models", "check", str(MODELS / f"tiny-{family}"))
+    monitor_loop()
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; runs are in runs/demo/")
+
+
+def write_long_number_test(path: Path, count: int = 64) -> Path:
+    """Held-out chats of 4-6 digits (prompt/completion), to score the re-trained model on."""
+    import json
+    import random
+
+    from omnitune.modalities.text.demo_data import WORDS
+
+    rng = random.Random(99)
+    rows = []
+    for _ in range(count):
+        digits = [rng.randrange(10) for _ in range(rng.randint(4, 6))]
+        prompt = " ".join(WORDS[d] for d in digits)
+        rows.append(json.dumps({"prompt": prompt, "completion": " ".join(map(str, digits))}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def write_chat_traffic(path: Path, shift_from: int, count: int) -> Path:
+    """Serving events for the digit chat model: 1-3 digits as in training, then 4-6 digits."""
+    import json
+    import random
+
+    from omnitune.modalities.text.demo_data import WORDS
+
+    rng = random.Random(7)
+    with path.open("w") as handle:
+        for index in range(count):
+            digits = [
+                rng.randrange(10)
+                for _ in range(rng.randint(*((4, 6) if index >= shift_from else (1, 3))))
+            ]
+            answer = " ".join(map(str, digits))
+            event = {
+                "model": "digits-chat",
+                "adapter": "full-v1",
+                "input": " ".join(WORDS[d] for d in digits),
+                "output": answer,
+                "label": answer,
+                "latency_s": round(rng.lognormvariate(-3.0, 0.3), 5),
+                "request_id": f"demo-{index}",
+            }
+            handle.write(json.dumps(event) + "\n")
+    return path
+
+
+def monitor_loop() -> None:
+    import re
+    import shutil
+
+    folder = REPO / "runs" / "demo" / "monitor"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    traffic = write_chat_traffic(folder / "traffic.jsonl", shift_from=400, count=800)
+    shown = "omnitune monitor serve --config configs/demo-monitor.yaml --port 0"
+    print(f"\n$ {shown} &", flush=True)
+    daemon = subprocess.Popen(
+        [OMNITUNE, "monitor", "serve", "--config", "configs/demo-monitor.yaml", "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert daemon.stdout is not None
+    line = daemon.stdout.readline()
+    print(line.strip(), flush=True)
+    found = re.search(r"(http://[\d.]+:\d+)", line)
+    if not found:
+        daemon.kill()
+        sys.exit("the monitor daemon did not start:\n" + line + daemon.stdout.read())
+    url = found.group(1)
+    try:
+        omnitune("monitor", "replay", str(traffic.relative_to(REPO)), "--url", url, "--rate", "800")
+        time.sleep(1.5)  # a few evaluations
+        omnitune("monitor", "status", "--url", url)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+    captured = "runs/demo/monitor/capture/digits-chat/data.jsonl"
+    held_out = write_long_number_test(folder / "long-numbers-test.jsonl").relative_to(REPO)
+    omnitune("eval", "runs/demo/text/model", "--data", str(held_out))
+    omnitune(
+        "train",
+        "configs/demo-text.yaml",
+        "model.name_or_path=runs/demo/text/model",
+        f"data.train={captured}",
+        f"data.eval={held_out}",
+        "output_dir=runs/demo/text-recaptured",
+        "train.max_steps=60",
+        "train.warmup_steps=5",
+        "train.eval_steps=30",
+        "train.save_steps=60",
+        "train.resume=never",
+    )
 
 
 if __name__ == "__main__":
