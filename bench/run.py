@@ -12,6 +12,12 @@ CACHE = REPO / "bench" / ".cache"
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
+def train_once(config: str, *overrides: str) -> None:
+    """Train the base model a fine-tuning benchmark starts from (cached in bench/.cache)."""
+    command = [python(), "-m", "omnitune.trainers.cli", "train", str(REPO / "configs" / config)]
+    subprocess.run([*command, *overrides], cwd=REPO, check=True, capture_output=True)
+
+
 def trainer_overhead(pairs: int = 11) -> Comparison:
     # 11 pairs: single runs here swing by 15-20%; the median of 7 pair ratios moved by ~0.05.
     from omnitune.modalities.text.demo_data import write_digit_chat
@@ -44,20 +50,7 @@ def speech_finetune(pairs: int = 3) -> Comparison:
     base = CACHE / "speech-base"
     if not (base / "model" / "config.json").is_file():
         tiny = build_tiny("whisper", CACHE / "tiny-whisper", seed=0)
-        subprocess.run(
-            [
-                python(),
-                "-m",
-                "omnitune.trainers.cli",
-                "train",
-                str(REPO / "configs" / "demo-speech-base.yaml"),
-                f"model.name_or_path={tiny}",
-                f"output_dir={base}",
-            ],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-        )
+        train_once("demo-speech-base.yaml", f"model.name_or_path={tiny}", f"output_dir={base}")
     common = ["--model", str(base / "model"), "--steps", "300"]
     module = [python(), "-m", "bench.speech_finetune"]
     return compare(
@@ -89,21 +82,12 @@ def vlm_finetune(pairs: int = 3) -> Comparison:
         write_digit_vqa(data / "test", 1400, 100, domain="shift")
     if not (base / "model" / "config.json").is_file():
         tiny = build_tiny("llava", CACHE / "tiny-llava", seed=0)
-        subprocess.run(
-            [
-                python(),
-                "-m",
-                "omnitune.trainers.cli",
-                "train",
-                str(REPO / "configs" / "demo-llava.yaml"),
-                f"model.name_or_path={tiny}",
-                f"data.train={data / 'base-train' / 'data.jsonl'}",
-                "data.eval=null",
-                f"output_dir={base}",
-            ],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
+        train_once(
+            "demo-llava.yaml",
+            f"model.name_or_path={tiny}",
+            f"data.train={data / 'base-train' / 'data.jsonl'}",
+            "data.eval=null",
+            f"output_dir={base}",
         )
     common = ["--model", str(base / "model"), "--data", str(data), "--steps", "100"]
     module = [python(), "-m", "bench.vlm_finetune"]
