@@ -12,7 +12,7 @@ repeated by hand. Today's path, about 5 minutes on 2 CPU cores:
    `base` voices, then LoRA-adapt it (configs/demo-speech-shift.yaml) to two unseen voices in
    background noise: the run log shows WER on `shift` before and after;
 5. build the other tiny families (Idefics3, Qwen2-VL) and prove each loads and runs;
-6. serve the monitor (configs/demo-monitor.yaml) for the chat model of step 2, replay traffic
+6. serve the monitor (configs/monitor-demo.yaml) for the chat model of step 2, replay traffic
    whose users start typing longer numbers, read the drift it reports, and fine-tune on the
    prompts it captured: the loop from fine-tuning to monitoring and back.
 """
@@ -64,7 +64,8 @@ def write_demo_data() -> None:
 def main() -> None:
     start = time.perf_counter()
     for config in sorted((REPO / "configs").glob("*.yaml")):
-        omnitune("config", "check", str(config.relative_to(REPO)))
+        if not config.name.startswith("monitor"):  # monitor daemon configs, not run configs
+            omnitune("config", "check", str(config.relative_to(REPO)))
     write_demo_data()
 
     omnitune("models", "build-tiny", "text", "--out", str(MODELS / "tiny-text"))
@@ -142,10 +143,10 @@ def monitor_loop() -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     traffic = write_chat_traffic(folder / "traffic.jsonl", shift_from=400, count=800)
-    shown = "omnitune monitor serve --config configs/demo-monitor.yaml --port 0"
+    shown = "omnitune monitor serve --config configs/monitor-demo.yaml --port 0"
     print(f"\n$ {shown} &", flush=True)
     daemon = subprocess.Popen(
-        [OMNITUNE, "monitor", "serve", "--config", "configs/demo-monitor.yaml", "--port", "0"],
+        [OMNITUNE, "monitor", "serve", "--config", "configs/monitor-demo.yaml", "--port", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from omnitune.monitor import traffic
-from tests.conftest import OMNITUNE, offline_env
+from tests.conftest import OMNITUNE, REPO, offline_env
 from tests.monitor.conftest import start_daemon
 
 
@@ -242,3 +242,13 @@ def _wait_for(condition, timeout: float = 20.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs").glob("monitor*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_monitor_configs_validate(path):
+    from omnitune.monitor.config import load_monitor_config
+
+    config = load_monitor_config(path)
+    assert config.models and all(m.reference for m in config.models.values())
