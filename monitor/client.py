@@ -98,8 +98,7 @@ class Client:
     ) -> None:
         """Queue one event; returns at once. Dropped (and counted) when the queue is full."""
         try:
-            if len(self._queue) >= self.max_queue or self._closing:
-                self.dropped += 1
+            if self._full():
                 return
             event: dict[str, Any] = {
                 "model": model,
@@ -122,9 +121,7 @@ class Client:
                 event["modality"] = modality
             if error:
                 event["error"] = True
-            self._queue.append(event)
-            if len(self._queue) == self.batch_size:
-                self._wake.set()
+            self._enqueue(event)
         except Exception:  # never into the serving path
             self.dropped += 1
 
@@ -132,16 +129,25 @@ class Client:
         """Queue an event given as a dict in the daemon's format (e.g. a line of a log file).
         A missing `request_id` is filled in, so retries never store it twice."""
         try:
-            if len(self._queue) >= self.max_queue or self._closing:
-                self.dropped += 1
+            if self._full():
                 return
             if "request_id" not in event:
                 event = {**event, "request_id": f"{self._prefix}{next(self._ids)}"}
-            self._queue.append(event)
-            if len(self._queue) == self.batch_size:
-                self._wake.set()
+            self._enqueue(event)
         except Exception:
             self.dropped += 1
+
+    def _full(self) -> bool:
+        """True (and the event counted as dropped) when the queue is full or closing."""
+        if len(self._queue) >= self.max_queue or self._closing:
+            self.dropped += 1
+            return True
+        return False
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        self._queue.append(event)
+        if len(self._queue) == self.batch_size:
+            self._wake.set()  # a full batch: send now rather than at the next interval
 
     def timed(self, model: str, **fields: Any) -> Timed:
         """A context manager (or decorator) that logs the wrapped call with its latency."""
