@@ -5,6 +5,7 @@ GET  /metrics     Prometheus text format
 GET  /healthz     liveness (no auth, for probes)
 GET  /v1/status   drift, safety and latency state and active alerts
 GET  /v1/events   stored (redacted) events: ?since=UNIX&after_id=N&model=M&flagged=1&limit=N
+                  (&latest=1: the newest `limit` instead of the oldest)
 
 Every refusal is a 4xx with `{"error": "..."}` naming the problem (the event index and field
 for invalid events), counted in `omnitune_rejected_requests_total{reason}`; the daemon goes on
@@ -164,7 +165,7 @@ def create_app(
 
 
 def _event_filters(query: dict[str, str]) -> dict[str, Any]:
-    known = {"since", "after_id", "model", "flagged", "limit"}
+    known = {"since", "after_id", "model", "flagged", "limit", "latest"}
     unknown = sorted(set(query) - known)
     if unknown:
         raise ValueError(
@@ -184,6 +185,7 @@ def _event_filters(query: dict[str, str]) -> dict[str, Any]:
         raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LISTED}")
     if "model" in query:
         filters["model"] = query["model"]
-    if query.get("flagged", "0").lower() in {"1", "true", "yes"}:
-        filters["flagged"] = True
+    for flag in ("flagged", "latest"):
+        if query.get(flag, "0").lower() in {"1", "true", "yes"}:
+            filters[flag] = True
     return filters

@@ -162,8 +162,10 @@ class Store:
         model: str | None = None,
         flagged: bool = False,
         limit: int = 500,
+        latest: bool = False,
     ) -> list[StoredEvent]:
-        """Events matching the filters, oldest first (the dashboard's feed)."""
+        """Events matching the filters, oldest first (the dashboard's feed); with `latest`, the
+        newest `limit` of them."""
         clauses, args = [], []
         if since is not None:
             clauses.append("ts >= ?")
@@ -180,11 +182,11 @@ class Store:
         query = (
             "SELECT id, request_id, ts, model, adapter, modality, latency_s, flags, payload "
             "FROM events "
-            f"{where} ORDER BY id LIMIT ?"
+            f"{where} ORDER BY id {'DESC' if latest else 'ASC'} LIMIT ?"
         )
         with self._lock:
             rows = self._db.execute(query, [*args, limit]).fetchall()
-        return [_stored(row) for row in rows]
+        return [_stored(row) for row in (reversed(rows) if latest else rows)]
 
     def count(self) -> int:
         return self._count

@@ -252,3 +252,10 @@ def test_shipped_monitor_configs_validate(path):
 
     config = load_monitor_config(path)
     assert config.models and all(m.reference for m in config.models.values())
+
+
+def test_latest_events_are_the_newest(daemon):
+    assert daemon.post([event(input=f"question {i}") for i in range(10)])[0] == 200
+    code, page = daemon.request("GET", "/v1/events?limit=3&latest=1")
+    assert code == 200
+    assert [e["input"] for e in page["events"]] == [f"question {i}" for i in (7, 8, 9)]
