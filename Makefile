@@ -6,9 +6,9 @@ STAMP := $(VENV)/.omnitune-installed
 # The pinned torch trio (see pyproject.toml): installed first so that nothing pulls another torch.
 TORCH_PINS := torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 PYTEST_ARGS ?=
-# Debian packages the tests drive for real: Prometheus (server and promtool).
-SYSTEM_PACKAGES := prometheus
-SYSTEM_COMMANDS := prometheus promtool
+# Debian packages the tests drive for real: Prometheus (server and promtool), headless Chromium.
+SYSTEM_PACKAGES := prometheus chromium chromium-driver
+SYSTEM_COMMANDS := prometheus promtool chromium chromedriver
 
 .PHONY: demo test test-fast bench bench-peers lint format venv clean system-deps
 

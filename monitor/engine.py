@@ -525,6 +525,13 @@ class Monitor:
             "models": models,
             "alerts": sorted(self.alerts.values(), key=lambda a: a["since"]),
             "store": {"path": str(self.store.path), "events": self.store.count()},
+            "capture": None
+            if self.capture is None
+            else {
+                "dir": str(self.capture.root),
+                "files": {m: str(self.capture.file(m)) for m in self.models},
+                "samples": {m: self.capture.count(m) for m in self.models},
+            },
             "rejected": {
                 labels[0]: value
                 for (key, labels), value in self.counts.values.copy().items()

@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_monitor_commands(commands, _accept_overrides, _help_of)
 
+    from omnitune.dashboard.cli import add_commands as add_dashboard_commands
+
+    add_dashboard_commands(commands)
+
     parser.set_defaults(handler=_help_of(parser))
     return parser
 

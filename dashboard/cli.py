@@ -1,0 +1,54 @@
+"""`omnitune dashboard`: launch the Streamlit app on 127.0.0.1 (standard library at import)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_commands(commands: Any) -> None:
+    dashboard = commands.add_parser(
+        "dashboard", help="the Streamlit health dashboard over the monitor daemon"
+    )
+    dashboard.add_argument("--daemon", default="http://127.0.0.1:9108", help="the daemon's URL")
+    dashboard.add_argument("--prometheus", help="a Prometheus server to show as a source")
+    dashboard.add_argument("--token", help="the daemon's bearer token, if it wants one")
+    dashboard.add_argument("--runs", default="runs", help="folder of training runs")
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (loopback)")
+    dashboard.set_defaults(handler=_dashboard)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ModuleNotFoundError("streamlit", name="streamlit")
+    app = Path(__file__).resolve().parent / "app.py"
+    env = dict(os.environ, OMNITUNE_DAEMON_URL=args.daemon, OMNITUNE_RUNS_DIR=args.runs)
+    if args.prometheus:
+        env["OMNITUNE_PROMETHEUS_URL"] = args.prometheus
+    if args.token:
+        env["OMNITUNE_DAEMON_TOKEN"] = args.token
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    print(f"omnitune dashboard: http://{args.host}:{args.port} (daemon {args.daemon})", flush=True)
+    # Become Streamlit (exec), so that a SIGTERM to this process stops the app itself.
+    os.execve(sys.executable, command, env)
+    return 0  # not reached

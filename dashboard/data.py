@@ -1,0 +1,103 @@
+"""Turning the daemon's events and status, and training runs, into tables the pages plot.
+
+Pure pandas: no Streamlit here, so each function is tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def events_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
+    columns = ["id", "ts", "model", "adapter", "latency_s", "error", "flags"]
+    if not events:
+        return pd.DataFrame(columns=[*columns, "time"])
+    frame = pd.DataFrame([{c: e.get(c) for c in columns} for e in events])
+    frame["time"] = pd.to_datetime(frame["ts"], unit="s")
+    frame["error"] = frame["error"].fillna(False).astype(bool)
+    return frame
+
+
+def traffic_over_time(frame: pd.DataFrame, bucket: str = "10s") -> pd.DataFrame:
+    """Per model/adapter and time bucket: requests/s, error rate, latency p50/p95/p99."""
+    if frame.empty:
+        return pd.DataFrame(
+            columns=[
+                "time",
+                "model",
+                "adapter",
+                "requests_per_s",
+                "error_rate",
+                "p50",
+                "p95",
+                "p99",
+            ]
+        )
+    seconds = pd.Timedelta(bucket).total_seconds()
+    grouped = frame.groupby(["model", "adapter", pd.Grouper(key="time", freq=bucket)])
+    table = grouped.agg(
+        requests=("id", "count"),
+        errors=("error", "sum"),
+        p50=("latency_s", lambda s: s.quantile(0.5)),
+        p95=("latency_s", lambda s: s.quantile(0.95)),
+        p99=("latency_s", lambda s: s.quantile(0.99)),
+    ).reset_index()
+    table["requests_per_s"] = table["requests"] / seconds
+    table["error_rate"] = table["errors"] / table["requests"]
+    return table
+
+
+def safety_over_time(frame: pd.DataFrame, bucket: str = "10s") -> pd.DataFrame:
+    """Per model, category@side and time bucket: the share of events flagged."""
+    if frame.empty:
+        return pd.DataFrame(columns=["time", "model", "flag", "rate"])
+    totals = frame.groupby(["model", pd.Grouper(key="time", freq=bucket)])["id"].count()
+    exploded = frame.explode("flags").dropna(subset=["flags"])
+    if exploded.empty:
+        return pd.DataFrame(columns=["time", "model", "flag", "rate"])
+    counts = exploded.groupby(["model", pd.Grouper(key="time", freq=bucket), "flags"])["id"].count()
+    table = counts.reset_index().rename(columns={"flags": "flag", "id": "flagged"})
+    table["total"] = [totals[(m, t)] for m, t in zip(table["model"], table["time"], strict=True)]
+    table["rate"] = table["flagged"] / table["total"]
+    return table
+
+
+def drift_table(status: dict[str, Any]) -> pd.DataFrame:
+    """One row per model and feature: the deciding test's score, threshold, state, since."""
+    rows = []
+    for model, state in status.get("models", {}).items():
+        for feature, drift in state.get("drift", {}).items():
+            decision = drift["decision"]
+            rows.append(
+                {
+                    "model": model,
+                    "feature": feature,
+                    "test": decision["test"],
+                    "score": decision["score"],
+                    "threshold": decision["threshold"],
+                    "drifted": decision["drifted"],
+                    "since": pd.to_datetime(drift["since"], unit="s") if drift["since"] else None,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["model", "feature", "test", "score", "threshold", "drifted", "since"]
+    )
+
+
+def run_metrics(run_dir: Path) -> pd.DataFrame:
+    """A training run's metrics.jsonl as a table (kind: train or eval)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Folders under `root` (any depth up to 3) holding a metrics.jsonl, newest first."""
+    found = [p.parent for p in root.glob("**/metrics.jsonl") if len(p.relative_to(root).parts) <= 4]
+    return sorted(found, key=lambda p: p.joinpath("metrics.jsonl").stat().st_mtime, reverse=True)
