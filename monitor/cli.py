@@ -7,6 +7,7 @@ import time, like the rest of the CLI.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -57,35 +58,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from omnitune.modalities.base import read_records
     from omnitune.monitor.client import Client
-    from omnitune.trainers.errors import DataError, UsageError
+    from omnitune.trainers.errors import UsageError
 
-    path = Path(args.file)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     if args.rate < 0:
         raise UsageError("--rate must be 0 (as fast as possible) or a positive rate")
+    lines = read_records(args.file)
+    first = next(lines, None)  # a missing file raises DataError here, before any connection
+    path = args.file
     client = Client(args.url, args.token, batch_size=args.batch_size, max_queue=1_000_000)
     start = time.monotonic()
     read = bad = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                print(f"{path}:{line_number}: invalid JSON, skipped", file=sys.stderr)
-                bad += 1
-                continue
-            client.log_event(event)
-            read += 1
-            if args.rate > 0:
-                ahead = read / args.rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
+    for line_number, event, problem in itertools.chain([first] if first else [], lines):
+        if event is None:
+            print(f"{path}:{line_number}: {problem}, skipped", file=sys.stderr)
+            bad += 1
+            continue
+        client.log_event(event)
+        read += 1
+        if args.rate > 0:
+            ahead = read / args.rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
     client.flush(timeout_s=60)
     client.close()
     stats = client.stats()
