@@ -136,6 +136,36 @@ def create_app(
         next_id = events[-1]["id"] if events else filters.get("after_id")
         return JSONResponse({"events": events, "next_after_id": next_id})
 
+    async def drift_history(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        query = dict(request.query_params)
+        try:
+            params = _required(query, {"model"})
+            return JSONResponse(await run_in_threadpool(monitor.drift_history, params["model"]))
+        except ValueError as exc:
+            return refuse(400, "invalid_query", str(exc))
+        except KeyError as exc:
+            return JSONResponse({"error": exc.args[0]}, status_code=404)
+
+    async def drift_sample(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        query = dict(request.query_params)
+        try:
+            params = _required(query, {"model", "feature"}, {"limit"})
+            limit = params.get("limit", "1000")
+            if not limit.isdigit() or not 1 <= int(limit) <= MAX_EVENTS_LISTED:
+                raise ValueError(f"limit must be an integer from 1 to {MAX_EVENTS_LISTED}")
+            sample = await run_in_threadpool(
+                monitor.drift_sample, params["model"], params["feature"], int(limit)
+            )
+            return JSONResponse(sample)
+        except ValueError as exc:
+            return refuse(400, "invalid_query", str(exc))
+        except KeyError as exc:
+            return JSONResponse({"error": exc.args[0]}, status_code=404)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"no such endpoint: {request.url.path}"}, status_code=404)
 
@@ -156,12 +186,28 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/status", status, methods=["GET"]),
+        Route("/v1/drift", drift_history, methods=["GET"]),
+        Route("/v1/drift/sample", drift_sample, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_allowed, 500: crashed},
     )
+
+
+def _required(
+    query: dict[str, str], required: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, str]:
+    """The query's parameters, after refusing unknown ones and naming a missing one."""
+    unknown = sorted(set(query) - required - set(optional))
+    if unknown:
+        known = ", ".join(sorted(required | set(optional)))
+        raise ValueError(f"unknown query parameter {unknown[0]!r} (known: {known})")
+    missing = sorted(required - set(query))
+    if missing:
+        raise ValueError(f"query parameter {missing[0]!r} is required")
+    return query
 
 
 def _event_filters(query: dict[str, str]) -> dict[str, Any]:

@@ -92,6 +92,13 @@ class DriftSection(Section):
     mmd_permutations: int = Field(100, ge=20, description="permutations calibrating MMD's cut-off")
     mmd_max_samples: int = Field(150, ge=20, description="events per side MMD compares")
     interval_s: float = Field(2.0, gt=0, description="how often the detectors re-evaluate")
+    history: int = Field(
+        900,
+        ge=1,
+        le=100_000,
+        description="evaluations kept per model for GET /v1/drift (900 at 2 s: 30 minutes; "
+        "Prometheus keeps the long history)",
+    )
 
 
 class LatencySection(Section):

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,8 @@ class ModelState:
     results: dict[str, dict[str, detectors.DriftResult]] = field(default_factory=dict)
     decisions: dict[str, detectors.DriftResult] = field(default_factory=dict)
     drift_since: dict[str, float] = field(default_factory=dict)
+    #: (time, {feature: deciding result}) per evaluation, newest last; bounded by drift.history.
+    history: deque[tuple[float, dict[str, detectors.DriftResult]]] = field(default_factory=deque)
     new_events: int = 0
 
     @property
@@ -132,7 +134,14 @@ class Monitor:
             else None
         )
         size = self.config.window.size
-        state = ModelState(name, section, reference, size, flags=deque(maxlen=size))
+        state = ModelState(
+            name,
+            section,
+            reference,
+            size,
+            flags=deque(maxlen=size),
+            history=deque(maxlen=self.config.drift.history),
+        )
         if reference is not None:
             if section.features is not None:
                 missing = [f for f in section.features if f not in reference.names()]
@@ -387,6 +396,8 @@ class Monitor:
         with self.lock:
             state.results = results
             state.decisions = deciding
+            if deciding:
+                state.history.append((now, deciding))
             for name, result in deciding.items():
                 if result.drifted:
                     state.drift_since.setdefault(name, now)
@@ -561,6 +572,65 @@ class Monitor:
             }
             for e in self.store.events(**filters)
         ]
+
+    def drift_history(self, model: str) -> dict[str, Any]:
+        """Each feature's deciding score and threshold per evaluation (GET /v1/drift)."""
+        state = self._state(model)
+        with self.lock:
+            history = list(state.history)
+        features: dict[str, dict[str, list[Any]]] = {}
+        for ts, decisions in history:
+            for feature, result in decisions.items():
+                series = features.setdefault(
+                    feature, {"ts": [], "test": [], "score": [], "threshold": [], "drifted": []}
+                )
+                series["ts"].append(ts)
+                series["test"].append(result.test)
+                series["score"].append(result.score)
+                series["threshold"].append(result.threshold)
+                series["drifted"].append(result.drifted)
+        return {"model": model, "features": features}
+
+    def drift_sample(self, model: str, feature: str, limit: int = 1000) -> dict[str, Any]:
+        """Reference and current-window values of one feature (GET /v1/drift/sample).
+
+        Scalars and embeddings come back as up to `limit` values (vectors) per side, evenly
+        spaced through the reference and the newest of the window; categories as counts.
+        """
+        state = self._state(model)
+        reference = state.reference
+        if reference is None or feature not in state.features:
+            tracked = ", ".join(state.tracked()) or "none"
+            raise KeyError(f"model {model!r} tracks no feature {feature!r} (tracked: {tracked})")
+        with self.lock:
+            current = list(state.features[feature])[-limit:]
+        if feature in reference.categories:
+            return {
+                "model": model,
+                "feature": feature,
+                "kind": "categorical",
+                "reference": dict(reference.categories[feature]),
+                "current": dict(Counter(str(v) for v in current)),
+            }
+        if feature in reference.embeddings:
+            kind, values = "embedding", reference.embeddings[feature]
+            current = [v for v in current if isinstance(v, list)]
+        else:
+            kind, values = "scalar", reference.scalars[feature]
+        step = max(1, math.ceil(len(values) / limit))
+        return {
+            "model": model,
+            "feature": feature,
+            "kind": kind,
+            "reference": values[::step].tolist(),
+            "current": current,
+        }
+
+    def _state(self, model: str) -> ModelState:
+        state = self.models.get(model)
+        if state is None:
+            raise KeyError(f"unknown model {model!r} (configured: {', '.join(self.models)})")
+        return state
 
     def enforce_retention(self) -> int:
         section = self.config.store

@@ -259,3 +259,36 @@ def test_latest_events_are_the_newest(daemon):
     code, page = daemon.request("GET", "/v1/events?limit=3&latest=1")
     assert code == 200
     assert [e["input"] for e in page["events"]] == [f"question {i}" for i in (7, 8, 9)]
+
+
+def test_drift_history_and_samples_for_the_dashboard(daemon):
+    events, _ = traffic.make_events(400, shift_from=200)
+    assert daemon.post(events)[0] == 200
+    daemon.evaluated()
+    before = daemon.evaluated()["evaluated_at"]
+
+    code, history = daemon.request("GET", "/v1/drift?model=assistant")
+    assert code == 200 and history["model"] == "assistant"
+    upper = history["features"]["upper_ratio"]
+    assert len(upper["ts"]) >= 2 and upper["ts"] == sorted(upper["ts"])
+    assert upper["ts"][-1] <= before + 1
+    assert set(upper["test"]) == {"psi"} and upper["drifted"][-1]
+    assert upper["score"][-1] >= upper["threshold"][-1]
+    assert not history["features"]["chars"]["drifted"][-1]
+
+    code, sample = daemon.request("GET", "/v1/drift/sample?model=assistant&feature=chars&limit=300")
+    assert code == 200 and sample["kind"] == "scalar"
+    assert len(sample["current"]) == 300  # the newest 300 of the 400 in the window
+    assert 250 <= len(sample["reference"]) <= 300  # every 7th of the 2,000 reference values
+
+    for path, status, says in [
+        ("/v1/drift", 400, "'model' is required"),
+        ("/v1/drift?model=nope", 404, "unknown model 'nope'"),
+        ("/v1/drift?model=assistant&x=1", 400, "unknown query parameter 'x'"),
+        ("/v1/drift/sample?model=assistant", 400, "'feature' is required"),
+        ("/v1/drift/sample?model=assistant&feature=nope", 404, "tracks no feature 'nope'"),
+        ("/v1/drift/sample?model=assistant&feature=chars&limit=x", 400, "limit must be"),
+        ("/v1/drift/sample?model=assistant&feature=chars&limit=0", 400, "limit must be"),
+    ]:
+        code, body = daemon.request("GET", path)
+        assert code == status and says in body["error"], (path, body)
