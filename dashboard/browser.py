@@ -43,16 +43,21 @@ def headless_chromium(user_data: Path) -> Any:
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
-def wait_for_overview(browser: Any, url: str, timeout: float = 60) -> str:
-    """Open the overview and wait until its metrics and charts render; returns the page text."""
+def wait_for_page(browser: Any, url: str, text: str, charts: int = 1, timeout: float = 60) -> str:
+    """Open `url` and wait until `text` and `charts` charts have rendered; returns the text."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url)
     WebDriverWait(browser, timeout).until(
-        lambda b: "Requests (all models)" in b.find_element(By.TAG_NAME, "body").text
+        lambda b: text in b.find_element(By.TAG_NAME, "body").text
     )
     WebDriverWait(browser, timeout).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid='stVegaLiteChart']")
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, "[data-testid='stVegaLiteChart']")) >= charts
     )
     return browser.find_element(By.TAG_NAME, "body").text
+
+
+def wait_for_overview(browser: Any, url: str, timeout: float = 60) -> str:
+    """Open the overview and wait until its metrics and charts render; returns the page text."""
+    return wait_for_page(browser, url, "Requests (all models)", 1, timeout)

@@ -13,8 +13,16 @@ def add_commands(commands: Any) -> None:
     dashboard = commands.add_parser(
         "dashboard", help="the Streamlit health dashboard over the monitor daemon"
     )
-    dashboard.add_argument("--daemon", default="http://127.0.0.1:9108", help="the daemon's URL")
-    dashboard.add_argument("--prometheus", help="a Prometheus server to show as a source")
+    dashboard.add_argument(
+        "--daemon",
+        help="the monitor daemon's URL (default http://127.0.0.1:9108 unless only --prometheus "
+        "is given)",
+    )
+    dashboard.add_argument(
+        "--prometheus",
+        help="a Prometheus server scraping the daemon: the time series then come from PromQL "
+        "range queries",
+    )
     dashboard.add_argument("--token", help="the daemon's bearer token, if it wants one")
     dashboard.add_argument("--runs", default="runs", help="folder of training runs")
     dashboard.add_argument("--port", type=int, default=8501)
@@ -28,9 +36,13 @@ def _dashboard(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("streamlit") is None:
         raise ModuleNotFoundError("streamlit", name="streamlit")
     app = Path(__file__).resolve().parent / "app.py"
-    env = dict(os.environ, OMNITUNE_DAEMON_URL=args.daemon, OMNITUNE_RUNS_DIR=args.runs)
-    if args.prometheus:
-        env["OMNITUNE_PROMETHEUS_URL"] = args.prometheus
+    daemon = args.daemon or ("" if args.prometheus else "http://127.0.0.1:9108")
+    env = dict(
+        os.environ,
+        OMNITUNE_DAEMON_URL=daemon,
+        OMNITUNE_PROMETHEUS_URL=args.prometheus or "",
+        OMNITUNE_RUNS_DIR=args.runs,
+    )
     if args.token:
         env["OMNITUNE_DAEMON_TOKEN"] = args.token
     command = [
@@ -47,8 +59,16 @@ def _dashboard(args: argparse.Namespace) -> int:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # An operator's view: no Deploy button or developer menu.
+        "--client.toolbarMode",
+        "viewer",
     ]
-    print(f"omnitune dashboard: http://{args.host}:{args.port} (daemon {args.daemon})", flush=True)
+    sources = ", ".join(
+        f"{name} {url}"
+        for name, url in (("daemon", daemon), ("Prometheus", args.prometheus))
+        if url
+    )
+    print(f"omnitune dashboard: http://{args.host}:{args.port} ({sources})", flush=True)
     # Become Streamlit (exec), so that a SIGTERM to this process stops the app itself.
     os.execve(sys.executable, command, env)
     return 0  # not reached

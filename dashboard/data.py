@@ -80,12 +80,74 @@ def drift_table(status: dict[str, Any]) -> pd.DataFrame:
                     "score": decision["score"],
                     "threshold": decision["threshold"],
                     "drifted": decision["drifted"],
-                    "since": pd.to_datetime(drift["since"], unit="s") if drift["since"] else None,
+                    "since": pd.to_datetime(drift["since"], unit="s").round("s")
+                    if drift["since"]
+                    else None,
                 }
             )
     return pd.DataFrame(
         rows, columns=["model", "feature", "test", "score", "threshold", "drifted", "since"]
     )
+
+
+def drift_history_frame(history: dict[str, Any]) -> pd.DataFrame:
+    """The daemon's GET /v1/drift answer as rows of time, feature, test, score, threshold."""
+    frames = [
+        pd.DataFrame(series).assign(feature=feature)
+        for feature, series in history.get("features", {}).items()
+    ]
+    if not frames:
+        return pd.DataFrame(columns=DRIFT_COLUMNS)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["model"] = history["model"]
+    frame["time"] = pd.to_datetime(frame["ts"], unit="s")
+    frame["ratio"] = frame["score"] / frame["threshold"]
+    return frame[DRIFT_COLUMNS]
+
+
+DRIFT_COLUMNS = ["time", "model", "feature", "test", "score", "threshold", "ratio"]
+
+
+def prometheus_frame(result: list[dict[str, Any]], name: str = "value") -> pd.DataFrame:
+    """A PromQL range (matrix) answer as long rows: time, one column per label, `name`."""
+    rows = [
+        {**series["metric"], "time": float(ts), name: float(value)}
+        for series in result
+        for ts, value in series["values"]
+    ]
+    if not rows:
+        return pd.DataFrame(columns=["time", name])
+    frame = pd.DataFrame(rows)
+    frame["time"] = pd.to_datetime(frame["time"], unit="s")
+    frame[name] = frame[name].replace([float("inf"), float("-inf")], float("nan"))
+    return frame
+
+
+def first_to_drift(drifted: pd.DataFrame) -> pd.DataFrame:
+    """Per model and feature, the earliest time in `drifted` (rows of time, model, feature at
+    which the feature was found drifting), earliest first: columns model, feature, since."""
+    if drifted.empty:
+        return pd.DataFrame(columns=["model", "feature", "since"])
+    first = drifted.groupby(["model", "feature"], as_index=False)["time"].min()
+    return first.rename(columns={"time": "since"}).sort_values("since", ignore_index=True)
+
+
+def projection(reference: list[list[float]], current: list[list[float]]) -> pd.DataFrame:
+    """Reference and current embeddings on the first two principal components of both.
+
+    The components are fit on the two samples pooled: a shift between them adds variance
+    along the direction it moved, so that direction is among the two shown. Components of
+    the reference alone can miss it entirely when the reference varies more elsewhere.
+    """
+    from sklearn.decomposition import PCA
+
+    fitted = PCA(n_components=2).fit([*reference, *current])
+    frames = [
+        pd.DataFrame(fitted.transform(values), columns=["pc1", "pc2"]).assign(sample=sample)
+        for sample, values in (("reference", reference), ("current", current))
+        if len(values)
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_metrics(run_dir: Path) -> pd.DataFrame:

@@ -7,7 +7,6 @@ source cannot be reached or answers with an error, so the pages show a banner, n
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,8 +17,14 @@ from typing import Any
 class SourceDown(Exception):
     """The source did not answer usefully; the message says why, in one line."""
 
+    def __init__(self, message: str, source: str = "Monitor daemon") -> None:
+        super().__init__(message)
+        self.source = source
 
-def _get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
+
+def _get_json(
+    url: str, token: str | None = None, timeout: float = 5.0, source: str = "Monitor daemon"
+) -> Any:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -27,14 +32,13 @@ def _get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise SourceDown(
-            f"{url} answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-        ) from None
+        body = exc.read()[:300].decode(errors="replace")
+        raise SourceDown(f"{url} answered {exc.code}: {body}", source) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SourceDown(f"{url} is not reachable ({reason})") from None
+        raise SourceDown(f"{url} is not reachable ({reason})", source) from None
     except json.JSONDecodeError:
-        raise SourceDown(f"{url} did not answer JSON") from None
+        raise SourceDown(f"{url} did not answer JSON", source) from None
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,21 @@ class Daemon:
         return _get_json(f"{self.url.rstrip('/')}/v1/status", self.token)
 
     def events(self, limit: int = 5000, **filters: Any) -> list[dict[str, Any]]:
-        """The newest `limit` events (oldest first), following the after_id cursor."""
+        """The newest `limit` events matching `filters` (since, model, flagged), oldest first."""
         query = urllib.parse.urlencode({"limit": limit, "latest": 1, **filters})
         base = f"{self.url.rstrip('/')}/v1/events?{query}"
         page = _get_json(base, self.token)
         return page["events"]
+
+    def drift_history(self, model: str) -> dict[str, Any]:
+        """Each feature's deciding score and threshold per evaluation the daemon keeps."""
+        query = urllib.parse.urlencode({"model": model})
+        return _get_json(f"{self.url.rstrip('/')}/v1/drift?{query}", self.token)
+
+    def drift_sample(self, model: str, feature: str, limit: int = 1000) -> dict[str, Any]:
+        """One feature's reference and current-window values (or category counts)."""
+        query = urllib.parse.urlencode({"model": model, "feature": feature, "limit": limit})
+        return _get_json(f"{self.url.rstrip('/')}/v1/drift/sample?{query}", self.token)
 
 
 @dataclass(frozen=True)
@@ -59,18 +73,28 @@ class Prometheus:
 
     def reachable(self) -> bool:
         try:
-            _get_json(f"{self.url.rstrip('/')}/api/v1/status/buildinfo")
+            self._api("status/buildinfo")
             return True
         except SourceDown:
             return False
 
-    def range(self, query: str, minutes: float = 15, step_s: float = 15) -> list[dict[str, Any]]:
-        """A PromQL range query over the last `minutes`: [{"metric": {...}, "values": [...]}]."""
-        end = time.time()
-        params = urllib.parse.urlencode(
-            {"query": query, "start": end - minutes * 60, "end": end, "step": step_s}
-        )
-        body = _get_json(f"{self.url.rstrip('/')}/api/v1/query_range?{params}")
+    def range(self, query: str, start: float, end: float, step_s: float) -> list[dict[str, Any]]:
+        """A PromQL range query from `start` to `end` (unix seconds), a point every `step_s`:
+        [{"metric": {labels}, "values": [[ts, "number"], ...]}, ...]."""
+        return self._api("query_range", query=query, start=start, end=end, step=step_s)["result"]
+
+    def instant(self, query: str) -> list[dict[str, Any]]:
+        """A PromQL instant query: [{"metric": {...}, "value": [ts, "number"]}]."""
+        return self._api("query", query=query)["result"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Alerts pending or firing in Prometheus's rule evaluation (the shipped rules)."""
+        return self._api("alerts")["alerts"]
+
+    def _api(self, endpoint: str, **params: Any) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        url = f"{self.url.rstrip('/')}/api/v1/{endpoint}{query}"
+        body = _get_json(url, source="Prometheus")
         if body.get("status") != "success":
-            raise SourceDown(f"Prometheus refused {query!r}: {body.get('error')}")
-        return body["data"]["result"]
+            raise SourceDown(f"refused {params.get('query', endpoint)!r}: {body}", "Prometheus")
+        return body["data"]

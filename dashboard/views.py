@@ -2,66 +2,102 @@
 
 `omnitune dashboard` passes its options as environment variables (OMNITUNE_DAEMON_URL,
 OMNITUNE_DAEMON_TOKEN, OMNITUNE_PROMETHEUS_URL, OMNITUNE_RUNS_DIR), which Streamlit's AppTest
-can set the same way.
+can set the same way. With only a Prometheus URL the daemon is left out; with neither, the
+daemon is expected on its default address.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from omnitune.dashboard.series import Sources, TimeRange
 from omnitune.dashboard.sources import Daemon, Prometheus, SourceDown
+
+DEFAULT_DAEMON = "http://127.0.0.1:9108"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Settings:
-    daemon: Daemon
-    prometheus: Prometheus | None
+    sources: Sources
     runs: Path
+
+    @property
+    def daemon(self) -> Daemon | None:
+        return self.sources.daemon
+
+    @property
+    def prometheus(self) -> Prometheus | None:
+        return self.sources.prometheus
 
 
 def settings() -> Settings:
-    prometheus = os.environ.get("OMNITUNE_PROMETHEUS_URL")
-    return Settings(
-        daemon=Daemon(
-            os.environ.get("OMNITUNE_DAEMON_URL", "http://127.0.0.1:9108"),
-            os.environ.get("OMNITUNE_DAEMON_TOKEN") or None,
-        ),
-        prometheus=Prometheus(prometheus) if prometheus else None,
-        runs=Path(os.environ.get("OMNITUNE_RUNS_DIR", "runs")),
+    prometheus_url = os.environ.get("OMNITUNE_PROMETHEUS_URL") or None
+    daemon_url = os.environ.get("OMNITUNE_DAEMON_URL") or (
+        None if prometheus_url else DEFAULT_DAEMON
     )
+    daemon = (
+        Daemon(daemon_url, os.environ.get("OMNITUNE_DAEMON_TOKEN") or None) if daemon_url else None
+    )
+    prometheus = Prometheus(prometheus_url) if prometheus_url else None
+    return Settings(Sources(daemon, prometheus), Path(os.environ.get("OMNITUNE_RUNS_DIR", "runs")))
+
+
+def time_range() -> TimeRange:
+    return TimeRange(st.session_state.get("range_minutes", 15))
+
+
+def shown(read: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """`read(*args)`, or None after a banner naming the source that failed and why."""
+    try:
+        return read(*args, **kwargs)
+    except SourceDown as exc:
+        hint = " Start it with `omnitune monitor serve`." if exc.source == "Monitor daemon" else ""
+        st.error(f"{exc.source} unavailable: {exc}.{hint}")
+        return None
 
 
 def daemon_status(config: Settings) -> dict[str, Any] | None:
-    """The daemon's status, or None after showing a banner that says why."""
-    try:
-        return config.daemon.status()
-    except SourceDown as exc:
-        st.error(f"Monitor daemon unavailable: {exc}. Start it with `omnitune monitor serve`.")
-        return None
+    """The daemon's status, or None after a banner (also when no daemon is configured)."""
+    return shown(lambda: config.sources.need_daemon().status())
 
 
-def daemon_events(config: Settings, **filters: Any) -> list[dict[str, Any]] | None:
-    try:
-        return config.daemon.events(**filters)
-    except SourceDown as exc:
-        st.error(f"Monitor daemon unavailable: {exc}.")
-        return None
-
-
-def line_chart(frame: pd.DataFrame, y: str, title: str, color: str = "series") -> None:
-    if frame.empty:
-        st.caption(f"{title}: no data yet")
+def line_chart(
+    frame: pd.DataFrame,
+    y: str,
+    title: str,
+    color: str = "series",
+    rule: float | None = None,
+    axis_format: str | None = None,
+) -> None:
+    """A line per `color` over time; `rule` draws a horizontal line (a threshold) at that y;
+    `axis_format` is a d3 format for the y axis (".0%" for shares)."""
+    if frame.empty or frame[y].isna().all():
+        st.caption(f"{title}: no data in this time range yet")
         return
     chart = (
         alt.Chart(frame, title=title)
         .mark_line(point=True)
-        .encode(x=alt.X("time:T", title=None), y=alt.Y(f"{y}:Q", title=None), color=f"{color}:N")
+        .encode(
+            x=alt.X("time:T", title=None),
+            y=alt.Y(
+                f"{y}:Q",
+                title=None,
+                axis=alt.Axis(format=axis_format) if axis_format else alt.Undefined,
+            ),
+            color=f"{color}:N",
+            tooltip=["time:T", f"{color}:N", alt.Tooltip(f"{y}:Q", format=".3g")],
+        )
     )
+    if rule is not None:
+        line = alt.Chart(pd.DataFrame({y: [rule]})).mark_rule(strokeDash=[4, 4]).encode(y=f"{y}:Q")
+        chart = alt.layer(chart, line)
     st.altair_chart(chart, width="stretch")

@@ -1,4 +1,5 @@
-"""Regenerate docs/images/dashboard-overview.png, the README's screenshot of the dashboard.
+"""Regenerate docs/images/dashboard-overview.png (the README's screenshot of the dashboard) and
+docs/images/dashboard-drift.png (docs/dashboard.md's).
 
 Starts a monitor daemon on the synthetic assistant traffic (scripts/make_monitor_traffic.py's
 data: drift half way, PII and jailbreaks planted), the dashboard, and Debian's headless
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from omnitune.dashboard.browser import headless_chromium, wait_for_overview
+from omnitune.dashboard.browser import headless_chromium, wait_for_overview, wait_for_page
 from omnitune.monitor import traffic
 
 REPO = Path(__file__).resolve().parent.parent
 OMNITUNE = str(Path(sys.executable).parent / "omnitune")
-OUT = REPO / "docs" / "images" / "dashboard-overview.png"
+IMAGES = REPO / "docs" / "images"
 
 
 def main() -> None:
@@ -83,13 +84,16 @@ def main() -> None:
                 time.sleep(0.3)
         browser = headless_chromium(work / "chromium")
         try:
+            IMAGES.mkdir(parents=True, exist_ok=True)
             wait_for_overview(browser, f"http://127.0.0.1:{port}/")
             time.sleep(2)  # let the charts finish drawing
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            browser.save_screenshot(str(OUT))
+            browser.save_screenshot(str(IMAGES / "dashboard-overview.png"))
+            wait_for_page(browser, f"http://127.0.0.1:{port}/drift", "Features drifting", 3)
+            time.sleep(2)
+            browser.save_screenshot(str(IMAGES / "dashboard-drift.png"))
         finally:
             browser.quit()
-        print(OUT)
+        print(IMAGES / "dashboard-overview.png", IMAGES / "dashboard-drift.png")
     finally:
         if app is not None:
             app.terminate()

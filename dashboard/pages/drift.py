@@ -1,72 +1,119 @@
-"""Drift: each feature's score against its threshold, and which features drifted first."""
+"""Drift: each feature's score against its threshold now and over time, which features drifted
+first, and reference-vs-current distributions (histograms, category shares, a 2-D projection of
+embeddings)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from omnitune.dashboard import data, views
+from omnitune.dashboard import data, series, views
 
 config = views.settings()
 st.title("Drift")
-status = views.daemon_status(config)
-if status is not None:
-    table = data.drift_table(status)
+
+
+def score_bars(table: pd.DataFrame) -> alt.LayerChart:
+    """Each feature's score as a bar with a tick at its threshold."""
+    base = alt.Chart(table).encode(y=alt.Y("feature:N", title=None))
+    bars = base.mark_bar().encode(x=alt.X("score:Q"), color="drifted:N")
+    ticks = base.mark_tick(color="black", thickness=2, size=18).encode(x="threshold:Q")
+    return alt.layer(bars, ticks).facet(row="model:N")
+
+
+def distribution(sample: dict) -> alt.Chart | None:
+    """The reference and current samples of one feature, drawn for its kind."""
+    if sample["kind"] == "categorical":
+        rows = [
+            {"category": c, "share": n / max(1, sum(counts.values())), "sample": side}
+            for side in ("reference", "current")
+            for counts in [sample[side]]
+            for c, n in counts.items()
+        ]
+        return (
+            alt.Chart(pd.DataFrame(rows), title="Category shares")
+            .mark_bar()
+            .encode(
+                x="share:Q", y=alt.Y("category:N", title=None), color="sample:N", yOffset="sample:N"
+            )
+        )
+    if sample["kind"] == "embedding":
+        if len(sample["reference"]) < 3 or len(sample["reference"][0]) < 2:
+            return None
+        points = data.projection(sample["reference"], sample["current"])
+        return (
+            alt.Chart(points, title="Embeddings on their first two principal components")
+            .mark_circle(opacity=0.5)
+            .encode(x="pc1:Q", y="pc2:Q", color="sample:N", tooltip=["sample:N"])
+        )
+    values = pd.concat(
+        [
+            pd.DataFrame({"value": sample["reference"], "sample": "reference"}),
+            pd.DataFrame({"value": sample["current"], "sample": "current"}),
+        ]
+    )
+    if values.empty:
+        return None
+    return (
+        alt.Chart(values, title="Reference vs current")
+        .transform_joinaggregate(total="count()", groupby=["sample"])
+        .transform_bin("bin", "value", bin=alt.Bin(maxbins=40))
+        .transform_aggregate(count="count()", total="max(total)", groupby=["sample", "bin"])
+        .transform_calculate(share="datum.count / datum.total")
+        .mark_bar(opacity=0.5)
+        .encode(
+            x=alt.X("bin:Q", title=None, bin="binned"),
+            y=alt.Y("share:Q", stack=None, title="share of sample"),
+            color="sample:N",
+        )
+    )
+
+
+@st.fragment(run_every=st.session_state.get("refresh_s"))
+def drift_page() -> None:
+    sources = config.sources
+    table = views.shown(series.drift_now, sources)
+    if table is None:
+        return
     if table.empty:
         st.info("No drift evaluation yet: each model needs `window.min_events` events.")
+        return
+    features = table.drop_duplicates(["model", "feature"])
+    drifting = table[table["drifted"]].drop_duplicates(["model", "feature"])
+    st.metric("Features drifting", f"{len(drifting)} of {len(features)}")
+    span = views.time_range()
+    history = views.shown(series.drift, sources, span)
+    if history is not None and sources.daemon is not None:
+        # Prometheus holds every test; keep the one that decides each feature.
+        deciding = table[["model", "feature", "test"]]
+        history = history.merge(deciding, on=["model", "feature", "test"])
+    onsets = views.shown(series.drift_onsets, sources, span)
+    if onsets is not None and not onsets.empty:
+        first = onsets.iloc[0]
+        st.warning(f"First to drift: {first['model']} / {first['feature']} since {first['since']}")
+    st.dataframe(table, hide_index=True)
+    st.altair_chart(score_bars(table), width="stretch")
+    if history is not None:
+        history["series"] = (
+            history["model"] + " " + history["feature"] + " (" + history["test"] + ")"
+        )
+        views.line_chart(history, "ratio", "Score ÷ threshold over time (drift at 1)", rule=1.0)
+
+    st.subheader("Reference vs current")
+    model = st.selectbox("Model", sorted(features["model"].unique()))
+    feature = st.selectbox("Feature", sorted(features[features["model"] == model]["feature"]))
+    sample = views.shown(series.drift_sample, sources, model, feature)
+    if sample is None:
+        return
+    chart = distribution(sample)
+    if chart is None:
+        st.caption("No values of this feature yet.")
     else:
-        drifted = table[table["drifted"]].sort_values("since")
-        st.metric("Features drifting", f"{len(drifted)} of {len(table)}")
-        if not drifted.empty:
-            first = drifted.iloc[0]
-            st.warning(
-                f"First to drift: {first['model']} / {first['feature']} since {first['since']}"
-            )
-        st.dataframe(table, hide_index=True)
-        bars = (
-            alt.Chart(table)
-            .mark_bar()
-            .encode(x=alt.X("score:Q"), y=alt.Y("feature:N"), color="drifted:N", row="model:N")
-        )
-        ticks = (
-            alt.Chart(table)
-            .mark_tick(color="black", thickness=2)
-            .encode(x="threshold:Q", y="feature:N", row="model:N")
-        )
-        st.altair_chart(alt.layer(bars, ticks, data=table), width="stretch")
-        model = st.selectbox("Model", sorted(table["model"].unique()))
-        feature = st.selectbox("Feature", sorted(table[table["model"] == model]["feature"]))
-        reference_path = status["models"][model]["reference"]
-        events = views.daemon_events(config, limit=2000, model=model) or []
-        current = [e["features"].get(feature) for e in events if e.get("features")]
-        frames = [
-            pd.DataFrame(
-                {"value": [v for v in current if isinstance(v, (int, float))], "sample": "current"}
-            )
-        ]
-        if (
-            reference_path
-            and Path(reference_path).suffix == ".json"
-            and Path(reference_path).is_file()
-        ):
-            profile = json.loads(Path(reference_path).read_text())
-            values = profile["features"].get(feature, {}).get("values", [])
-            frames.append(pd.DataFrame({"value": values, "sample": "reference"}))
-        both = pd.concat(frames)
-        if both.empty:
-            st.caption("No values of this feature yet.")
-        else:
-            histogram = (
-                alt.Chart(both)
-                .mark_bar(opacity=0.5)
-                .encode(
-                    x=alt.X("value:Q", bin=alt.Bin(maxbins=40)),
-                    y=alt.Y("count():Q", stack=None),
-                    color="sample:N",
-                )
-            )
-            st.altair_chart(histogram, width="stretch")
+        st.altair_chart(chart, width="stretch")
+    current = sample["current"]
+    count = sum(current.values()) if isinstance(current, dict) else len(current)
+    st.caption(f"{sample['kind']} feature; {count} values in the current window")
+
+
+drift_page()

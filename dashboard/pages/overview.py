@@ -4,51 +4,64 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
 import streamlit as st
 
-from omnitune.dashboard import data, views
+from omnitune.dashboard import series, views
 
 config = views.settings()
 st.title("Overview")
 
 
+def reachability(source: object, up: bool) -> str:
+    if source is None:
+        return "not configured"
+    return "up" if up else "down"
+
+
 @st.fragment(run_every=st.session_state.get("refresh_s"))
 def overview() -> None:
-    status = views.daemon_status(config)
-    prometheus = "not configured"
-    if config.prometheus is not None:
-        prometheus = "up" if config.prometheus.reachable() else "down"
+    sources = config.sources
+    daemon_up = sources.daemon is not None and views.shown(sources.daemon.status) is not None
+    prometheus_up = sources.prometheus is not None and sources.prometheus.reachable()
+    if sources.prometheus is not None and not prometheus_up:
+        st.error(f"Prometheus unavailable: {sources.prometheus.url} is not answering.")
     left, right = st.columns(2)
-    left.metric("Daemon", "up" if status else "down", help=config.daemon.url)
-    right.metric("Prometheus", prometheus)
-    if status is None:
+    left.metric(
+        "Daemon",
+        reachability(sources.daemon, daemon_up),
+        help=sources.daemon.url if sources.daemon else None,
+    )
+    right.metric(
+        "Prometheus",
+        reachability(sources.prometheus, prometheus_up),
+        help=sources.prometheus.url if sources.prometheus else None,
+    )
+    if not (daemon_up or prometheus_up):
         return
-    total = sum(m["events_total"] for m in status["models"].values())
-    columns = st.columns(len(status["models"]) + 1)
-    columns[0].metric("Requests (all models)", f"{total:,.0f}")
-    for column, (name, model) in zip(columns[1:], status["models"].items(), strict=True):
-        column.metric(f"{name} requests", f"{model['events_total']:,.0f}")
-    alerts = status["alerts"]
-    st.subheader(f"Active alerts: {len(alerts)}")
-    if alerts:
-        table = pd.DataFrame(alerts)
-        table["since"] = pd.to_datetime(table["since"], unit="s")
-        st.dataframe(table[["kind", "model", "subject", "message", "since"]], hide_index=True)
-    events = views.daemon_events(config, limit=5000)
-    if not events:
-        st.caption("No events yet.")
+    counts = views.shown(series.request_counts, sources)
+    if counts is not None:
+        columns = st.columns(len(counts) + 1)
+        columns[0].metric("Requests (all models)", f"{sum(counts.values()):,.0f}")
+        for column, (name, count) in zip(columns[1:], sorted(counts.items()), strict=True):
+            column.metric(f"{name} requests", f"{count:,.0f}")
+    alerts = views.shown(series.alerts, sources)
+    if alerts is not None:
+        st.subheader(f"Active alerts: {len(alerts)}")
+        if not alerts.empty:
+            st.dataframe(alerts, hide_index=True)
+    traffic = views.shown(series.traffic, sources, views.time_range())
+    if traffic is None:
         return
-    series = data.traffic_over_time(data.events_frame(events))
-    series["series"] = series["model"] + " / " + series["adapter"].replace("", "-")
-    views.line_chart(series, "requests_per_s", "Requests per second")
-    views.line_chart(series, "error_rate", "Error rate")
-    latency = series.melt(
+    traffic["series"] = traffic["model"] + " / " + traffic["adapter"].replace("", "-")
+    views.line_chart(traffic, "requests_per_s", "Requests per second")
+    views.line_chart(traffic, "error_rate", "Error rate", axis_format=".1%")
+    latency = traffic.melt(
         id_vars=["time", "series"], value_vars=["p50", "p95", "p99"], var_name="quantile"
     )
     latency["series"] = latency["series"] + " " + latency["quantile"]
     views.line_chart(latency, "value", "Latency (s): p50, p95, p99")
-    st.caption(f"Updated {time.strftime('%H:%M:%S')}")
+    source = "Prometheus" if sources.prometheus else "the daemon's events"
+    st.caption(f"Time series from {source}. Updated {time.strftime('%H:%M:%S')}")
 
 
 overview()

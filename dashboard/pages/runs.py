@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from omnitune.dashboard import data, views
+from omnitune.dashboard import data, series, views
 
 config = views.settings()
 st.title("Training runs")
@@ -24,16 +24,15 @@ else:
         with st.expander("Run config"):
             st.code(config_file.read_text(), language="yaml")
 
-status = views.daemon_status(config)
-if status is not None:
-    events = views.daemon_events(config, limit=200) or []
-    serving = sorted({(e["model"], e["adapter"] or "-") for e in events})
-    st.subheader("Serving now")
+st.subheader("Serving now")
+serving = views.shown(series.serving, config.sources)
+if serving is not None:
     st.write(", ".join(f"{m}: adapter {a}" for m, a in serving) or "no recent events")
-    capture = status.get("capture")
-    st.subheader("Captured samples waiting for re-training")
-    if capture:
-        for model, count in capture["samples"].items():
-            st.write(f"{model}: {count} samples in `{capture['files'][model]}`")
-    else:
+st.subheader("Captured samples waiting for re-training")
+captured = views.shown(series.captured, config.sources)
+if captured is not None:
+    if captured.empty:
         st.caption("Capture is off in the daemon's config.")
+    for row in captured.itertuples():
+        where = f" in `{row.file}`" if row.file else ""
+        st.write(f"{row.model}: {row.samples:,.0f} samples{where}")

@@ -5,45 +5,46 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from omnitune.dashboard import data, views
+from omnitune.dashboard import series, views
 
 config = views.settings()
 st.title("Safety")
-status = views.daemon_status(config)
-if status is not None:
-    totals = {
-        (model, flag): count
-        for model, state in status["models"].items()
-        for flag, count in state["safety"].items()
-    }
-    st.metric("Flagged events (all time)", f"{sum(totals.values()):,.0f}")
-    if totals:
-        st.dataframe(
-            pd.DataFrame(
-                [{"model": m, "category@side": f, "count": c} for (m, f), c in totals.items()]
-            ),
-            hide_index=True,
+
+
+@st.fragment(run_every=st.session_state.get("refresh_s"))
+def safety_page() -> None:
+    sources = config.sources
+    totals = views.shown(series.safety_totals, sources)
+    if totals is None:
+        return
+    st.metric("Flagged events (all time)", f"{totals['count'].sum():,.0f}")
+    if not totals.empty:
+        st.dataframe(totals, hide_index=True)
+    rates = views.shown(series.safety, sources, views.time_range())
+    if rates is not None:
+        rates["series"] = rates["model"] + " " + rates["flag"]
+        views.line_chart(
+            rates, "rate", "Share of requests flagged, per category@side", axis_format=".0%"
         )
-    events = views.daemon_events(config, limit=5000) or []
-    rates = data.safety_over_time(data.events_frame(events))
-    rates["series"] = rates["model"] + " " + rates["flag"] if not rates.empty else []
-    views.line_chart(rates, "rate", "Share of events flagged")
-    flagged = views.daemon_events(config, limit=20, flagged=1) or []
     st.subheader("Latest flagged samples (redacted)")
-    if flagged:
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "model": e["model"],
-                        "flags": ", ".join(e["flags"]),
-                        "input": e["input"] if isinstance(e["input"], str) else str(e["input"]),
-                        "output": e["output"],
-                    }
-                    for e in reversed(flagged)
-                ]
-            ),
-            hide_index=True,
-        )
-    else:
+    if sources.daemon is None:
+        st.info("Samples are kept by the monitor daemon: give --daemon URL to see them.")
+        return
+    flagged = views.shown(sources.daemon.events, limit=20, flagged=1)
+    if not flagged:
         st.caption("Nothing flagged yet.")
+        return
+    rows = [
+        {
+            "time": pd.to_datetime(e["ts"], unit="s").round("s"),
+            "model": e["model"],
+            "flags": ", ".join(e["flags"]),
+            "input": e["input"] if isinstance(e.get("input"), str) else str(e.get("input")),
+            "output": e.get("output"),
+        }
+        for e in reversed(flagged)
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+safety_page()

@@ -5,18 +5,30 @@ from __future__ import annotations
 import json
 import socket
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from omnitune.monitor import traffic
 from tests.conftest import REPO
+from tests.monitor.conftest import start_daemon
 
 APP = str(REPO / "dashboard" / "app.py")
 
 
 @pytest.fixture
 def app(monkeypatch, tmp_path):
-    def open_app(url: str) -> AppTest:
-        monkeypatch.setenv("OMNITUNE_DAEMON_URL", url)
+    """`app(daemon_url, prometheus=url)`: the dashboard as `omnitune dashboard` would start it
+    (a None daemon_url with a Prometheus URL is `--prometheus` alone)."""
+
+    def open_app(url: str | None, prometheus: str | None = None) -> AppTest:
+        for name, value in (("OMNITUNE_DAEMON_URL", url), ("OMNITUNE_PROMETHEUS_URL", prometheus)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
         monkeypatch.setenv("OMNITUNE_RUNS_DIR", str(tmp_path / "runs"))
         return AppTest.from_file(APP, default_timeout=60).run()
 
@@ -25,6 +37,23 @@ def app(monkeypatch, tmp_path):
 
 def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
+
+
+def charts(at: AppTest) -> dict[str, pd.DataFrame]:
+    """Each titled Altair chart on the page, by title, with the data it was given."""
+    found = {}
+    for chart in at.get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        titles = [spec.get("title"), *(layer.get("title") for layer in spec.get("layer", []))]
+        title = next((t for t in titles if t), None)
+        data = chart.proto.datasets[0].data.data
+        found[title] = pa.ipc.open_stream(data).read_all().to_pandas()
+    return found
+
+
+def select(at: AppTest, label: str, value: str) -> AppTest:
+    next(box for box in at.selectbox if box.label == label).select(value)
+    return at.run()
 
 
 def test_overview_shows_live_counts_and_alerts(app, live_daemon):
@@ -47,6 +76,13 @@ def test_drift_page_names_the_drifted_feature(app, live_daemon):
     table = at.dataframe[0].value.set_index("feature")
     assert table.loc["upper_ratio", "drifted"] and not table.loc["chars", "drifted"]
     assert table.loc["upper_ratio", "score"] > table.loc["upper_ratio", "threshold"]
+    # Over time, from the daemon's drift history: upper_ratio above its threshold, chars below.
+    history = charts(at)["Score ÷ threshold over time (drift at 1)"]
+    last = history.sort_values("time").groupby("feature")["ratio"].last()
+    assert last["upper_ratio"] >= 1 > last["chars"]
+    # Reference vs current histogram of the first feature in the list, both samples present.
+    shares = charts(at)["Reference vs current"]
+    assert set(shares["sample"]) == {"reference", "current"}
 
 
 def test_safety_page_counts_and_shows_redacted_samples(app, live_daemon):
@@ -89,3 +125,39 @@ def test_a_stopped_daemon_gives_a_banner_not_a_traceback(app, page):
     at = app(f"http://127.0.0.1:{port}").switch_page(page).run()
     assert not at.exception
     assert any("Monitor daemon unavailable" in e.value for e in at.error)
+
+
+def test_drift_page_projects_embeddings_and_shows_the_moved_cloud(app, monitor_config, tmp_path):
+    rng = np.random.default_rng(0)
+
+    def encoder_events(count: int, shift: float, seed: int) -> list[dict]:
+        vectors = rng.normal(size=(count, 8))
+        vectors[:, :2] += shift
+        return [
+            {"model": "encoder", "input": "a question", "features": {"embedding": v.tolist()}}
+            | {"request_id": f"{seed}-{i}", "latency_s": 0.01}
+            for i, v in enumerate(vectors)
+        ]
+
+    reference = traffic.write_events(
+        tmp_path / "encoder-reference.jsonl", encoder_events(300, 0, 0)
+    )
+    config = monitor_config(models={"encoder": {"modality": "text", "reference": str(reference)}})
+    daemon = start_daemon(config)
+    try:
+        assert daemon.post(encoder_events(300, 2.0, 1))[0] == 200
+        daemon.evaluated()
+        at = app(daemon.url).switch_page("pages/drift.py").run()
+        at = select(select(at, "Model", "encoder"), "Feature", "embedding")
+        assert not at.exception
+        table = at.dataframe[0].value.set_index(["model", "feature"])
+        assert table.loc[("encoder", "embedding"), "test"] == "mmd"
+        assert table.loc[("encoder", "embedding"), "drifted"]
+        points = charts(at)["Embeddings on their first two principal components"]
+        assert (points["sample"] == "reference").sum() == 300
+        assert (points["sample"] == "current").sum() == 300
+        centres = points.groupby("sample")[["pc1", "pc2"]].mean()
+        moved = np.linalg.norm(centres.loc["current"] - centres.loc["reference"])
+        assert moved > 2.0  # the +2 shift on two of eight dimensions is √8 ≈ 2.8 away
+    finally:
+        daemon.stop()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ import pytest
 import yaml
 
 from omnitune.monitor import traffic
-from tests.conftest import OMNITUNE, offline_env
+from tests.conftest import OMNITUNE, REPO, offline_env
 
 LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
@@ -128,6 +131,85 @@ def _wait_healthy(daemon: Daemon, deadline: float) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("daemon never answered /healthz")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prometheus_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: `make test` installs Debian's prometheus package")
+    return found
+
+
+class Prometheus:
+    """A real Prometheus server process (Debian's package) and the API calls the tests make."""
+
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.url, self.process, self.log = url, process, log
+
+    def query(self, expr: str) -> list[dict]:
+        query = urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{query}", timeout=10) as answer:
+            body = json.loads(answer.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def wait_for(self, expr: str, timeout: float = 60.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.query(expr)
+            if result:
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"Prometheus never returned a result for {expr}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def start_prometheus(target: str, folder: Path) -> Prometheus:
+    """Prometheus on 127.0.0.1 scraping the daemon at `target` every second, with the shipped
+    configuration's job and alert rules (evaluated every second)."""
+    shipped = REPO / "configs" / "prometheus"
+    binary = prometheus_binary("prometheus")
+    shutil.copy(shipped / "omnitune-rules.yml", folder / "omnitune-rules.yml")
+    config = yaml.safe_load((shipped / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [target.removeprefix("http://")]}]
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = folder / "prometheus.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    server = Prometheus(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if server.get("/api/v1/status/buildinfo")["status"] == "success":
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    pytest.fail("Prometheus did not start: " + log.read_text())
 
 
 @pytest.fixture

@@ -3,107 +3,29 @@ traffic is replayed, and what it stored is read back through its HTTP API."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from omnitune.monitor import traffic
 from tests.conftest import OMNITUNE, REPO, offline_env
-from tests.monitor.conftest import Daemon
+from tests.monitor.conftest import Daemon, Prometheus, prometheus_binary, start_prometheus
 
 pytestmark = pytest.mark.prometheus
 
 SHIPPED = REPO / "configs" / "prometheus"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _prometheus_binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: `make test` installs Debian's prometheus package")
-    return found
-
-
-class Prometheus:
-    def __init__(self, url: str, process: subprocess.Popen[bytes]) -> None:
-        self.url, self.process = url, process
-
-    def query(self, expr: str) -> list[dict]:
-        query = urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{query}", timeout=10) as answer:
-            body = json.loads(answer.read())
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as answer:
-            return json.loads(answer.read())
-
-    def wait_for(self, expr: str, timeout: float = 60.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = self.query(expr)
-            if result:
-                return result
-            time.sleep(0.5)
-        raise AssertionError(f"Prometheus never returned a result for {expr}")
-
-
 @pytest.fixture
 def prometheus(daemon: Daemon, tmp_path: Path) -> Iterator[Prometheus]:
     """Debian's Prometheus on 127.0.0.1, scraping the daemon every second with the shipped
     alert rules loaded."""
-    binary = _prometheus_binary("prometheus")
-    shutil.copy(SHIPPED / "omnitune-rules.yml", tmp_path / "omnitune-rules.yml")
-    shipped = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
-    shipped["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    shipped["scrape_configs"][0]["static_configs"] = [
-        {"targets": [daemon.url.removeprefix("http://")]}
-    ]
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(shipped))
-    port = _free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = Prometheus(f"http://127.0.0.1:{port}", process)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if server.get("/api/v1/status/buildinfo")["status"] == "success":
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("Prometheus did not start: " + (tmp_path / "prometheus.log").read_text())
-        yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    server = start_prometheus(daemon.url, tmp_path)
+    yield server
+    server.stop()
 
 
 def test_prometheus_sees_the_shifted_feature_latency_and_safety_counts(
@@ -172,7 +94,7 @@ def test_prometheus_sees_the_shifted_feature_latency_and_safety_counts(
 
 
 def test_shipped_prometheus_files_pass_promtool():
-    promtool = _prometheus_binary("promtool")
+    promtool = prometheus_binary("promtool")
     for args in (
         ["check", "config", str(SHIPPED / "prometheus.yml")],
         ["check", "rules", str(SHIPPED / "omnitune-rules.yml")],
