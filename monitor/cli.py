@@ -33,6 +33,12 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
         "--rate", type=float, default=0.0, help="events per second (0: as fast as possible)"
     )
     replay.add_argument("--batch-size", type=int, default=500)
+    replay.add_argument(
+        "--now",
+        action="store_true",
+        help="stamp each event with the time it is sent instead of its recorded ts (a demo or "
+        "load test that should look live on the dashboard)",
+    )
     replay.set_defaults(handler=_replay)
 
     status = actions.add_parser("status", help="a daemon's drift, safety and latency state")
@@ -75,6 +81,8 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"{path}:{line_number}: {problem}, skipped", file=sys.stderr)
             bad += 1
             continue
+        if args.now:
+            event["ts"] = time.time()
         client.log_event(event)
         read += 1
         if args.rate > 0:

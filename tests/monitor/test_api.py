@@ -169,6 +169,23 @@ def test_cli_replay_and_status(daemon, tmp_path):
     assert down.returncode == 1 and "daemon not reachable" in down.stderr
 
 
+def test_replay_now_restamps_recorded_events(daemon, tmp_path):
+    events, _ = traffic.make_events(50, model="assistant")  # recorded at ts 1.8e9 on
+    log = traffic.write_events(tmp_path / "traffic.jsonl", events)
+    before = time.time()
+    replay = subprocess.run(
+        [str(OMNITUNE), "monitor", "replay", str(log), "--url", daemon.url, "--now"],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=120,
+    )
+    assert replay.returncode == 0 and "sent 50 of 50" in replay.stdout, replay.stderr
+    stamped = [e["ts"] for e in daemon.request("GET", "/v1/events?limit=100")[1]["events"]]
+    assert len(stamped) == 50 and all(before <= ts <= time.time() for ts in stamped)
+    assert stamped == sorted(stamped)
+
+
 def test_tails_a_jsonl_log_without_losing_or_repeating_lines(monitor_config, tmp_path):
     log = tmp_path / "serving.jsonl"
     first, _ = traffic.make_events(50, seed=3)
