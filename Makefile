@@ -45,12 +45,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not prometheus" $(PYTEST_ARGS)
 
 # Peers measured side by side whose pins clash with ours (alibi-detect 0.13: numpy<2,
-# transformers<5) get their own virtualenv; it borrows the project's torch through a .pth file.
+# transformers<5) get their own virtualenv, Evidently with them; it borrows the project's
+# torch through a .pth file. TRL, the training peer, is in the project's own venv ([train]).
 PEERS := bench/.venv-peers
-$(PEERS)/.installed: $(STAMP)
+$(PEERS)/.installed: $(STAMP) Makefile
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q --upgrade pip
-	$(PEERS)/bin/python -m pip install -q alibi-detect==0.13.0
+	$(PEERS)/bin/python -m pip install -q alibi-detect==0.13.0 evidently==0.7.23
 	$(PEERS)/bin/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], \
 	  'zz-omnitune-torch.pth').write_text('$(abspath $(VENV))/lib/python3.11/site-packages\n')"
 	touch $@

@@ -88,6 +88,26 @@ def compare(
     return comparison
 
 
+def scale(
+    points: dict[str, list[str]],
+    base: str,
+    rounds: int = 3,
+    env: dict[str, str] | None = None,
+    warmup: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run one command per scale point, interleaved (1x 2x 4x, 4x 2x 1x, ...) after a warm-up
+    run of the `base` point; every point's figures, one per round. A round's ratio of a point
+    to the base is like a pair's: they ran back to back."""
+    if warmup:
+        run_side(points[base], env)
+    labels = list(points)
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for index in range(rounds):
+        for label in labels if index % 2 == 0 else labels[::-1]:
+            results[label].append(run_side(points[label], env))
+    return results
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 

@@ -1,5 +1,6 @@
 """Drift detection power, false alarms and speed: omnitune's detectors against Alibi Detect's
-KSDrift and MMDDrift (PyTorch backend) on the same synthetic windows.
+KSDrift and MMDDrift (PyTorch backend), and against Evidently's per-column KS drift, on the
+same synthetic windows.
 
 The windows are drawn from seeded numpy generators, so both sides test identical data:
 - ks: a 2,000 x 5 reference; 100 windows of 500 from the same distribution (false alarms) and
@@ -9,10 +10,10 @@ The windows are drawn from seeded numpy generators, so both sides test identical
 - mmd: a 500 x 16 reference of embeddings; 20 windows of 200 from the same distribution and 20
   shifted by 0.15 in every dimension; RBF kernel, 100 permutations, alpha = 0.05.
 
-Alibi Detect 0.13 pins numpy < 2 and transformers < 5, so it runs from its own virtualenv
-(bench/.venv-peers, made by `make bench`), reusing the project's torch.
+Alibi Detect 0.13 pins numpy < 2 and transformers < 5, so it and Evidently 0.7 run from their
+own virtualenv (bench/.venv-peers, made by `make bench`), reusing the project's torch.
 
-    python -m bench.monitor_drift --side omnitune|alibi --test ks|mmd
+    python -m bench.monitor_drift --side omnitune|alibi|evidently --test ks|mmd
 """
 
 from __future__ import annotations
@@ -89,13 +90,38 @@ def alibi_detector(test: str, reference: np.ndarray):
     return lambda window: bool(detector.predict(window)["data"]["is_drift"])
 
 
+def evidently_detector(test: str, reference: np.ndarray):
+    """Evidently 0.7's per-column KS drift (`DriftedColumnsCount(method="ks")`) over pandas
+    frames, with the p-value threshold Bonferroni-corrected by hand (alpha 0.01 / features);
+    a window drifts when any column does, as on the other sides."""
+    if test != "ks":
+        raise SystemExit("evidently: only the ks comparison is defined")
+    import pandas as pd
+    from evidently import Report
+    from evidently.metrics import DriftedColumnsCount
+
+    columns = [f"f{i}" for i in range(reference.shape[1])]
+    frame = pd.DataFrame(reference, columns=columns)
+    report = Report([DriftedColumnsCount(method="ks", threshold=0.01 / len(columns))])
+
+    def decide(window: np.ndarray) -> bool:
+        snapshot = report.run(pd.DataFrame(window, columns=columns), frame)
+        return snapshot.dict()["metrics"][0]["value"]["count"] >= 1
+
+    return decide
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--side", choices=["omnitune", "alibi"], required=True)
+    parser.add_argument("--side", choices=["omnitune", "alibi", "evidently"], required=True)
     parser.add_argument("--test", choices=["ks", "mmd"], required=True)
     args = parser.parse_args()
     reference, null, shifted = ks_data() if args.test == "ks" else mmd_data()
-    build = omnitune_detector if args.side == "omnitune" else alibi_detector
+    build = {
+        "omnitune": omnitune_detector,
+        "alibi": alibi_detector,
+        "evidently": evidently_detector,
+    }[args.side]
     decide = build(args.test, reference)
     decide(null[0])  # warm-up: imports, kernels
     start = time.perf_counter()

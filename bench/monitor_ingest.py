@@ -3,12 +3,14 @@ against the bare recipe people write first (Starlette + prometheus_client + SQLi
 no safety, no capture).
 
 Each side's server runs pinned to CPU 0; the load generator in this process runs on CPU 1 and
-keeps two keep-alive connections busy with 1,000-event batches (scalar speech features, a
-transcript to scan, a latency). Figures: events/s from the first request to the last
-acknowledgement, and the server's resident memory after 10% and after all of the events, so
-that a window or cache that grows with traffic shows.
+keeps `--clients` keep-alive connections (2 by default) busy with 1,000-event batches (scalar
+speech features, a transcript to scan, a latency). Figures: events/s from the first request
+to the last acknowledgement, and the server's resident memory after 10% and after all of the
+events, and after each count in `--rss-at`, so that a window or cache that grows with traffic
+shows.
 
-    python -m bench.monitor_ingest --side omnitune|reference --events 1000000
+    python -m bench.monitor_ingest --side omnitune|reference --events 200000 [--clients 4]
+    python -m bench.monitor_ingest --side omnitune --events 1000000 --rss-at 10000,100000,1000000
 """
 
 from __future__ import annotations
@@ -113,18 +115,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drive(address: str, events: int, pid: int) -> dict[str, Any]:
-    """Send `events` in batches over two connections; return throughput and server RSS."""
+def drive(
+    address: str, events: int, pid: int, clients: int = 2, rss_at: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """Send `events` in batches over `clients` connections; return throughput and server RSS
+    (after 10%, after each count in `rss_at`, at the end)."""
     if os.cpu_count() and os.cpu_count() > 1:
         os.sched_setaffinity(0, {1})
-    bodies: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+    bodies: queue.Queue[bytes | None] = queue.Queue(maxsize=max(16, 2 * clients))
     batches = events // BATCH
 
     def produce() -> None:
         rng = random.Random(1)
         for index in range(batches):
             bodies.put(batch_body(rng, index * BATCH))
-        for _ in range(2):
+        for _ in range(clients):
             bodies.put(None)
 
     acknowledged = [0]
@@ -144,12 +149,16 @@ def drive(address: str, events: int, pid: int) -> dict[str, Any]:
                 acknowledged[0] += BATCH
                 if "rss_mb_at_10pct" not in checkpoints and acknowledged[0] >= events // 10:
                     checkpoints["rss_mb_at_10pct"] = rss_mb(pid)
+                for count in rss_at:
+                    key = f"rss_mb_at_{count}"
+                    if key not in checkpoints and acknowledged[0] >= count:
+                        checkpoints[key] = rss_mb(pid)
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     while bodies.qsize() < 8 and producer.is_alive():
         time.sleep(0.01)  # a head start, so the server never waits on JSON encoding
-    senders = [threading.Thread(target=send) for _ in range(2)]
+    senders = [threading.Thread(target=send) for _ in range(clients)]
     cpu_start = cpu_seconds(pid)
     start = time.perf_counter()
     for sender in senders:
@@ -164,7 +173,9 @@ def drive(address: str, events: int, pid: int) -> dict[str, Any]:
         "events_per_second": acknowledged[0] / elapsed,
         "rss_mb_at_10pct": checkpoints.get("rss_mb_at_10pct", float("nan")),
         "rss_mb_at_end": rss_mb(pid),
+        **{k: v for k, v in checkpoints.items() if k != "rss_mb_at_10pct"},
         "peak_rss_mb": peak_rss_mb(pid),
+        "clients": clients,
     }
 
 
@@ -227,6 +238,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", choices=["omnitune", "reference"])
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--clients", type=int, default=2, help="concurrent connections")
+    parser.add_argument(
+        "--rss-at", default="", help="comma-separated event counts to read the server's RSS at"
+    )
     parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -235,7 +250,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="omnitune-bench-") as folder:
         process, address = start_server(args.side, Path(folder))
         try:
-            figures = drive(address, args.events, process.pid)
+            rss_at = tuple(int(n) for n in args.rss_at.split(",") if n)
+            figures = drive(address, args.events, process.pid, args.clients, rss_at)
         finally:
             process.terminate()
             process.wait(timeout=60)

@@ -30,14 +30,24 @@ from bench.harness import peak_rss_mb
 BATCH, LR, SEED, RANK = 16, 3e-3, 0, 8
 
 
-def run_omnitune(model: str, data: str, steps: int, out: str) -> dict:
+def run_omnitune(
+    model: str,
+    data: str,
+    steps: int | None,
+    out: str,
+    *,
+    max_length: int = 512,
+    epochs: float | None = None,
+) -> dict:
+    """`omnitune.trainers.loop.train` for `steps` (or `epochs`); figures of the loop, and the
+    end-to-end seconds of the call (model and data loading, tokenization, training, saving)."""
     from omnitune.trainers.config import RunConfig
     from omnitune.trainers.loop import train
 
     config = RunConfig.model_validate(
         {
             "model": {"name_or_path": model, "modality": "text"},
-            "data": {"train": data},
+            "data": {"train": data, "max_length": max_length},
             "peft": {
                 "method": "lora",
                 "r": RANK,
@@ -46,6 +56,7 @@ def run_omnitune(model: str, data: str, steps: int, out: str) -> dict:
             },
             "train": {
                 "max_steps": steps,
+                "epochs": epochs,
                 "batch_size": BATCH,
                 "lr": LR,
                 "seed": SEED,
@@ -56,12 +67,15 @@ def run_omnitune(model: str, data: str, steps: int, out: str) -> dict:
             "output_dir": out,
         }
     )
+    start = time.perf_counter()
     result = train(config)
+    end_to_end = time.perf_counter() - start
     samples = result.steps * BATCH
     return {
         "samples_per_second": result.samples_per_second,
         "samples_per_cpu_second": samples / result.loop_cpu_seconds,
         "steps": result.steps,
+        "end_to_end_seconds": end_to_end,
     }
 
 
