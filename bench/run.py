@@ -18,8 +18,8 @@ def train_once(config: str, *overrides: str) -> None:
     subprocess.run([*command, *overrides], cwd=REPO, check=True, capture_output=True)
 
 
-def trainer_overhead(pairs: int = 11) -> Comparison:
-    # 11 pairs: single runs here swing by 15-20%; the median of 7 pair ratios moved by ~0.05.
+def trainer_overhead(pairs: int = 9) -> Comparison:
+    # 9 pairs: single runs here swing by 15-20%; the median of 7 pair ratios moved by ~0.05.
     from omnitune.modalities.text.demo_data import write_digit_chat
     from omnitune.modalities.tiny import build_tiny
 
@@ -141,8 +141,8 @@ def scaled(results: dict[str, list[dict]], base: str, template: Comparison) -> l
 
 
 def monitor_concurrency(rounds: int = 3) -> list[Comparison]:
-    """Ingest with 1, 4 and 16 concurrent client connections (100,000 events each)."""
-    module = [python(), "-m", "bench.monitor_ingest", "--side", "omnitune", "--events", "100000"]
+    """Ingest with 1, 4 and 16 concurrent client connections (60,000 events each)."""
+    module = [python(), "-m", "bench.monitor_ingest", "--side", "omnitune", "--events", "60000"]
     points = {f"{n} clients": [*module, "--clients", str(n)] for n in (1, 4, 16)}
     results = scale(points, "1 clients", rounds=rounds)
     return scaled(
