@@ -37,8 +37,11 @@ class Comparison:
     also: tuple[str, ...] = ()  # other figures whose medians the table shows (e.g. "wer")
 
     def median(self, side: str, figure: str | None = None) -> float:
+        """The median of `figure` over a side's runs; NaN where no run reported it (MFU on a
+        device without a known peak, say)."""
         runs = self.omnitune if side == "omnitune" else self.reference
-        return statistics.median(run[figure or self.figure] for run in runs)
+        values = [run[figure or self.figure] for run in runs if (figure or self.figure) in run]
+        return statistics.median(values) if values else float("nan")
 
     @property
     def ratio(self) -> float:

@@ -80,15 +80,21 @@ def run_omnitune(
 
 
 def run_plain(model_dir: str, data: str, steps: int, out: str) -> dict:
+    """The hand-written loop: on the GPU with bf16 autocast when there is one, else one CPU
+    thread, like omnitune's side (whose `mixed_precision: auto` picks bf16 on such a GPU)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     random.seed(SEED)
     torch.manual_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    # The dtype omnitune's `model.dtype: auto` picks: bf16 weights on a GPU, fp32 on a CPU.
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -97,8 +103,13 @@ def run_plain(model_dir: str, data: str, steps: int, out: str) -> dict:
     )
     examples = []
     for line in Path(data).read_text().splitlines():
+        record = json.loads(line)
+        if "text" in record:  # plain text, as omnitune's text modality reads it: EOS appended
+            ids = [*tokenizer(record["text"])["input_ids"], tokenizer.eos_token_id]
+            examples.append((ids, ids))
+            continue
         encoded = tokenizer.apply_chat_template(
-            json.loads(line)["messages"], return_dict=True, return_assistant_tokens_mask=True
+            record["messages"], return_dict=True, return_assistant_tokens_mask=True
         )
         labels = [
             t if m else -100
@@ -122,7 +133,12 @@ def run_plain(model_dir: str, data: str, steps: int, out: str) -> dict:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(ids)] = torch.tensor(target)
             mask[row, : len(ids)] = 1
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                labels=labels.to(device),
+            ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -136,6 +152,8 @@ def run_plain(model_dir: str, data: str, steps: int, out: str) -> dict:
         {"model": trainable, "optimizer": optimizer.state_dict(), "step": steps},
         Path(out) / "plain-checkpoint.pt",
     )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "samples_per_second": steps * BATCH / elapsed,
@@ -152,6 +170,10 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out", default="bench/.cache/run")
+    parser.add_argument("--max-length", type=int, default=512, help="omnitune's data.max_length")
+    parser.add_argument(
+        "--tokens-per-sample", type=float, help="report tokens/s (and MFU on a known GPU)"
+    )
     args = parser.parse_args()
     if args.side == "alternate":
         run_plain(args.model, args.data, args.steps, args.out)  # warm-up round for both sides
@@ -170,9 +192,18 @@ def main() -> None:
         print(json.dumps({"rounds": rounds, "peak_rss_mb": peak_rss_mb()}))
         return
     if args.side == "omnitune":
-        figures = run_omnitune(args.model, args.data, args.steps, args.out)
+        figures = run_omnitune(
+            args.model, args.data, args.steps, args.out, max_length=args.max_length
+        )
     else:
         figures = run_plain(args.model, args.data, args.steps, args.out)
+    if args.tokens_per_sample:
+        from bench.gpu_training import mfu, parameters
+
+        figures["tokens_per_second"] = figures["samples_per_second"] * args.tokens_per_sample
+        utilisation = mfu(figures["tokens_per_second"], parameters(Path(args.model)))
+        if utilisation is not None:
+            figures["mfu"] = utilisation
     print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
 
 
