@@ -30,14 +30,6 @@ class Settings:
     sources: Sources
     runs: Path
 
-    @property
-    def daemon(self) -> Daemon | None:
-        return self.sources.daemon
-
-    @property
-    def prometheus(self) -> Prometheus | None:
-        return self.sources.prometheus
-
 
 def settings() -> Settings:
     prometheus_url = os.environ.get("OMNITUNE_PROMETHEUS_URL") or None
@@ -63,11 +55,6 @@ def shown(read: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         hint = " Start it with `omnitune monitor serve`." if exc.source == "Monitor daemon" else ""
         st.error(f"{exc.source} unavailable: {exc}.{hint}")
         return None
-
-
-def daemon_status(config: Settings) -> dict[str, Any] | None:
-    """The daemon's status, or None after a banner (also when no daemon is configured)."""
-    return shown(lambda: config.sources.need_daemon().status())
 
 
 def line_chart(
