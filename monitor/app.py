@@ -197,7 +197,7 @@ def create_app(
 
 
 def _required(
-    query: dict[str, str], required: set[str], optional: frozenset[str] | set[str] = frozenset()
+    query: dict[str, str], required: set[str], optional: set[str] | frozenset[str] = frozenset()
 ) -> dict[str, str]:
     """The query's parameters, after refusing unknown ones and naming a missing one."""
     unknown = sorted(set(query) - required - set(optional))
@@ -211,12 +211,7 @@ def _required(
 
 
 def _event_filters(query: dict[str, str]) -> dict[str, Any]:
-    known = {"since", "after_id", "model", "flagged", "limit", "latest"}
-    unknown = sorted(set(query) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown query parameter {unknown[0]!r} (known: {', '.join(sorted(known))})"
-        )
+    _required(query, set(), {"since", "after_id", "model", "flagged", "limit", "latest"})
     filters: dict[str, Any] = {}
     try:
         if "since" in query:
