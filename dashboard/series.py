@@ -302,7 +302,7 @@ def _prometheus(sources: Sources) -> Prometheus:
     return sources.prometheus
 
 
-def describe(sources: Sources) -> dict[str, Any]:
+def describe(sources: Sources) -> dict[str, str]:
     """Which source answers what, for the sidebar."""
     return {
         "time series": "Prometheus" if sources.prometheus else "daemon",

@@ -7,6 +7,7 @@ source cannot be reached or answers with an error, so the pages show a banner, n
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,13 +42,27 @@ def _get_json(
         raise SourceDown(f"{url} did not answer JSON", source) from None
 
 
+#: (url, token) -> (monotonic time, answer) of the daemon's latest /v1/status.
+_STATUS: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+#: One page render asks for the status several times (reachability, counts, alerts...); an
+#: answer this young is reused. Shorter than the shortest auto-refresh (5 s), so every refresh
+#: reads the daemon anew.
+STATUS_REUSE_S = 1.0
+
+
 @dataclass(frozen=True)
 class Daemon:
     url: str
     token: str | None = None
 
     def status(self) -> dict[str, Any]:
-        return _get_json(f"{self.url.rstrip('/')}/v1/status", self.token)
+        key = (self.url, self.token)
+        cached = _STATUS.get(key)
+        if cached is not None and time.monotonic() - cached[0] < STATUS_REUSE_S:
+            return cached[1]
+        answer = _get_json(f"{self.url.rstrip('/')}/v1/status", self.token)
+        _STATUS[key] = (time.monotonic(), answer)
+        return answer
 
     def events(self, limit: int = 5000, **filters: Any) -> list[dict[str, Any]]:
         """The newest `limit` events matching `filters` (since, model, flagged), oldest first."""
