@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnitune.modalities.hf_sources import hf_plain_rows, is_hf_source
 from omnitune.trainers.errors import ConfigError, DataError
 
 #: modality name -> module whose `MODALITY` attribute is its `Modality`.
@@ -26,6 +27,7 @@ MODALITIES: dict[str, str] = {
 
 #: modality name -> "module:Class" of the pydantic model for its `data.options`.
 OPTIONS_MODELS: dict[str, str] = {
+    "text": "omnitune.modalities.text.options:TextOptions",
     "speech": "omnitune.modalities.speech.options:SpeechOptions",
     "vision_language": "omnitune.modalities.vision_language.options:VisionOptions",
 }
@@ -62,6 +64,10 @@ class Examples:
     skipped: Counter[str] = field(default_factory=Counter)
     groups: list[str | None] = field(default_factory=list)
     lengths: list[float] = field(default_factory=list)
+    #: examples kept but cut to data.max_length (text under `data.options.overlong: truncate`)
+    truncated: int = 0
+    #: for packed rows (`data.packing`), the examples they were packed from
+    unpacked: Examples | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -72,6 +78,10 @@ class Examples:
     def usable_records(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """`(line, record)` for each row of `self.source` that parses; the others are counted
         in `skipped` under their reason."""
+        if is_hf_source(self.source):
+            for index, record in enumerate(hf_plain_rows(self.source)):
+                yield index, record
+            return
         for line, record, problem in read_records(self.source):
             if record is None:
                 self.skipped[problem or "unreadable row"] += 1
@@ -95,7 +105,15 @@ class Examples:
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
-        return f"{self.source}: {len(self)} examples" + (f"; skipped {skipped}" if skipped else "")
+        if self.unpacked is not None:
+            from omnitune.trainers.packing import packing_summary
+
+            text = f"{self.source}: {packing_summary(self)}"
+        else:
+            text = f"{self.source}: {len(self)} examples"
+        if self.truncated:
+            text += f"; truncated {self.truncated} to data.max_length"
+        return text + (f"; skipped {skipped}" if skipped else "")
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,12 @@ class Modality:
     - profile(examples) -> reference dict (the drift baseline the monitor compares with)
     - targets(model) -> Targets (default PEFT attachment points)
     - metric_directions: metric name -> "min" or "max", for best checkpoints and early stopping
+    - pairs(source, run_config, processor, training) -> Examples of preference pairs, for the
+      preference objectives (None: the modality has no preference data)
+    - pair_collator(processor, run_config, training) -> callable(pairs) -> batch of the chosen
+      rows then the rejected rows
+    - pair_metrics(model, processor, pairs, run_config) -> generated metrics of the chosen
+      answers that `eval.metrics` asks for (exact_match, vqa_accuracy)
     """
 
     name: str
@@ -130,6 +154,10 @@ class Modality:
     targets: Callable[[Any], Targets]
     metric_directions: dict[str, str]
     task_type: str | None  # peft TaskType name (CAUSAL_LM), or None to wrap the model as is
+    pairs: Callable[..., Examples] | None = None
+    pair_collator: Callable[..., Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = None
+    pair_metrics: Callable[..., dict[str, float]] | None = None
+    pair_metric_directions: dict[str, str] = field(default_factory=dict)
 
 
 def lazy(target: str) -> Callable[..., Any]:
@@ -152,14 +180,18 @@ def get_modality(name: str) -> Modality:
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield `(line_number, record, problem)` for each row of a JSONL or CSV manifest.
+    """Yield `(line_number, record, problem)` for each row of a JSONL, CSV or Parquet file.
 
     A row that cannot be parsed yields `(line, None, reason)`, so callers count and skip it;
-    a missing or unreadable file is a DataError naming the path.
+    a missing or unreadable file is a DataError naming the path. Parquet rows are numbered
+    from 1 and read a batch at a time (pyarrow, which `datasets` brings).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    if path.suffix.lower() == ".parquet":
+        yield from _parquet_records(path)
+        return
     if path.suffix.lower() == ".csv":
         import csv
 
@@ -179,4 +211,20 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None,
             if not isinstance(record, dict):
                 yield line, None, "not a JSON object"
                 continue
+            yield line, record, None
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path)
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    except Exception as exc:  # pyarrow's ArrowInvalid and friends: not a Parquet file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    line = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            line += 1
             yield line, record, None

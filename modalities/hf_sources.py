@@ -56,6 +56,11 @@ def hf_rows(
         yield f"{source}[{index}]", row
 
 
+def hf_plain_rows(source: str) -> Iterator[dict[str, Any]]:
+    """Each row of a dataset without media columns (text, preference pairs) as a dict."""
+    yield from _load(source)
+
+
 def _load(source: str) -> Any:
     from datasets import load_dataset, load_from_disk
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omnitune.trainers.configio import describe_error, load_config
 
@@ -91,7 +91,15 @@ class DataSection(Section):
         ge=8,
         le=1_048_576,
         description="Longest sample in tokens (image tokens included); longer ones are dropped "
-        "and counted, never truncated (vision: see data.options.overlong).",
+        "and counted by default (data.options.overlong: drop, fail, or for text truncate). "
+        "With data.packing, the length of a packed row.",
+    )
+    packing: bool = Field(
+        False,
+        description=(
+            "Text SFT: pack examples into rows of data.max_length tokens with no padding; "
+            "attention never crosses an example (position ids restart per example)."
+        ),
     )
     max_eval_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many samples (None: all)."
@@ -138,19 +146,59 @@ class PeftSection(Section):
 
 
 class ObjectiveSection(Section):
-    name: Literal["sft", "dpo", "orpo"] = Field("sft", description="Training objective.")
-    beta: float = Field(0.1, gt=0, description="DPO/ORPO preference strength.")
+    name: str = Field(
+        "sft",
+        description=(
+            "Training objective: sft (supervised), dpo or orpo (preference pairs; "
+            "docs/alignment.md). Objectives are a registry (omnitune.trainers.objectives)."
+        ),
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description=(
+            "DPO: how strongly the policy may move from the reference (the implicit reward's "
+            "scale); ORPO: the weight of the odds-ratio term (the paper's lambda)."
+        ),
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid",
+        description="DPO's loss: sigmoid (the DPO paper) or ipo (squared, per-token averaged).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="DPO sigmoid loss: the assumed share of pairs whose labels are flipped.",
+    )
+    precompute_reference: bool = Field(
+        False,
+        description=(
+            "DPO: score every pair under the reference once before training and cache it in "
+            "the run folder (one forward pass a step instead of two; no frozen copy for full "
+            "fine-tuning)."
+        ),
+    )
     assistant_only_loss: bool = Field(
         True, description="Text/VLM SFT: train only on assistant turns (prompts masked)."
     )
     loss: Literal["cross_entropy", "class_weighted", "focal"] = Field(
         "cross_entropy",
         description=(
-            "cross_entropy: the model's own loss; class_weighted: examples weighted by the "
+            "SFT: cross_entropy: the model's own loss; class_weighted: examples weighted by the "
             "inverse frequency of their data.balance.by group; focal: (1-p)^gamma * CE per token."
         ),
     )
     focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss focusing power.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_objective(cls, name: str) -> str:
+        from omnitune.trainers.objectives import OBJECTIVES
+
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown '{name}' (known: {', '.join(OBJECTIVES)})")
+        return name
 
 
 class TrainSection(Section):
@@ -231,10 +279,43 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _objective_fits_modality(self) -> RunConfig:
-        if self.objective.name in {"dpo", "orpo"} and self.model.modality == "speech":
+        from omnitune.trainers.objectives import OBJECTIVES, get_objective
+
+        if self.objective.name not in OBJECTIVES:
+            return self  # reported by the objective section
+        objective = get_objective(self.objective.name)
+        if self.model.modality not in objective.modalities:
             raise ValueError(
-                f"objective.name: {self.objective.name} is for text and vision_language models, "
-                "not speech"
+                f"objective.name: {self.objective.name} is for "
+                f"{' and '.join(sorted(objective.modalities))} models, not {self.model.modality}"
+            )
+        if objective.reads == "preference pairs" and self.data.options.get("overlong") == (
+            "truncate"
+        ):
+            raise ValueError(
+                "data.options.overlong: preference pairs are never truncated (the two answers "
+                "would be scored after different prompts); use drop or fail"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _packing_fits(self) -> RunConfig:
+        if not self.data.packing:
+            return self
+        if self.model.modality != "text" or self.objective.name != "sft":
+            raise ValueError(
+                "data.packing: packs text SFT examples only (model.modality text, "
+                "objective.name sft)"
+            )
+        if self.objective.loss != "cross_entropy":
+            raise ValueError(
+                "data.packing: works with objective.loss=cross_entropy only (the weighted "
+                "losses weigh whole examples, and a packed row holds several)"
+            )
+        if self.data.balance.strategy != "none":
+            raise ValueError(
+                "data.packing: cannot be combined with data.balance (rows mix examples of "
+                "different groups)"
             )
         return self
 

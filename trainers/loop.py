@@ -1,10 +1,14 @@
-"""The trainer core: one loop for every modality and every PEFT method.
+"""The trainer core: one loop for every modality, objective and PEFT method.
 
-Read `train()` top to bottom: load through the modality, prepare the PEFT method, plan the data
-order, resume if asked, then step. The modality supplies model, processor, data, collator,
-evaluation and reference profile; nothing here branches on which modality it is. The loop runs
-unchanged on one CPU, one GPU, or N processes under `accelerate launch` (data is sharded by
-`BatchPlan`, gradients are synchronised by accelerate's DDP wrapper).
+`train()` reads as its phases: `set_up` (load through the modality, read the data through the
+objective, prepare the PEFT method, plan the data order, build the reference, resume), then
+`train_step`, `log_progress`, `evaluate_if_due` and `checkpoint_if_due` until the last step, then
+`finish` (export, reference profile, summary). The modality supplies model, processor, data,
+collator, evaluation and reference profile; the objective (`omnitune.trainers.objectives`)
+supplies the rows it reads, the loss of a batch and its metrics. Nothing here branches on which
+modality or objective it is. The loop runs unchanged on one CPU, one GPU, or N processes under
+`accelerate launch` (data is sharded by `BatchPlan`, gradients are synchronised by accelerate's
+DDP wrapper).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ from omnitune.trainers.checkpoint import (
 )
 from omnitune.trainers.config import RunConfig
 from omnitune.trainers.errors import ConfigError, DataError, OmnituneError
+from omnitune.trainers.objectives import LossContext, get_objective
 from omnitune.trainers.peft_methods import (
     MUTATING_INIT,
     build_optimizer,
@@ -64,293 +69,370 @@ class RunResult:
     loop_cpu_seconds: float = 0.0
 
 
+@dataclass
+class Session:
+    """Everything `set_up` builds and the phases share."""
+
+    config: RunConfig
+    accelerator: Any
+    runlog: RunLog
+    modality: Any
+    objective: Any
+    model: Any  # what the step runs (wrapped by accelerate)
+    unwrapped: Any  # the model itself: evaluation, export, checkpoint tensors
+    processor: Any
+    prepared: Any
+    train_set: Any
+    eval_set: Any
+    plan: BatchPlan
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    total_steps: int
+    collate: Any
+    step_loss: Any
+    reference: Any
+    checkpoint_tensors: dict[str, Any]
+    selection_metric: str
+    direction: str
+    run_dir: Path
+    initial_adapter: Path
+    resumed: bool
+    order: Any = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_saved: int | None = None
+    stopped_early: bool = False
+    train_loss: float | None = None
+    last_grad_norm: float | None = None
+
+
+@dataclass
+class StepOutcome:
+    loss: float
+    grad_norm: float | None
+    metrics: dict[str, float]
+    samples: int
+
+
+class ProgressWindow:
+    """Losses, objective metrics and samples since the last log line."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.metrics: dict[str, list[float]] = {}
+        self.samples = 0
+        self.start = time.perf_counter()
+
+    def add(self, outcome: StepOutcome) -> None:
+        self.losses.append(outcome.loss)
+        self.samples += outcome.samples
+        for name, value in outcome.metrics.items():
+            self.metrics.setdefault(name, []).append(value)
+
+
 def train(config: RunConfig) -> RunResult:
     """Run (or resume) the training run `config` describes; returns where everything went."""
-    import numpy as np
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
-    if config.objective.name != "sft":
-        raise ConfigError(f"objective.name: {config.objective.name} is not available yet; use sft")
-    check_device_support(config.peft.method)
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    # Without CUDA, accelerate runs several launched processes over gloo only when told cpu=True.
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not several:
-        _forget_accelerate_state()
-    accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.train.mixed_precision),
-        cpu=several and not torch.cuda.is_available(),
-    )
-    main = accelerator.is_main_process
-    set_seed(config.train.seed)
-    run_dir = Path(config.output_dir)
-    runlog = RunLog(run_dir, enabled=main)
+    accelerator = _accelerator(config)
+    runlog = RunLog(Path(config.output_dir), enabled=accelerator.is_main_process)
     try:
-        modality = get_modality(config.model.modality)
-        model, processor = modality.load(config.model, **load_options(config.peft.method))
-        train_set = modality.dataset(config.data.train, config, processor, training=True)
-        eval_set = (
-            modality.dataset(config.data.eval, config, processor, training=False)
-            if config.data.eval
-            else None
-        )
-        for examples in filter(None, (train_set, eval_set)):
-            log.info("data %s", examples.summary())
-        if len(train_set) == 0:
-            raise DataError(f"{config.data.train}: no usable training examples")
-        selection_metric, direction = _selection_metric(config, modality)
-
-        if config.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
-        prepared = prepare_model(
-            model, config.peft, modality.targets(model), modality.task_type, config.train.seed
-        )
-        model = prepared.model
-        _log_trainable(model)
-        optimizer = build_optimizer(model, config.peft, config.train)
-
-        strategy = config.data.balance.strategy
-        weights = group_weights(train_set.groups, strategy, config.data.balance.temperature)
-        if config.data.balance.by:
-            log.info(
-                "balance by %s (%s): %s",
-                config.data.balance.by,
-                strategy,
-                distribution_report(train_set.groups, weights),
-            )
-        plan = BatchPlan(
-            n_examples=len(train_set),
-            per_device_batch=config.train.batch_size,
-            world_size=accelerator.num_processes,
-            seed=config.train.seed,
-            weights=weights,
-            epoch_size=epoch_length(train_set.groups, strategy) if weights is not None else None,
-            lengths=np.asarray(train_set.lengths) if config.data.group_by_length else None,
-        )
-        grad_accum = config.train.grad_accum
-        total_steps = config.train.max_steps or max(
-            1, math.ceil(config.train.epochs * plan.batches_per_epoch / grad_accum)
-        )
-        scheduler = get_scheduler(
-            config.train.lr_schedule,
-            optimizer,
-            num_warmup_steps=config.train.warmup_steps,
-            num_training_steps=total_steps,
-        )
-
-        initial_adapter = run_dir / "initial-adapter"
-        state = TrainState()
-        resume_from = _resume_point(run_dir, config.train.resume, main)
-        if resume_from is not None:
-            state = load_checkpoint(
-                resume_from, model, optimizer, scheduler, accelerator.process_index
-            )
-            log.info("resumed from %s (step %d)", resume_from, state.step)
-        elif main and prepared.is_peft and config.peft.method in MUTATING_INIT:
-            _save_initial_adapter(model, initial_adapter)
-        runlog.start(config, state.step)
-
-        if _optimizer_needs_accelerate(accelerator):
-            model, optimizer = accelerator.prepare(model, optimizer)
-        else:
-            model = accelerator.prepare(model)
-        unwrapped = accelerator.unwrap_model(model)
-        saved_names = set(prepared.checkpoint_names)
-        checkpoint_tensors = {n: p for n, p in unwrapped.named_parameters() if n in saved_names}
-        collate = modality.collator(processor, config, training=True)
-        loss_fn = _custom_loss(config, train_set.groups, unwrapped, accelerator.device)
-
-        def evaluate_now() -> tuple[dict[str, float], bool, bool]:
-            return _evaluate(
-                accelerator,
-                modality,
-                unwrapped,
-                processor,
-                eval_set,
-                config,
-                state,
-                selection_metric,
-                direction,
-                runlog,
-            )
-
-        last_eval: dict[str, float] = {}
-        if eval_set is not None and state.step == 0:
+        session = set_up(config, accelerator, runlog)
+        if session.eval_set is not None and session.state.step == 0:
             # The "before" value: every run's log shows where training started from.
-            last_eval, _, _ = evaluate_now()
-        model.train()
-        order = plan.epoch_order(state.epoch)
-        progress = _progress_bar(total_steps, state.step, main)
-        window_loss: list[float] = []
-        window_start, window_samples = time.perf_counter(), 0
-        run_start, run_samples = time.perf_counter(), 0
-        cpu_start = time.process_time()
-        last_saved = state.step if resume_from is not None else None
-        stopped_early = False
-        train_loss = None
-
-        while state.step < total_steps:
-            note = prepared.update(unwrapped, state.step)
-            if note:
-                log.info(note)
-            micro_losses = []
-            for micro in range(grad_accum):
-                if state.batch_in_epoch >= plan.batches_per_epoch:
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                    order = plan.epoch_order(state.epoch)
-                indices = plan.batch(order, state.batch_in_epoch, accelerator.process_index)
-                state.batch_in_epoch += 1
-                batch = _to_device(collate([train_set[i] for i in indices]), accelerator.device)
-                # DDP all-reduces gradients only on the last micro-batch of a step.
-                sync = micro == grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    outputs = model(**batch)
-                    loss = outputs.loss if loss_fn is None else loss_fn(outputs, batch, indices)
-                    accelerator.backward(loss / grad_accum)
-                micro_losses.append(loss.detach().float())
-            step_loss_tensor = torch.stack(micro_losses).mean()
-            if accelerator.num_processes > 1:
-                step_loss_tensor = accelerator.reduce(step_loss_tensor, "mean")
-            step_loss = float(step_loss_tensor)
-            grad_norm = None
-            if config.train.max_grad_norm is not None:
-                # None under DeepSpeed, which clips inside its engine (gradient_clipping).
-                norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
-                grad_norm = None if norm is None else float(norm)
-            if not math.isfinite(step_loss) or (
-                grad_norm is not None and not math.isfinite(grad_norm)
-            ):
-                kept = list_checkpoints(run_dir)
-                raise TrainingDiverged(
-                    f"loss became {step_loss} (grad norm {grad_norm}) at step {state.step + 1}; "
-                    f"last good checkpoint: {kept[-1] if kept else 'none'}"
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.samples_seen += plan.global_batch * grad_accum
-            window_samples += plan.global_batch * grad_accum
-            run_samples += plan.global_batch * grad_accum
-            window_loss.append(step_loss)
-            train_loss = step_loss
-            if not progress.disable:  # formatting the postfix costs ~40 us a step even when hidden
-                progress.update(1)
-                progress.set_postfix(
-                    loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
-                )
-
-            if state.step % config.train.logging_steps == 0 or state.step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "loss": sum(window_loss) / len(window_loss),
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": state.epoch + state.batch_in_epoch / plan.batches_per_epoch,
-                    "samples_per_second": window_samples / elapsed if elapsed > 0 else 0.0,
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                runlog.metrics(state.step, record)
-                log.info(
-                    "step %d/%d loss %.4f lr %.3g %.1f samples/s",
-                    state.step,
-                    total_steps,
-                    record["loss"],
-                    record["lr"],
-                    record["samples_per_second"],
-                )
-                window_loss, window_start, window_samples = [], time.perf_counter(), 0
-
-            improved = False
-            due = config.train.eval_steps and state.step % config.train.eval_steps == 0
-            if eval_set is not None and (due or state.step == total_steps):
-                last_eval, improved, stop = evaluate_now()
-                model.train()
-                stopped_early = stop
-            save_due = config.train.save_steps and state.step % config.train.save_steps == 0
-            if save_due or improved or state.step == total_steps or stopped_early:
-                save_checkpoint(
-                    run_dir, state, checkpoint_tensors, optimizer, scheduler, accelerator
-                )
-                last_saved = state.step
-                if main:
-                    prune_checkpoints(run_dir, config.train.save_total_limit, state.best_step)
-            if stopped_early:
-                log.info(
-                    "early stop at step %d: %s did not improve for %d evaluations",
-                    state.step,
-                    selection_metric,
-                    config.eval.early_stopping_patience,
-                )
-                break
+            session.last_eval, _ = evaluate_now(session)
+        session.model.train()
+        main = accelerator.is_main_process
+        progress = _progress_bar(session.total_steps, session.state.step, main)
+        window = ProgressWindow()
+        run_start, cpu_start, run_samples = time.perf_counter(), time.process_time(), 0
+        while session.state.step < session.total_steps and not session.stopped_early:
+            outcome = train_step(session)
+            window.add(outcome)
+            run_samples += outcome.samples
+            _advance_progress_bar(progress, session, outcome)
+            window = log_progress(session, window)
+            improved = evaluate_if_due(session)
+            checkpoint_if_due(session, improved)
         progress.close()
         loop_seconds = time.perf_counter() - run_start
-        loop_cpu_seconds = time.process_time() - cpu_start
-
-        if last_saved != state.step:
-            save_checkpoint(run_dir, state, checkpoint_tensors, optimizer, scheduler, accelerator)
-        _write_rank_fingerprint(run_dir, accelerator, checkpoint_tensors, state.step)
-        output = run_dir / ("adapter" if prepared.is_peft else "model")
-        if main:
-            _export_final(unwrapped, processor, output, initial_adapter)
-            reference = modality.profile(train_set)
-            (run_dir / "reference.json").write_text(json.dumps(reference))
-        result = RunResult(
-            run_dir=run_dir,
-            steps=state.step,
-            train_loss=train_loss,
-            eval_metrics=last_eval,
-            best_step=state.best_step,
-            stopped_early=stopped_early,
-            samples_per_second=run_samples / loop_seconds if loop_seconds > 0 else 0.0,
-            output=output,
-            main_process=main,
-            loop_seconds=loop_seconds,
-            loop_cpu_seconds=loop_cpu_seconds,
-        )
-        if main:
-            summary = {
-                **asdict(result),
-                "run_dir": str(run_dir),
-                "output": str(output),
-                "train_skipped": dict(train_set.skipped),
-                "eval_skipped": dict(eval_set.skipped) if eval_set is not None else {},
-            }
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        accelerator.wait_for_everyone()
-        return result
+        return finish(session, run_samples, loop_seconds, time.process_time() - cpu_start)
     finally:
         runlog.close()
 
 
-def _evaluate(
-    accelerator: Any,
-    modality: Any,
-    model: Any,
-    processor: Any,
-    eval_set: Any,
-    config: RunConfig,
-    state: TrainState,
-    metric: str,
-    direction: str,
-    runlog: RunLog,
-) -> tuple[dict[str, float], bool, bool]:
+def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
+    """Load, read, prepare and (when asked) resume: everything before the first step."""
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    main = accelerator.is_main_process
+    set_seed(config.train.seed)
+    run_dir = Path(config.output_dir)
+    modality = get_modality(config.model.modality)
+    objective = get_objective(config.objective.name)
+    model, processor = modality.load(config.model, **load_options(config.peft.method))
+    train_set, eval_set = _read_data(objective, modality, config, processor)
+    selection_metric, direction = _selection_metric(config, objective.metric_directions(modality))
+
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    prepared = prepare_model(
+        model, config.peft, modality.targets(model), modality.task_type, config.train.seed
+    )
+    model = prepared.model
+    _log_trainable(model)
+    optimizer = build_optimizer(model, config.peft, config.train)
+    plan = _batch_plan(config, train_set, accelerator.num_processes)
+    total_steps = config.train.max_steps or max(
+        1, math.ceil(config.train.epochs * plan.batches_per_epoch / config.train.grad_accum)
+    )
+    scheduler = get_scheduler(
+        config.train.lr_schedule,
+        optimizer,
+        num_warmup_steps=config.train.warmup_steps,
+        num_training_steps=total_steps,
+    )
+    collate = objective.collator(modality, processor, config, True)
+    reference = None
+    if objective.needs_reference:
+        # Before a checkpoint is loaded: the reference is the model as it starts.
+        from omnitune.trainers.objectives.reference import build_reference
+
+        model.to(accelerator.device)
+        eval_collate = objective.collator(modality, processor, config, False)
+        reference = build_reference(
+            config,
+            model,
+            prepared.is_peft,
+            {"train": train_set, "eval": eval_set},
+            eval_collate,
+            run_dir,
+        )
+
+    initial_adapter = run_dir / "initial-adapter"
+    state = TrainState()
+    resume_from = _resume_point(run_dir, config.train.resume, main)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator.process_index)
+        log.info("resumed from %s (step %d)", resume_from, state.step)
+    elif main and prepared.is_peft and config.peft.method in MUTATING_INIT:
+        _save_initial_adapter(model, initial_adapter)
+    runlog.start(config, state.step)
+
+    if _optimizer_needs_accelerate(accelerator):
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model = accelerator.prepare(model)
+    unwrapped = accelerator.unwrap_model(model)
+    saved_names = set(prepared.checkpoint_names)
+    context = LossContext(config, train_set, unwrapped, accelerator.device, reference)
+    return Session(
+        config=config,
+        accelerator=accelerator,
+        runlog=runlog,
+        modality=modality,
+        objective=objective,
+        model=model,
+        unwrapped=unwrapped,
+        processor=processor,
+        prepared=prepared,
+        train_set=train_set,
+        eval_set=eval_set,
+        plan=plan,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state=state,
+        total_steps=total_steps,
+        collate=collate,
+        step_loss=objective.loss(context),
+        reference=reference,
+        checkpoint_tensors={n: p for n, p in unwrapped.named_parameters() if n in saved_names},
+        selection_metric=selection_metric,
+        direction=direction,
+        run_dir=run_dir,
+        initial_adapter=initial_adapter,
+        resumed=resume_from is not None,
+        order=plan.epoch_order(state.epoch),
+        last_saved=state.step if resume_from is not None else None,
+    )
+
+
+def train_step(session: Session) -> StepOutcome:
+    """One optimizer step over `grad_accum` micro-batches; stops the run on a non-finite loss."""
+    import torch
+
+    s, accelerator = session, session.accelerator
+    note = s.prepared.update(s.unwrapped, s.state.step)
+    if note:
+        log.info(note)
+    grad_accum = s.config.train.grad_accum
+    micro_losses, micro_metrics = [], []
+    for micro in range(grad_accum):
+        if s.state.batch_in_epoch >= s.plan.batches_per_epoch:
+            s.state.epoch, s.state.batch_in_epoch = s.state.epoch + 1, 0
+            s.order = s.plan.epoch_order(s.state.epoch)
+        indices = s.plan.batch(s.order, s.state.batch_in_epoch, accelerator.process_index)
+        s.state.batch_in_epoch += 1
+        batch = _to_device(s.collate([s.train_set[i] for i in indices]), accelerator.device)
+        # DDP all-reduces gradients only on the last micro-batch of a step.
+        sync = micro == grad_accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(s.model):
+            loss, metrics = s.step_loss(s.model, batch, indices)
+            accelerator.backward(loss / grad_accum)
+        micro_losses.append(loss.detach().float())
+        micro_metrics.append(metrics)
+    step_loss_tensor = torch.stack(micro_losses).mean()
+    if accelerator.num_processes > 1:
+        step_loss_tensor = accelerator.reduce(step_loss_tensor, "mean")
+    step_loss = float(step_loss_tensor)
+    grad_norm = None
+    if s.config.train.max_grad_norm is not None:
+        # None under DeepSpeed, which clips inside its engine (gradient_clipping).
+        norm = accelerator.clip_grad_norm_(s.model.parameters(), s.config.train.max_grad_norm)
+        grad_norm = None if norm is None else float(norm)
+    if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+        kept = list_checkpoints(s.run_dir)
+        raise TrainingDiverged(
+            f"loss became {step_loss} (grad norm {grad_norm}) at step {s.state.step + 1}; "
+            f"last good checkpoint: {kept[-1] if kept else 'none'}"
+        )
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.state.step += 1
+    samples = s.plan.global_batch * grad_accum
+    s.state.samples_seen += samples
+    s.train_loss = step_loss
+    return StepOutcome(step_loss, grad_norm, _mean_metrics(micro_metrics), samples)
+
+
+def log_progress(session: Session, window: ProgressWindow) -> ProgressWindow:
+    """Every `logging_steps` (and at the end): a line in train.log and metrics.jsonl; returns
+    the window to fill next."""
+    s = session
+    if s.state.step % s.config.train.logging_steps and s.state.step != s.total_steps:
+        return window
+    elapsed = time.perf_counter() - window.start
+    record = {
+        "loss": sum(window.losses) / len(window.losses),
+        "lr": s.scheduler.get_last_lr()[0],
+        "epoch": s.state.epoch + s.state.batch_in_epoch / s.plan.batches_per_epoch,
+        "samples_per_second": window.samples / elapsed if elapsed > 0 else 0.0,
+    }
+    for name, values in window.metrics.items():
+        if name != "loss":
+            record[name] = sum(values) / len(values)
+    if s.last_grad_norm is not None:
+        record["grad_norm"] = s.last_grad_norm
+    s.runlog.metrics(s.state.step, record)
+    shown = {k: v for k, v in record.items() if k in window.metrics and k != "loss"}
+    log.info(
+        "step %d/%d loss %.4f lr %.3g %.1f samples/s%s",
+        s.state.step,
+        s.total_steps,
+        record["loss"],
+        record["lr"],
+        record["samples_per_second"],
+        f" | {format_metrics(shown)}" if shown else "",
+    )
+    return ProgressWindow()
+
+
+def evaluate_if_due(session: Session) -> bool:
+    """Evaluate every `eval_steps` and at the last step; True when the selection metric
+    improved (that step's checkpoint becomes the best)."""
+    s = session
+    due = s.config.train.eval_steps and s.state.step % s.config.train.eval_steps == 0
+    if s.eval_set is None or not (due or s.state.step == s.total_steps):
+        return False
+    s.last_eval, improved = evaluate_now(s)
+    s.model.train()
+    return improved
+
+
+def checkpoint_if_due(session: Session, improved: bool) -> None:
+    s = session
+    save_due = s.config.train.save_steps and s.state.step % s.config.train.save_steps == 0
+    if save_due or improved or s.state.step == s.total_steps or s.stopped_early:
+        save_checkpoint(
+            s.run_dir, s.state, s.checkpoint_tensors, s.optimizer, s.scheduler, s.accelerator
+        )
+        s.last_saved = s.state.step
+        if s.accelerator.is_main_process:
+            prune_checkpoints(s.run_dir, s.config.train.save_total_limit, s.state.best_step)
+    if s.stopped_early:
+        log.info(
+            "early stop at step %d: %s did not improve for %d evaluations",
+            s.state.step,
+            s.selection_metric,
+            s.config.eval.early_stopping_patience,
+        )
+
+
+def finish(
+    session: Session, run_samples: int, loop_seconds: float, loop_cpu_seconds: float
+) -> RunResult:
+    """The last checkpoint, the exported adapter or model, the reference profile, summary.json."""
+    s, accelerator = session, session.accelerator
+    main = accelerator.is_main_process
+    if s.last_saved != s.state.step:
+        save_checkpoint(
+            s.run_dir, s.state, s.checkpoint_tensors, s.optimizer, s.scheduler, accelerator
+        )
+    _write_rank_fingerprint(s.run_dir, accelerator, s.checkpoint_tensors, s.state.step)
+    output = s.run_dir / ("adapter" if s.prepared.is_peft else "model")
+    if main:
+        _export_final(s.unwrapped, s.processor, output, s.initial_adapter)
+        profiled = s.train_set.unpacked or s.train_set
+        (s.run_dir / "reference.json").write_text(json.dumps(s.modality.profile(profiled)))
+    result = RunResult(
+        run_dir=s.run_dir,
+        steps=s.state.step,
+        train_loss=s.train_loss,
+        eval_metrics=s.last_eval,
+        best_step=s.state.best_step,
+        stopped_early=s.stopped_early,
+        samples_per_second=run_samples / loop_seconds if loop_seconds > 0 else 0.0,
+        output=output,
+        main_process=main,
+        loop_seconds=loop_seconds,
+        loop_cpu_seconds=loop_cpu_seconds,
+    )
+    if main:
+        summary = {
+            **asdict(result),
+            "run_dir": str(s.run_dir),
+            "output": str(output),
+            "objective": s.objective.name,
+            "train_skipped": dict(s.train_set.skipped),
+            "eval_skipped": dict(s.eval_set.skipped) if s.eval_set is not None else {},
+        }
+        (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:
     """Evaluate on the main process; every rank learns whether it improved and whether to stop."""
     from accelerate.utils import broadcast_object_list
 
+    s = session
+    state = s.state
     decision: list[Any] = [None]
-    if accelerator.is_main_process:
-        metrics = modality.evaluate(model, processor, eval_set, config)
-        runlog.metrics(state.step, metrics, kind="eval")
+    if s.accelerator.is_main_process:
+        metrics = s.objective.evaluate(
+            s.modality, s.unwrapped, s.processor, s.eval_set, s.config, s.reference
+        )
+        s.runlog.metrics(state.step, metrics, kind="eval")
         log.info("eval at step %d: %s", state.step, format_metrics(metrics))
-        value = metrics[metric]
+        if s.selection_metric not in metrics:
+            raise ConfigError(
+                f"eval.early_stopping_metric: {s.selection_metric} was not computed; "
+                "add it to eval.metrics"
+            )
+        value = metrics[s.selection_metric]
         better = state.best_metric is None or (
-            value < state.best_metric if direction == "min" else value > state.best_metric
+            value < state.best_metric if s.direction == "min" else value > state.best_metric
         )
         if better:
             state.best_metric, state.best_step = value, state.step
@@ -359,49 +441,100 @@ def _evaluate(
             state.evals_without_improvement += 1
         state.history.append({"step": state.step, **metrics})
         stop = (
-            config.eval.early_stopping_metric is not None
-            and state.evals_without_improvement >= config.eval.early_stopping_patience
+            s.config.eval.early_stopping_metric is not None
+            and state.evals_without_improvement >= s.config.eval.early_stopping_patience
         )
         decision = [(metrics, better, stop, asdict(state))]
     broadcast_object_list(decision)
     metrics, better, stop, shared = decision[0]
     for key, value in shared.items():
         setattr(state, key, value)
-    return metrics, better, stop
+    s.stopped_early = s.stopped_early or stop
+    return metrics, better
 
 
-def _custom_loss(config: RunConfig, groups: list[str | None], model: Any, device: Any) -> Any:
-    """None for the model's own loss; else a function (outputs, batch, indices) -> loss."""
-    if config.objective.loss == "cross_entropy":
-        return None
-    import torch
+def _read_data(objective: Any, modality: Any, config: RunConfig, processor: Any) -> tuple:
+    train_set = objective.data(modality, config.data.train, config, processor, True)
+    eval_set = (
+        objective.data(modality, config.data.eval, config, processor, False)
+        if config.data.eval
+        else None
+    )
+    for examples in filter(None, (train_set, eval_set)):
+        log.info("data %s", examples.summary())
+    if len(train_set) == 0:
+        raise DataError(f"{config.data.train}: no usable training {objective.reads}")
+    return train_set, eval_set
 
-    from omnitune.trainers.losses import inverse_frequency_weights, sequence_loss
 
-    causal = not model.config.is_encoder_decoder
-    gamma = config.objective.focal_gamma if config.objective.loss == "focal" else 0.0
-    weight_of = (
-        inverse_frequency_weights(groups) if config.objective.loss == "class_weighted" else None
+def _batch_plan(config: RunConfig, train_set: Any, world_size: int) -> BatchPlan:
+    import numpy as np
+
+    strategy = config.data.balance.strategy
+    weights = group_weights(train_set.groups, strategy, config.data.balance.temperature)
+    if config.data.balance.by:
+        log.info(
+            "balance by %s (%s): %s",
+            config.data.balance.by,
+            strategy,
+            distribution_report(train_set.groups, weights),
+        )
+    return BatchPlan(
+        n_examples=len(train_set),
+        per_device_batch=config.train.batch_size,
+        world_size=world_size,
+        seed=config.train.seed,
+        weights=weights,
+        epoch_size=epoch_length(train_set.groups, strategy) if weights is not None else None,
+        lengths=np.asarray(train_set.lengths) if config.data.group_by_length else None,
     )
 
-    def loss(outputs: Any, batch: dict[str, Any], indices: list[int]) -> Any:
-        weights = None
-        if weight_of is not None:
-            weights = torch.tensor([weight_of[groups[i]] for i in indices], device=device)
-        return sequence_loss(outputs.logits, batch["labels"], causal, weights, gamma)
 
-    return loss
+def _mean_metrics(per_micro: list[dict[str, Any]]) -> dict[str, float]:
+    names = {name for metrics in per_micro for name in metrics}
+    return {
+        name: sum(float(m[name]) for m in per_micro if name in m)
+        / sum(1 for m in per_micro if name in m)
+        for name in names
+    }
 
 
-def _selection_metric(config: RunConfig, modality: Any) -> tuple[str, str]:
-    """The metric that picks the best checkpoint (and drives early stopping when set)."""
-    name = config.eval.early_stopping_metric or next(iter(modality.metric_directions))
-    if name not in modality.metric_directions:
-        known = ", ".join(modality.metric_directions)
+def _advance_progress_bar(progress: Any, session: Session, outcome: StepOutcome) -> None:
+    session.last_grad_norm = outcome.grad_norm
+    if progress.disable:  # formatting the postfix costs ~40 us a step even when hidden
+        return
+    progress.update(1)
+    progress.set_postfix(loss=f"{outcome.loss:.4f}", lr=f"{session.scheduler.get_last_lr()[0]:.2e}")
+
+
+def _accelerator(config: RunConfig) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    check_device_support(config.peft.method)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    # Without CUDA, accelerate runs several launched processes over gloo only when told cpu=True.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not several:
+        _forget_accelerate_state()
+    return Accelerator(
+        mixed_precision=_mixed_precision(config.train.mixed_precision),
+        cpu=several and not torch.cuda.is_available(),
+    )
+
+
+def _selection_metric(config: RunConfig, directions: dict[str, str]) -> tuple[str, str]:
+    """The metric that picks the best checkpoint (and drives early stopping when set): the
+    objective's first metric unless `eval.early_stopping_metric` names another."""
+    name = config.eval.early_stopping_metric or next(iter(directions))
+    if name not in directions:
         raise ConfigError(
-            f"eval.early_stopping_metric: '{name}' is not a {modality.name} metric (known: {known})"
+            f"eval.early_stopping_metric: '{name}' is not a metric of this run "
+            f"(objective {config.objective.name}, model.modality {config.model.modality}; "
+            f"known: {', '.join(directions)})"
         )
-    return name, modality.metric_directions[name]
+    return name, directions[name]
 
 
 def _resume_point(run_dir: Path, resume: str, main: bool) -> Path | None:

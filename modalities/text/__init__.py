@@ -1,7 +1,9 @@
 """Text modality: causal language models with chat templates.
 
 Data: chat JSONL (`messages`), `prompt`/`completion` pairs, or `text`; assistant-only loss from
-the chat template's {% generation %} marks. Metric: perplexity.
+the chat template's {% generation %} marks; preference pairs (`prompt`, `chosen`, `rejected`)
+for DPO and ORPO. Metrics: perplexity, and `exact_match` of generated answers when
+`eval.metrics` asks for it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ from omnitune.modalities.text.features import text_features
 load = section_loader("text")
 dataset = lazy("omnitune.modalities.text.data:read_text_dataset")
 collator = lazy("omnitune.modalities.text.collate:make_text_collator")
+pairs = lazy("omnitune.modalities.text.preference:read_text_pairs")
+pair_collator = lazy("omnitune.modalities.text.preference:make_pair_collator")
+
+
+def pair_metrics(model: Any, tokenizer: Any, items: list, config: Any) -> dict[str, float]:
+    """Generated metrics of preference pairs: how often the model answers the chosen answer."""
+    if "exact_match" not in config.eval.metrics:
+        return {}
+    from omnitune.modalities.text.generation import exact_match_of
+
+    return {"exact_match": exact_match_of(model, tokenizer, items, config)}
 
 
 def evaluate(model: Any, tokenizer: Any, examples: Examples, config: Any) -> dict[str, float]:
@@ -29,7 +42,12 @@ def evaluate(model: Any, tokenizer: Any, examples: Examples, config: Any) -> dic
         config.eval.batch_size,
         config.data.max_eval_samples,
     )
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    if "exact_match" in config.eval.metrics:
+        from omnitune.modalities.text.generation import exact_match_of
+
+        metrics["exact_match"] = exact_match_of(model, tokenizer, examples.items, config)
+    return metrics
 
 
 def profile(examples: Examples) -> dict[str, Any]:
@@ -64,6 +82,10 @@ MODALITY = Modality(
     evaluate=evaluate,
     profile=profile,
     targets=targets,
-    metric_directions={"loss": "min", "perplexity": "min"},
+    metric_directions={"loss": "min", "perplexity": "min", "exact_match": "max"},
     task_type="CAUSAL_LM",
+    pairs=pairs,
+    pair_collator=pair_collator,
+    pair_metrics=pair_metrics,
+    pair_metric_directions={"exact_match": "max"},
 )

@@ -1,0 +1,66 @@
+"""Generated answers for text prompts, and exact match against the expected answer.
+
+Exact match compares whitespace-normalised strings: "4 2  7" matches "4 2 7", "4 2 8" does
+not. Generation is greedy (or beam search, `eval.generation.num_beams`), left-padded so every
+prompt continues from its own end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def answer_prompts(
+    model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], config: Any
+) -> list[str]:
+    """One generated assistant answer per prompt (a list of chat messages)."""
+    import torch
+
+    device = next(model.parameters()).device
+    generation = config.eval.generation
+    answers: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(prompts), config.eval.batch_size):
+                chunk = prompts[start : start + config.eval.batch_size]
+                inputs = tokenizer.apply_chat_template(
+                    chunk,
+                    add_generation_prompt=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                    padding=True,
+                )
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=generation.max_new_tokens,
+                    num_beams=generation.num_beams,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
+
+
+def exact_match(references: list[str], answers: list[str]) -> float:
+    pairs = list(zip(references, answers, strict=True))
+    if not pairs:
+        return float("nan")
+    return sum(" ".join(r.split()) == " ".join(a.split()) for r, a in pairs) / len(pairs)
+
+
+def exact_match_of(model: Any, tokenizer: Any, items: list[dict[str, Any]], config: Any) -> float:
+    """Exact match of the model's answers to `items` (each with `prompt_messages`, `answer`)."""
+    usable = [i for i in items if "prompt_messages" in i]
+    limit = config.data.max_eval_samples or len(usable)
+    usable = usable[:limit]
+    answers = answer_prompts(model, tokenizer, [i["prompt_messages"] for i in usable], config)
+    return exact_match([i["answer"] for i in usable], answers)

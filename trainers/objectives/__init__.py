@@ -1,0 +1,68 @@
+"""Training objectives by name: what a run optimises, as modalities are what a run reads.
+
+An objective is a small frozen dataclass of functions, like a `Modality`: the trainer core calls
+these and never branches on the objective's name. Each objective module builds one `Objective`
+as its `OBJECTIVE` attribute; the registry imports it only when it is asked for, and importing an
+objective module imports no torch (config checks use `modalities` without loading anything).
+
+- data(modality, source, config, processor, training) -> Examples (SFT examples, preference
+  pairs, ...), read through the modality
+- collator(modality, processor, config, training) -> callable(list of items) -> batch
+- loss(context) -> callable(model, batch, indices) -> (loss tensor, {metric: tensor}): one
+  micro-batch's loss and the metrics the run log shows for it
+- evaluate(modality, model, processor, examples, config, reference) -> {metric: value}
+- metric_directions(modality) -> {metric: "min" | "max"}: what best checkpoints and early
+  stopping may select on
+- needs_reference: whether `reference` (the frozen starting policy) must be built
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from omnitune.trainers.errors import ConfigError
+
+#: objective name -> module whose `OBJECTIVE` attribute is its `Objective`.
+OBJECTIVES: dict[str, str] = {
+    "sft": "omnitune.trainers.objectives.sft",
+    "dpo": "omnitune.trainers.objectives.dpo",
+    "orpo": "omnitune.trainers.objectives.orpo",
+}
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What an objective's loss may need beyond the batch: the run config, the training data
+    (its groups, for weighted losses), the unwrapped model, the device and the reference."""
+
+    config: Any
+    train_set: Any
+    model: Any
+    device: Any
+    reference: Any = None
+
+
+StepLoss = Callable[[Any, dict[str, Any], list[int]], tuple[Any, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    reads: str  # what a data row is, for messages: "examples", "preference pairs"
+    modalities: frozenset[str]
+    needs_reference: bool
+    data: Callable[..., Any]
+    collator: Callable[..., Callable[[list[dict[str, Any]]], dict[str, Any]]]
+    loss: Callable[[LossContext], StepLoss]
+    evaluate: Callable[..., dict[str, float]]
+    metric_directions: Callable[[Any], dict[str, str]]
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective called `name` (imports its module on first use)."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"objective.name: unknown '{name}' (known: {', '.join(OBJECTIVES)})")
+    return importlib.import_module(OBJECTIVES[name]).OBJECTIVE

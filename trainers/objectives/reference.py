@@ -1,0 +1,135 @@
+"""The reference policy of DPO: the model as it was before preference training.
+
+Three ways to score answers under it, chosen by how the model trains:
+- an adapter (LoRA, IA3, prompt tuning, ...): the same model with the adapter disabled, so no
+  second copy sits in memory;
+- full fine-tuning: a frozen copy made before the first step;
+- `objective.precompute_reference: true` (any method): every pair's reference log-probabilities
+  computed once, before training, and cached in the run folder (`reference-logps.pt`), so each
+  step runs one forward pass instead of two and a resumed run reads them back. PiSSA and OLoRA
+  move the base weights into their adapter, so disabling it no longer gives the starting model;
+  they always precompute, with the adapter enabled (at step 0 the adapted model is the
+  starting model).
+Reference passes run in eval mode (no dropout): a pair's reference score never varies, so the
+precomputed and the live scores agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from omnitune.trainers.peft_methods import MUTATING_INIT
+
+log = logging.getLogger("omnitune.train")
+CACHE_NAME = "reference-logps.pt"
+
+
+class Reference:
+    """Answer log-probabilities under the reference policy for a pair batch (chosen rows, then
+    rejected), from the batch's precomputed `reference_logps` when it has them."""
+
+    def __init__(self, policy: Any, frozen: Any = None) -> None:
+        self.policy = policy
+        self.frozen = frozen
+
+    def logps(self, batch: dict[str, Any]) -> Any:
+        if "reference_logps" in batch:
+            return batch["reference_logps"]
+        import torch
+
+        from omnitune.trainers.objectives.preference import answer_logps
+
+        model = self.frozen if self.frozen is not None else self.policy
+        disabled = (
+            self.policy.disable_adapter() if self.frozen is None else contextlib.nullcontext()
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), disabled:
+                return answer_logps(model, batch)[0]
+        finally:
+            model.train(was_training)
+
+
+def build_reference(
+    config: Any, model: Any, is_peft: bool, sets: dict[str, Any], collate: Any, run_dir: Path
+) -> Reference | None:
+    """The run's reference; with precomputation, also writes `reference_logps` into every
+    pair of `sets` (split name -> Examples). Call before a checkpoint is loaded: the model
+    must still be the starting model."""
+    section = config.objective
+    precompute = section.precompute_reference or config.peft.method in MUTATING_INIT
+    if not precompute:
+        if is_peft:
+            return Reference(model)
+        log.info("reference model: a frozen copy of the starting weights")
+        frozen = copy.deepcopy(model).eval()
+        for parameter in frozen.parameters():
+            parameter.requires_grad_(False)
+        return Reference(model, frozen)
+    enabled = not is_peft or config.peft.method in MUTATING_INIT
+    scorer = Reference(model, frozen=model if enabled else None)
+    cache = run_dir / CACHE_NAME
+    saved = _read_cache(cache)
+    computed = {}
+    for split, pairs in sets.items():
+        if pairs is None:
+            continue
+        key = fingerprint(pairs)
+        values = saved.get(split, {}).get(key)
+        if values is None:
+            values = _score_all(scorer, pairs, collate, config.eval.batch_size)
+            log.info("reference log-probabilities of %d %s pairs computed", len(pairs), split)
+        computed[split] = {key: values}
+        for item, (chosen, rejected) in zip(pairs.items, values, strict=True):
+            item["reference_logps"] = (chosen, rejected)
+    _write_cache(cache, computed)
+    return scorer
+
+
+def fingerprint(pairs: Any) -> str:
+    """A digest of the pairs' token ids: cached scores are reused only for the same data."""
+    digest = hashlib.sha256()
+    for item in pairs.items:
+        for side in ("chosen_ids", "rejected_ids", "chosen_labels", "rejected_labels"):
+            digest.update(repr(item.get(side)).encode())
+        digest.update(repr(item.get("images")).encode())
+    return digest.hexdigest()
+
+
+def _score_all(scorer: Reference, pairs: Any, collate: Any, batch_size: int) -> list[tuple]:
+    device = next(scorer.policy.parameters()).device
+    values: list[tuple[float, float]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = [pairs[i] for i in range(start, min(start + batch_size, len(pairs)))]
+        batch = collate(chunk)
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        scores = scorer.logps(batch).float().cpu().tolist()
+        half = len(chunk)
+        values += list(zip(scores[:half], scores[half:], strict=True))
+    return values
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
+def _write_cache(path: Path, values: dict[str, Any]) -> None:
+    import os
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".staging-{path.name}")
+    torch.save(values, staging)
+    os.replace(staging, path)

@@ -1,0 +1,80 @@
+"""Supervised fine-tuning: the modality's own examples, collator, loss and metrics.
+
+With `data.packing` (text), examples are packed into rows of `data.max_length` tokens
+(`omnitune.trainers.packing`); otherwise each batch is padded to its longest example. The loss
+is the model's mean token cross-entropy, or one of the weighted losses of
+`omnitune.trainers.losses` (`objective.loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+
+
+def read_examples(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+    examples = modality.dataset(source, config, processor, training=training)
+    if training and config.data.packing:
+        from omnitune.trainers.packing import pack_examples
+
+        return pack_examples(examples, config.data.max_length, config.train.seed)
+    return examples
+
+
+def make_collator(modality: Any, processor: Any, config: Any, training: bool) -> Any:
+    if training and config.data.packing:
+        from omnitune.trainers.packing import make_packed_collator
+
+        return make_packed_collator(processor)
+    return modality.collator(processor, config, training=training)
+
+
+def make_loss(context: LossContext) -> StepLoss:
+    """The model's own loss, or a weighted one computed from the logits."""
+    config = context.config
+    if config.objective.loss == "cross_entropy":
+
+        def model_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
+            return model(**batch).loss, {}
+
+        return model_loss
+
+    import torch
+
+    from omnitune.trainers.losses import inverse_frequency_weights, sequence_loss
+
+    groups = context.train_set.groups
+    causal = not context.model.config.is_encoder_decoder
+    gamma = config.objective.focal_gamma if config.objective.loss == "focal" else 0.0
+    weight_of = (
+        inverse_frequency_weights(groups) if config.objective.loss == "class_weighted" else None
+    )
+
+    def weighted_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
+        weights = None
+        if weight_of is not None:
+            weights = torch.tensor([weight_of[groups[i]] for i in indices], device=context.device)
+        outputs = model(**batch)
+        return sequence_loss(outputs.logits, batch["labels"], causal, weights, gamma), {}
+
+    return weighted_loss
+
+
+def evaluate(
+    modality: Any, model: Any, processor: Any, examples: Any, config: Any, reference: Any
+) -> dict[str, float]:
+    return modality.evaluate(model, processor, examples, config)
+
+
+OBJECTIVE = Objective(
+    name="sft",
+    reads="examples",
+    modalities=frozenset({"text", "speech", "vision_language"}),
+    needs_reference=False,
+    data=read_examples,
+    collator=make_collator,
+    loss=make_loss,
+    evaluate=evaluate,
+    metric_directions=lambda modality: modality.metric_directions,
+)
