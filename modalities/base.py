@@ -68,6 +68,8 @@ class Examples:
     truncated: int = 0
     #: for packed rows (`data.packing`), the examples they were packed from
     unpacked: Examples | None = None
+    #: what one item is, for summaries: "examples", "pairs"
+    noun: str = "examples"
 
     def __len__(self) -> int:
         return len(self.items)
@@ -110,7 +112,7 @@ class Examples:
 
             text = f"{self.source}: {packing_summary(self)}"
         else:
-            text = f"{self.source}: {len(self)} examples"
+            text = f"{self.source}: {len(self)} {self.noun}"
         if self.truncated:
             text += f"; truncated {self.truncated} to data.max_length"
         return text + (f"; skipped {skipped}" if skipped else "")

@@ -491,7 +491,7 @@ def _batch_plan(config: RunConfig, train_set: Any, world_size: int) -> BatchPlan
 
 
 def _mean_metrics(per_micro: list[dict[str, Any]]) -> dict[str, float]:
-    names = {name for metrics in per_micro for name in metrics}
+    names = dict.fromkeys(name for metrics in per_micro for name in metrics)
     return {
         name: sum(float(m[name]) for m in per_micro if name in m)
         / sum(1 for m in per_micro if name in m)

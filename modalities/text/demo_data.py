@@ -1,7 +1,8 @@
 """A small, learnable chat task for demos and tests: digit words in, numerals out.
 
 `seven three` -> `7 3`. Deterministic for a seed; each row also carries a `length` field
-(`short` for one digit, `long` otherwise), an imbalanced label to balance on.
+(`short` for one digit, `long` otherwise), an imbalanced label to balance on. Preference pairs
+for the same task (`write_digit_pairs`) choose the right numerals over a plausible wrong answer.
 """
 
 from __future__ import annotations
@@ -32,5 +33,53 @@ def write_digit_chat(folder: Path, train: int = 256, test: int = 48, seed: int =
     paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
     for split, count in (("train", train), ("eval", test)):
         rows = [json.dumps(digit_chat(rng)) for _ in range(count)]
+        paths[split].write_text("\n".join(rows) + "\n")
+    return paths
+
+
+def wrong_numerals(digits: list[int], rng: random.Random) -> str:
+    """A plausible wrong answer: one digit changed, a digit dropped or doubled, or two swapped."""
+    wrong = list(digits)
+    choices = ["change", "double"] + (["drop", "swap"] if len(digits) > 1 else [])
+    kind = rng.choice(choices)
+    at = rng.randrange(len(wrong))
+    if kind == "change":
+        wrong[at] = (wrong[at] + rng.randint(1, 9)) % 10
+    elif kind == "double":
+        wrong.insert(at, wrong[at])
+    elif kind == "drop":
+        del wrong[at]
+    else:
+        other = (at + 1) % len(wrong)
+        wrong[at], wrong[other] = wrong[other], wrong[at]
+        if wrong == digits:  # swapping equal digits changes nothing
+            wrong[at] = (wrong[at] + 1) % 10
+    return " ".join(map(str, wrong))
+
+
+def digit_pair(rng: random.Random, sizes: tuple[int, int] = (1, 3)) -> dict[str, Any]:
+    """A preference pair for the digit-chat task: the right numerals chosen, a wrong one not."""
+    digits = [rng.randrange(10) for _ in range(rng.randint(*sizes))]
+    return {
+        "prompt": " ".join(WORDS[d] for d in digits),
+        "chosen": " ".join(map(str, digits)),
+        "rejected": wrong_numerals(digits, rng),
+    }
+
+
+def write_digit_pairs(
+    folder: Path,
+    train: int = 256,
+    test: int = 48,
+    seed: int = 0,
+    sizes: tuple[int, int] = (1, 3),
+) -> dict:
+    """Write preference pairs `train.jsonl` and `test.jsonl` (prompt/chosen/rejected) under
+    `folder`, numbers of `sizes` digits; returns {"train": path, "eval": path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
+    for split, count in (("train", train), ("eval", test)):
+        rows = [json.dumps(digit_pair(rng, sizes)) for _ in range(count)]
         paths[split].write_text("\n".join(rows) + "\n")
     return paths

@@ -24,7 +24,7 @@ from omnitune.trainers.errors import DataError
 
 
 def read_text_pairs(source: str, config: Any, tokenizer: Any, training: bool) -> Examples:
-    pairs = Examples(items=[], source=source)
+    pairs = Examples(items=[], source=source, noun="pairs")
     group_field = config.data.balance.by
     fail = text_options(config).overlong == "fail"
     limit = config.data.max_length

@@ -1,6 +1,7 @@
 """Vision-language modality: LLaVA, Idefics3/SmolVLM and Qwen2-VL style models.
 
-Data: conversations with image parts, or image/question/answer rows. Default trainable parts:
+Data: conversations with image parts, or image/question/answer rows; preference pairs (an
+image prompt, `chosen`, `rejected`) for DPO and ORPO. Default trainable parts:
 LoRA on the language model's attention, the projector trained in full, the vision tower
 frozen. Metrics: VQA exact-match accuracy from generate() (the selection metric), token loss.
 """
@@ -23,6 +24,9 @@ PROFILE_SAMPLES = 2000
 load = section_loader("vision_language")
 dataset = lazy("omnitune.modalities.vision_language.data:read_vlm_dataset")
 collator = lazy("omnitune.modalities.vision_language.collate:make_vlm_collator")
+pairs = lazy("omnitune.modalities.vision_language.preference:read_vlm_pairs")
+pair_collator = lazy("omnitune.modalities.vision_language.preference:make_pair_collator")
+pair_metrics = lazy("omnitune.modalities.vision_language.preference:pair_metrics")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
@@ -74,4 +78,8 @@ MODALITY = Modality(
     targets=targets,
     metric_directions={"vqa_accuracy": "max", "loss": "min"},
     task_type="CAUSAL_LM",
+    pairs=pairs,
+    pair_collator=pair_collator,
+    pair_metrics=pair_metrics,
+    pair_metric_directions={"vqa_accuracy": "max"},
 )

@@ -40,22 +40,30 @@ def make_vlm_collator(
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         conversations = [with_images(e, max_pixels) for e in examples]
-        processor.tokenizer.padding_side = "right"
-        batch = dict(
-            processor.apply_chat_template(
-                conversations,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-                padding=True,
-                return_assistant_tokens_mask=True,
-            )
-        )
-        keep = batch.pop("assistant_masks").bool() if assistant_only else None
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        if keep is not None:
-            labels = labels.masked_fill(~keep, -100)
-        batch["labels"] = labels
-        return batch
+        return encode_conversations(processor, conversations, assistant_only)
 
     return collate
+
+
+def encode_conversations(
+    processor: Any, conversations: list[list[dict[str, Any]]], assistant_only: bool
+) -> dict[str, Any]:
+    """One right-padded batch of conversations (images opened), labels on the assistant turns
+    (or on every real token without `assistant_only`)."""
+    processor.tokenizer.padding_side = "right"
+    batch = dict(
+        processor.apply_chat_template(
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding=True,
+            return_assistant_tokens_mask=True,
+        )
+    )
+    keep = batch.pop("assistant_masks").bool() if assistant_only else None
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    if keep is not None:
+        labels = labels.masked_fill(~keep, -100)
+    batch["labels"] = labels
+    return batch

@@ -26,23 +26,12 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
     max_pixels = options.max_pixels
     group_field = config.data.balance.by
     examples = Examples(items=[], source=source)
-    for where, base, record in _records(source, options, examples):
+    for where, base, record in records(source, options, examples):
         messages = _as_messages(record)
         if messages is None:
             examples.skipped["no messages or image/question/answer fields"] += 1
             continue
-        # HF-style rows keep images in an `images` column and bare {"type": "image"} parts.
-        listed = iter(record.get("images") or [])
-        images: list[str] = []
-        for message in messages:
-            for part in message["content"]:
-                if part.get("type") == "image":
-                    given = part.pop("image", None) or part.pop("path", None) or next(listed, "")
-                    path = _local_path(str(given))
-                    path = path if path.is_absolute() else base / path
-                    if not path.is_file():
-                        raise DataError(f"{where}: image file {path} does not exist")
-                    images.append(str(path))
+        images = image_paths(messages, record, where, base)
         try:
             opened = [open_image(path, max_pixels) for path in images]
         except ImageProblem as found:
@@ -52,11 +41,11 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
         if not images or answer is None:
             examples.skipped["no image or no assistant answer"] += 1
             continue
-        prompt = " ".join(_text_of(m) for m in messages if m["role"] != "assistant")
+        prompt = " ".join(text_of(m) for m in messages if m["role"] != "assistant")
         item = {
             "messages": messages,
             "images": images,
-            "answer": _text_of(answer),
+            "answer": text_of(answer),
             "prompt": prompt,
         }
         tokens = token_length(processor, item, opened)
@@ -73,7 +62,27 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
     return examples
 
 
-def _records(
+def image_paths(
+    messages: list[dict[str, Any]], record: dict[str, Any], where: str, base: Path
+) -> list[str]:
+    """The paths of the messages' image parts, in order; each part loses its path (the
+    collator puts the opened image there). HF-style rows keep images in an `images` column
+    and bare {"type": "image"} parts. A missing file is a DataError naming the row."""
+    listed = iter(record.get("images") or [])
+    images: list[str] = []
+    for message in messages:
+        for part in message["content"]:
+            if part.get("type") == "image":
+                given = part.pop("image", None) or part.pop("path", None) or next(listed, "")
+                path = _local_path(str(given))
+                path = path if path.is_absolute() else base / path
+                if not path.is_file():
+                    raise DataError(f"{where}: image file {path} does not exist")
+                images.append(str(path))
+    return images
+
+
+def records(
     source: str, options: Any, examples: Examples
 ) -> Iterator[tuple[str, Path, dict[str, Any]]]:
     """`(where, base folder for relative paths, record)` from a JSONL/CSV file or an HF dataset
@@ -145,5 +154,5 @@ def _as_messages(record: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-def _text_of(message: dict[str, Any]) -> str:
+def text_of(message: dict[str, Any]) -> str:
     return " ".join(p["text"] for p in message["content"] if p.get("type") == "text")

@@ -57,3 +57,27 @@ def _shifted(rgb: np.ndarray, index: int) -> np.ndarray:
     colour = background * (1.0 - ink)  # the digit is dark where the original was bright
     colour += rng.normal(0.0, 0.08, size=colour.shape)
     return (np.clip(colour, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+#: Digits a reader confuses with each other: the rejected answers of the preference pairs.
+LOOKALIKES = {0: 6, 1: 7, 2: 7, 3: 8, 4: 9, 5: 6, 6: 5, 7: 1, 8: 3, 9: 4}
+
+
+def write_digit_vqa_pairs(folder: Path, start: int, count: int, domain: str = "base") -> Path:
+    """The digits of `write_digit_vqa` as preference pairs, `pairs.jsonl` beside the images:
+    the right digit chosen, a look-alike (3 for 8, 7 for 1, ...) rejected."""
+    data = write_digit_vqa(folder, start, count, domain=domain)
+    rows = []
+    for line in data.read_text().splitlines():
+        row = json.loads(line)
+        rows.append(
+            {
+                "image": row["image"],
+                "prompt": row["question"],
+                "chosen": row["answer"],
+                "rejected": str(LOOKALIKES[int(row["answer"])]),
+            }
+        )
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
