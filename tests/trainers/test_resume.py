@@ -41,12 +41,15 @@ def _train_steps(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["kind"] == "train"]
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(run_config):
-    reference_path = run_config("uninterrupted", **RESUMABLE)
-    assert run_cli("train", str(reference_path)).returncode == 0
+def kill_resume_and_compare(run_config, steps: int, **sections) -> None:
+    """Train `steps` uninterrupted; train again, SIGKILL after the step-20 checkpoint, resume;
+    the final weights and every step's loss must equal the uninterrupted run's."""
+    reference_path = run_config("uninterrupted", **sections)
+    finished = run_cli("train", str(reference_path))
+    assert finished.returncode == 0, finished.stderr[-3000:]
     reference_dir = Path(load_run_config(reference_path).output_dir)
 
-    path = run_config("killed", **RESUMABLE)
+    path = run_config("killed", **sections)
     run_dir = Path(load_run_config(path).output_dir)
     process = subprocess.Popen(
         [str(OMNITUNE), "train", str(path)],
@@ -64,22 +67,50 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(run_config):
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists(), "the run finished before the kill"
     killed_at = max(step for step, _ in _train_steps(run_dir))
-    assert killed_at < 300
+    assert killed_at < steps
 
     resumed = run_cli("train", str(path))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in (run_dir / "train.log").read_text()
 
-    final = "checkpoints/step-00000300"
+    final = f"checkpoints/step-{steps:08d}"
     expected, actual = _tensors(reference_dir / final), _tensors(run_dir / final)
     assert expected.keys() == actual.keys()
     worst = max(float((expected[k] - actual[k]).abs().max()) for k in expected)
     assert worst <= 1e-6, f"resumed weights differ by {worst}"
 
-    steps = _train_steps(run_dir)
-    assert [s for s, _ in steps] == list(range(1, 301)), "a step was repeated or skipped"
-    for (step, loss), (_, reference_loss) in zip(steps, _train_steps(reference_dir), strict=True):
-        assert abs(loss - reference_loss) <= 1e-6, f"step {step} saw other data or RNG"
+    steps_seen = _train_steps(run_dir)
+    assert [s for s, _ in steps_seen] == list(range(1, steps + 1)), "a step repeated or skipped"
+    for (step, loss), (_, expected_loss) in zip(
+        steps_seen, _train_steps(reference_dir), strict=True
+    ):
+        assert abs(loss - expected_loss) <= 1e-6, f"step {step} saw other data or RNG"
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(run_config):
+    kill_resume_and_compare(run_config, 300, **RESUMABLE)
+
+
+def test_resume_with_packing_equals_an_uninterrupted_run(run_config):
+    """Packed rows are fixed when the data is read, so resume lands on the same row."""
+    from omnitune.trainers.loop import train
+
+    sections = {**RESUMABLE, "data": {"packing": True, "max_length": 64}}
+    # A constant lr: the first half runs with max_steps=10, which would change a decay.
+    sections["train"] = {
+        **RESUMABLE["train"],
+        "max_steps": 20,
+        "batch_size": 2,
+        "lr_schedule": "constant",
+    }
+    straight = train(load_run_config(run_config("straight", **sections)))
+    halves = run_config("halves", **sections)
+    train(load_run_config(halves, ["train.max_steps=10"]))
+    resumed = train(load_run_config(halves))
+    assert "resumed from" in (resumed.run_dir / "train.log").read_text()
+    final = "checkpoints/step-00000020"
+    expected, actual = _tensors(straight.run_dir / final), _tensors(resumed.run_dir / final)
+    assert max(float((expected[k] - actual[k]).abs().max()) for k in expected) <= 1e-6
 
 
 def test_old_checkpoints_are_pruned_to_the_last_k_and_the_best(run_config):
