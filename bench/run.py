@@ -108,6 +108,64 @@ def vlm_finetune(pairs: int = 3) -> Comparison:
     )
 
 
+def packed_sft(pairs: int = 3) -> Comparison:
+    """Packed SFT vs the padded Hugging Face Trainer recipe on length-skewed chats."""
+    from bench.packed_sft import write_skewed_chats
+    from omnitune.modalities.tiny import build_tiny
+
+    model = build_tiny("text", CACHE / "tiny-text-128", seed=0, hidden_size=128)
+    data = CACHE / "skewed-chats"
+    if not (data / "test.jsonl").is_file():
+        write_skewed_chats(data)
+    common = ["--model", str(model), "--data", str(data)]
+    module = [python(), "-m", "bench.packed_sft"]
+    return compare(
+        Comparison(
+            task="packed SFT vs padded HF Trainer + PEFT (tiny Llama h128, skewed lengths, 1 epoch)",
+            figure="tokens_per_second",
+            unit="tokens/s",
+            higher_is_better=True,
+            reference_name="transformers Trainer + PEFT LoRA + DataCollatorForSeq2Seq padding",
+            target=">= 2 at equal or better held-out loss",
+            also=("held_out_loss", "steps"),
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / "packed-run")],
+        [*module, "--side", "hf", *common, "--out", str(CACHE / "padded-run")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def preference(objective: str, pairs: int = 3) -> Comparison:
+    """DPO or ORPO (LoRA) vs TRL's trainer for it, on digit-chat preference pairs."""
+    from omnitune.modalities.text.demo_data import write_digit_pairs
+    from omnitune.modalities.tiny import build_tiny
+
+    model = build_tiny("text", CACHE / "tiny-text", seed=0)
+    data = CACHE / "digit-pairs"
+    if not (data / "test.jsonl").is_file():
+        write_digit_pairs(data, train=512, test=64, seed=0)
+    common = ["--objective", objective, "--model", str(model), "--data", str(data)]
+    common += ["--steps", "100"]
+    module = [python(), "-m", "bench.preference_finetune"]
+    peer = {"dpo": "trl.DPOTrainer", "orpo": "trl.experimental.orpo.ORPOTrainer"}[objective]
+    return compare(
+        Comparison(
+            task=f"{objective.upper()} LoRA vs TRL (tiny Llama, digit-chat pairs, 1 thread)",
+            figure="pairs_per_second",
+            unit="pairs/s",
+            higher_is_better=True,
+            reference_name=f"{peer} (TRL 1.16) + PEFT LoRA",
+            target=">= 1.3 at equal or better held-out reward accuracy, no more memory",
+            also=("reward_accuracy", "reward_margin"),
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / f"{objective}-run")],
+        [*module, "--side", "trl", *common, "--out", str(CACHE / f"{objective}-trl")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
 def monitor_ingest(pairs: int = 3) -> Comparison:
     """200,000 events through each server per run (about 8 s), a warm-up pair, 3 pairs."""
     module = [python(), "-m", "bench.monitor_ingest", "--events", "200000"]
@@ -345,6 +403,9 @@ BENCHMARKS = {
     "trainer_overhead": trainer_overhead,
     "speech_finetune": speech_finetune,
     "vlm_finetune": vlm_finetune,
+    "packed_sft": packed_sft,
+    "dpo": lambda: preference("dpo"),
+    "orpo": lambda: preference("orpo"),
     "monitor_ingest": monitor_ingest,
     "monitor_client": monitor_client,
     "monitor_drift_ks": lambda: monitor_drift("ks"),

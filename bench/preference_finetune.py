@@ -1,0 +1,179 @@
+"""Preference training against TRL: omnitune's DPO/ORPO objectives vs TRL's DPOTrainer and
+`trl.experimental.orpo.ORPOTrainer` (TRL 1.16), side by side.
+
+Same tiny Llama, same digit-chat preference pairs in TRL's conversational format (so both sides
+render them with the model's chat template), same LoRA (r 8, q/v), batch, steps, learning rate,
+linear schedule, clipping, seed, beta and one CPU thread; dropout off on both (TRL's default
+`disable_dropout`). Figures: training pairs per second over the training loop, peak RSS, and
+the held-out reward accuracy and margin of the trained adapter, both sides scored by the same
+function (omnitune's evaluation of the objective on the same held-out pairs), so the quality
+figure cannot differ by metric code.
+
+    python -m bench.preference_finetune --side omnitune|trl --objective dpo|orpo \\
+        --model DIR --data DIR --steps N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench.harness import peak_rss_mb
+
+BATCH, LR, SEED, RANK, BETA = 8, 3e-3, 0, 8, 0.1
+
+
+def config_for(model: str, data: Path, objective: str, steps: int, out: str):
+    from omnitune.trainers.config import RunConfig
+
+    return RunConfig.model_validate(
+        {
+            "model": {"name_or_path": model, "modality": "text"},
+            "data": {"train": str(data / "train.jsonl"), "eval": str(data / "test.jsonl")},
+            "peft": {"method": "lora", "r": RANK, "alpha": 2 * RANK},
+            "objective": {"name": objective, "beta": BETA if objective == "dpo" else 1.0},
+            "train": {
+                "max_steps": steps,
+                "batch_size": BATCH,
+                "lr": LR,
+                "seed": SEED,
+                "num_threads": 1,
+                "logging_steps": 10,
+                "resume": "never",
+            },
+            "eval": {"batch_size": 16},
+            "output_dir": out,
+        }
+    )
+
+
+def held_out(model, tokenizer, config) -> dict:
+    """Reward accuracy and margin on the held-out pairs, scored by omnitune's code."""
+    from omnitune.modalities.base import get_modality
+    from omnitune.trainers.objectives import get_objective
+    from omnitune.trainers.objectives.reference import Reference
+
+    modality, objective = get_modality("text"), get_objective(config.objective.name)
+    pairs = objective.data(modality, config.data.eval, config, tokenizer, False)
+    reference = Reference(model) if objective.needs_reference else None
+    metrics = objective.evaluate(modality, model, tokenizer, pairs, config, reference)
+    return {"reward_accuracy": metrics["reward_accuracy"], "reward_margin": metrics["reward_margin"]}
+
+
+def run_omnitune(model: str, data: Path, objective: str, steps: int, out: str) -> dict:
+    from omnitune.trainers.loop import train
+
+    config = config_for(model, data, objective, steps, out)
+    config.data.eval = None  # no evaluation inside the timed loop; scored after, as for TRL
+    result = train(config)
+    config.data.eval = str(data / "test.jsonl")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), result.output)
+    return {"pairs_per_second": result.samples_per_second, **held_out(trained, tokenizer, config)}
+
+
+def run_trl(model: str, data: Path, objective: str, steps: int, out: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in rows
+        ]
+    )
+    common = {
+        "output_dir": out,
+        "per_device_train_batch_size": BATCH,
+        "max_steps": steps,
+        "learning_rate": LR,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "max_grad_norm": 1.0,
+        "seed": SEED,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "max_length": 512,
+        # TRL 1.16 turns activation checkpointing on by default; omnitune does not, and the
+        # tiny model needs no memory saved: off, so both sides do the same work.
+        "gradient_checkpointing": False,
+    }
+    peft_config = LoraConfig(
+        r=RANK, lora_alpha=2 * RANK, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    policy = AutoModelForCausalLM.from_pretrained(model)
+    if objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        trainer = DPOTrainer(
+            model=policy,
+            args=DPOConfig(beta=BETA, **common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    else:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        trainer = ORPOTrainer(
+            model=policy,
+            args=ORPOConfig(beta=1.0, **common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+
+    class LoopClock(TrainerCallback):
+        """Times the training loop only (from its first step to its end), as omnitune's
+        figure is: the trainer's own set-up and tokenization are outside it on both sides."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.start
+
+    clock = LoopClock()
+    trainer.add_callback(clock)
+    trainer.train()
+    config = config_for(model, data, objective, steps, out)
+    return {
+        "pairs_per_second": steps * BATCH / clock.seconds,
+        **held_out(trainer.model.eval(), tokenizer, config),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", choices=["omnitune", "trl"], required=True)
+    parser.add_argument("--objective", choices=["dpo", "orpo"], required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, help="folder with train.jsonl and test.jsonl")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--out", default="bench/.cache/preference-run")
+    args = parser.parse_args()
+    run = run_omnitune if args.side == "omnitune" else run_trl
+    figures = run(args.model, Path(args.data), args.objective, args.steps, args.out)
+    print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
+
+
+if __name__ == "__main__":
+    main()
