@@ -59,7 +59,7 @@ def held_out(model, tokenizer, config) -> dict:
     pairs = objective.data(modality, config.data.eval, config, tokenizer, False)
     reference = Reference(model) if objective.needs_reference else None
     metrics = objective.evaluate(modality, model, tokenizer, pairs, config, reference)
-    return {"reward_accuracy": metrics["reward_accuracy"], "reward_margin": metrics["reward_margin"]}
+    return {name: metrics[name] for name in ("reward_accuracy", "reward_margin")}
 
 
 def run_omnitune(model: str, data: Path, objective: str, steps: int, out: str) -> dict:

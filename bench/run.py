@@ -121,7 +121,7 @@ def packed_sft(pairs: int = 3) -> Comparison:
     module = [python(), "-m", "bench.packed_sft"]
     return compare(
         Comparison(
-            task="packed SFT vs padded HF Trainer + PEFT (tiny Llama h128, skewed lengths, 1 epoch)",
+            task="packed SFT vs padded HF Trainer + PEFT (tiny Llama h128, skewed lengths)",
             figure="tokens_per_second",
             unit="tokens/s",
             higher_is_better=True,
