@@ -223,3 +223,81 @@ def test_sigkill_then_resume_of_a_dpo_run_equals_an_uninterrupted_run(run_config
             "num_threads": 1,
         },
     )
+
+
+def _config(model: Path, data: str, **data_section):
+    from omnitune.trainers.config import RunConfig
+
+    return RunConfig.model_validate(
+        {
+            "model": {"name_or_path": str(model), "modality": "text"},
+            "data": {"train": data, **data_section},
+            "objective": {"name": "dpo"},
+            "train": {"max_steps": 1},
+        }
+    )
+
+
+def test_pairs_read_the_same_from_jsonl_csv_parquet_and_a_saved_hf_dataset(
+    tiny_model, pair_data, tmp_path
+):
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from omnitune.modalities.text.preference import read_text_pairs
+
+    rows = [json.loads(line) for line in pair_data["eval"].read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    with (tmp_path / "pairs.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["prompt", "chosen", "rejected"])
+        writer.writeheader()
+        writer.writerows(rows)
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf-pairs"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("text"))
+
+    def items(source):
+        read = read_text_pairs(source, _config(tiny_model("text"), source), tokenizer, False)
+        return [(i["chosen_ids"], i["rejected_labels"]) for i in read.items]
+
+    expected = items(str(pair_data["eval"]))
+    assert len(expected) == 48
+    for source in ("pairs.parquet", "pairs.csv", "hf-pairs"):
+        assert items(str(tmp_path / source)) == expected, source
+
+
+def test_overlong_text_is_dropped_failed_or_truncated_and_counted(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from omnitune.modalities.text.data import read_text_dataset
+    from omnitune.trainers.errors import DataError
+
+    data = tmp_path / "text.jsonl"
+    data.write_text(
+        json.dumps({"text": "one two three"}) + "\n" + json.dumps({"text": "nine " * 80}) + "\n"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("text"))
+
+    def read(overlong):
+        from omnitune.trainers.config import RunConfig
+
+        config = RunConfig.model_validate(
+            {
+                "model": {"name_or_path": "unused", "modality": "text"},
+                "data": {"train": str(data), "max_length": 32, "options": {"overlong": overlong}},
+                "train": {"max_steps": 1},
+            }
+        )
+        return read_text_dataset(str(data), config, tokenizer, True)
+
+    dropped = read("drop")
+    assert len(dropped) == 1
+    assert dropped.skipped == {"longer than data.max_length (32 tokens)": 1}
+    cut = read("truncate")
+    assert len(cut) == 2 and cut.truncated == 1 and max(cut.lengths) == 32
+    assert "truncated 1 to data.max_length" in cut.summary()
+    with pytest.raises(DataError, match=r"text\.jsonl:2: \d+ tokens, over data.max_length=32"):
+        read("fail")
