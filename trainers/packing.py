@@ -88,26 +88,19 @@ def packing_summary(packed: Examples) -> str:
 def make_packed_collator(tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """Rows right-padded to the longest row of the batch. The padding forms one more sequence
     (its positions restart at 0, its labels are ignored), so no attention mask is needed."""
-    import torch
+    from omnitune.modalities.text.collate import right_padded
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for at, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[at, :n] = torch.tensor(row["input_ids"])
-            labels[at, :n] = torch.tensor(row["labels"])
-            positions[at, :n] = torch.tensor(row["position_ids"])
-            positions[at, n:] = torch.arange(width - n)
+        # The padding's positions restart at 0: it is a sequence of its own.
+        positions = [[*r["position_ids"], *range(width - len(r["input_ids"]))] for r in rows]
         # use_cache=False: with a cache object transformers skips the packed-sequence mask.
         return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "position_ids": positions,
+            "input_ids": right_padded([r["input_ids"] for r in rows], pad_id),
+            "labels": right_padded([r["labels"] for r in rows], IGNORE),
+            "position_ids": right_padded(positions, 0),
             "use_cache": False,
         }
 

@@ -18,6 +18,7 @@ from omnitune.modalities.preference import (
     parse_pair,
     with_reference_logps,
 )
+from omnitune.modalities.text.collate import padded_batch
 from omnitune.modalities.text.data import IGNORE, encode_chat
 from omnitune.modalities.text.options import text_options
 from omnitune.trainers.errors import DataError
@@ -83,22 +84,12 @@ def make_pair_collator(
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """2B right-padded rows: the B chosen answers, then the B rejected ones (one forward pass
     scores both); `reference_logps` rides along where they were precomputed."""
-    import torch
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [(p["chosen_ids"], p["chosen_labels"]) for p in pairs]
         rows += [(p["rejected_ids"], p["rejected_labels"]) for p in pairs]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for at, (ids, target) in enumerate(rows):
-            input_ids[at, : len(ids)] = torch.tensor(ids)
-            labels[at, : len(ids)] = torch.tensor(target)
-            attention[at, : len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        batch = padded_batch(rows, pad_id)
         return with_reference_logps(batch, pairs)
 
     return collate

@@ -12,7 +12,7 @@ from omnitune.modalities.text.demo_data import write_digit_pairs
 from omnitune.modalities.vision_language.demo_data import write_digit_vqa_pairs
 from tests.conftest import run_cli
 from tests.trainers.conftest import read_metrics
-from tests.trainers.test_resume import kill_resume_and_compare
+from tests.trainers.test_resume import RESUMABLE, kill_resume_and_compare
 
 
 @pytest.fixture(scope="session")
@@ -212,16 +212,8 @@ def test_sigkill_then_resume_of_a_dpo_run_equals_an_uninterrupted_run(run_config
         lambda name, **s: _pairs_run(run_config, pair_data, name, **s),
         100,
         objective={"name": "dpo"},
-        peft={"method": "lora", "r": 8, "dropout": 0.1},
-        train={
-            "max_steps": 100,
-            "batch_size": 8,
-            "save_steps": 10,
-            "eval_steps": None,
-            "logging_steps": 1,
-            "save_total_limit": 3,
-            "num_threads": 1,
-        },
+        peft=RESUMABLE["peft"],
+        train={**RESUMABLE["train"], "max_steps": 100},
     )
 
 
