@@ -169,9 +169,9 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     run_dir = Path(config.output_dir)
     modality = get_modality(config.model.modality)
     objective = get_objective(config.objective.name)
+    selection_metric, direction = _selection_metric(config, objective.metric_directions(modality))
     model, processor = modality.load(config.model, **load_options(config.peft.method))
     train_set, eval_set = _read_data(objective, modality, config, processor)
-    selection_metric, direction = _selection_metric(config, objective.metric_directions(modality))
 
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -463,7 +463,9 @@ def _read_data(objective: Any, modality: Any, config: RunConfig, processor: Any)
     for examples in filter(None, (train_set, eval_set)):
         log.info("data %s", examples.summary())
     if len(train_set) == 0:
-        raise DataError(f"{config.data.train}: no usable training {objective.reads}")
+        raise DataError(
+            f"{config.data.train}: no usable training {objective.reads} ({train_set.summary()})"
+        )
     return train_set, eval_set
 
 

@@ -101,8 +101,16 @@ def test_early_stopping_ends_the_run_when_the_metric_stalls(run_config):
 def test_an_unknown_early_stopping_metric_is_named(run_config):
     result = run_cli("train", str(run_config()), "eval.early_stopping_metric=wer")
     assert result.returncode == 2
-    assert "eval.early_stopping_metric: 'wer' is not a text metric (known: loss, perplexity)" in (
-        result.stderr
+    assert (
+        "eval.early_stopping_metric: 'wer' is not a metric of this run (objective sft, "
+        "model.modality text; known: loss, perplexity, exact_match)"
+    ) in result.stderr
+    dpo = run_cli(
+        "train", str(run_config()), "objective.name=dpo", "eval.early_stopping_metric=wer"
+    )
+    assert dpo.returncode == 2
+    assert "(objective dpo, model.modality text; known: reward_accuracy, loss, reward_margin" in (
+        dpo.stderr
     )
 
 
