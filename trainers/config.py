@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omnitune.trainers.configio import describe_error, load_config
+from omnitune.trainers.rewards import RewardSpec
 
 Modality = Literal["text", "vision_language", "speech"]
 PeftMethod = Literal[
@@ -190,6 +191,31 @@ class ObjectiveSection(Section):
         ),
     )
     focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss focusing power.")
+    num_generations: int = Field(
+        4, ge=2, le=256, description="GRPO: completions sampled per prompt (the group)."
+    )
+    temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="GRPO: nucleus sampling mass.")
+    max_new_tokens: int = Field(32, ge=1, description="GRPO: longest completion sampled.")
+    kl_coef: float = Field(
+        0.04, ge=0.0, description="GRPO: weight of the KL penalty to the reference policy."
+    )
+    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO: policy-ratio clip range.")
+    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = Field(
+        "sequence",
+        description=(
+            "GRPO: sequence (each completion's mean token loss, averaged: the GRPO paper), "
+            "token (every token weighs the same: DAPO), dr_grpo (summed per completion over "
+            "a constant max_new_tokens: Dr. GRPO)."
+        ),
+    )
+    scale_rewards: bool = Field(
+        True, description="GRPO: divide advantages by the group's reward std (off: Dr. GRPO)."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="exact_match")],
+        description="GRPO: reward functions and their weights (trainers/rewards.py).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -295,6 +321,20 @@ class RunConfig(Section):
             raise ValueError(
                 "data.options.overlong: preference pairs are never truncated (the two answers "
                 "would be scored after different prompts); use drop or fail"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reference_fits(self) -> RunConfig:
+        if self.objective.precompute_reference and self.objective.name != "dpo":
+            raise ValueError(
+                "objective.precompute_reference: only DPO scores a fixed dataset under its "
+                "reference; GRPO scores fresh samples each step"
+            )
+        if self.objective.name == "grpo" and self.peft.method in {"pissa", "olora"}:
+            raise ValueError(
+                f"peft.method: {self.peft.method} moves the base weights into the adapter, so "
+                "disabling it is not the starting model GRPO's KL term needs; use lora"
             )
         return self
 

@@ -425,6 +425,12 @@ def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:
         )
         s.runlog.metrics(state.step, metrics, kind="eval")
         log.info("eval at step %d: %s", state.step, format_metrics(metrics))
+        if s.selection_metric not in metrics and s.config.eval.early_stopping_metric is None:
+            # The default choice was not computed (exact_match without eval.metrics asking for
+            # it): select on the first metric that was.
+            directions = s.objective.metric_directions(s.modality)
+            s.selection_metric = next(m for m in directions if m in metrics)
+            s.direction = directions[s.selection_metric]
         if s.selection_metric not in metrics:
             raise ConfigError(
                 f"eval.early_stopping_metric: {s.selection_metric} was not computed; "

@@ -30,6 +30,7 @@ OBJECTIVES: dict[str, str] = {
     "sft": "omnitune.trainers.objectives.sft",
     "dpo": "omnitune.trainers.objectives.dpo",
     "orpo": "omnitune.trainers.objectives.orpo",
+    "grpo": "omnitune.trainers.objectives.grpo",
 }
 
 

@@ -1,0 +1,148 @@
+"""GRPO through the CLI: rollouts inside the step raise held-out exact match, user reward
+functions are used and their failures counted, and a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from omnitune.trainers.config import load_run_config
+from tests.conftest import run_cli
+from tests.trainers.conftest import read_metrics
+from tests.trainers.test_resume import kill_resume_and_compare
+
+pytestmark = pytest.mark.slow
+
+GRPO = {
+    "peft": {"method": "lora", "r": 16, "alpha": 32},
+    "objective": {"name": "grpo", "num_generations": 8, "max_new_tokens": 12, "temperature": 0.7},
+    "train": {"max_steps": 60, "batch_size": 8, "lr": 1e-3, "eval_steps": 30, "save_steps": 30},
+    "eval": {"metrics": ["exact_match"], "generation": {"max_new_tokens": 12}},
+}
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory, tiny_model, text_data) -> Path:
+    """The tiny chat model after 60 steps of SFT: right about a third of the time."""
+    from omnitune.trainers.config import RunConfig
+    from omnitune.trainers.loop import train
+
+    out = tmp_path_factory.mktemp("sft")
+    config = RunConfig.model_validate(
+        {
+            "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
+            "data": {"train": str(text_data["train"])},
+            "peft": {"method": "full"},
+            "train": {
+                "max_steps": 60,
+                "batch_size": 32,
+                "lr": 3e-3,
+                "lr_schedule": "cosine",
+                "warmup_steps": 5,
+                "num_threads": 1,
+            },
+            "output_dir": str(out),
+        }
+    )
+    return train(config).output
+
+
+def _grpo(run_config, sft_model, name, **changes):
+    sections = {key: dict(value) for key, value in GRPO.items()}
+    for key, value in changes.items():
+        sections.setdefault(key, {}).update(value)
+    sections["model"] = {"name_or_path": str(sft_model), "modality": "text"}
+    return run_config(name, **sections)
+
+
+def _evals(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r["kind"] == "eval"]
+
+
+def test_grpo_raises_held_out_exact_match_and_the_adapter_reloads(run_config, sft_model):
+    path = _grpo(run_config, sft_model, "grpo")
+    trained = run_cli("train", str(path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = Path(load_run_config(path).output_dir)
+    evals = _evals(run_dir)
+    assert evals[-1]["exact_match"] >= evals[0]["exact_match"] + 0.06, evals
+    steps = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    for name in ("reward", "reward_exact_match", "kl", "completion_length", "generation_seconds"):
+        assert name in steps[-1], name
+    assert steps[-1]["kl"] > 0  # the policy moved away from the reference
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(sft_model)
+    adapted = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    assert sum("lora_" in n for n, _ in adapted.named_parameters()) > 0
+
+
+def test_a_user_reward_is_used_and_a_failing_one_is_counted_not_fatal(
+    run_config, sft_model, tmp_path
+):
+    (tmp_path / "my_rewards.py").write_text(
+        textwrap.dedent(
+            """
+            def short(completions, rows, spec):
+                return [1.0 if len(c) <= 5 else 0.0 for c in completions]
+
+            def picky(completions, rows, spec):
+                if any("1" in c for c in completions if len(completions) == 1):
+                    raise ValueError("no ones")
+                if len(completions) > 1:
+                    raise ValueError("one at a time")
+                return [float("nan") if "2" in completions[0] else 0.5]
+            """
+        )
+    )
+    path = _grpo(
+        run_config,
+        sft_model,
+        "user-rewards",
+        objective={
+            "rewards": [
+                {"name": "exact_match"},
+                {"name": "my_rewards:short", "weight": 0.5},
+                {"name": "my_rewards:picky", "weight": 0.1},
+            ]
+        },
+        train={"max_steps": 6, "logging_steps": 1, "eval_steps": None},
+    )
+    trained = run_cli("train", str(path), PYTHONPATH=str(tmp_path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    steps = [r for r in read_metrics(path.parent / "user-rewards") if r["kind"] == "train"]
+    assert all("reward_my_rewards_short" in s for s in steps)
+    assert sum(s["reward_failures"] for s in steps) > 0
+    assert all(s["reward_failures"] < 64 for s in steps)  # failures cost samples, not batches
+
+    unknown = run_cli("config", "check", str(path), "objective.rewards=[{name: exactly}]")
+    assert unknown.returncode == 2
+    assert "objective.rewards.0.name: unknown reward 'exactly'" in unknown.stderr
+
+
+def test_sigkill_then_resume_of_a_grpo_run_equals_an_uninterrupted_run(run_config, sft_model):
+    kill_resume_and_compare(
+        lambda name, **s: _grpo(run_config, sft_model, name, **s),
+        60,
+        peft={"dropout": 0.1},
+        train={"save_steps": 10, "eval_steps": None, "logging_steps": 1, "save_total_limit": 3},
+        eval={"metrics": []},
+    )
+
+
+def test_grpo_is_refused_where_it_cannot_apply(run_config):
+    from tests.conftest import REPO
+
+    speech = run_cli(
+        "config", "check", str(REPO / "configs" / "demo-speech-base.yaml"), "objective.name=grpo"
+    )
+    assert speech.returncode == 2
+    assert "objective.name: grpo is for text models, not speech" in speech.stderr
+    pissa = run_cli(
+        "config", "check", str(run_config()), "objective.name=grpo", "peft.method=pissa"
+    )
+    assert pissa.returncode == 2 and "peft.method: pissa moves the base weights" in pissa.stderr
