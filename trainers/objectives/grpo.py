@@ -24,6 +24,7 @@ import zlib
 from typing import Any
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+from omnitune.trainers.objectives.sft import evaluate
 
 
 def read_prompts(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
@@ -210,19 +211,8 @@ def aggregate(per_token: Any, weights: Any, section: Any) -> Any:
 
 
 def _reference_logps(reference: Any, ids: Any, mask: Any, width: int, temperature: float) -> Any:
-    import contextlib
-
-    model = reference.frozen if reference.frozen is not None else reference.policy
-    disabled = (
-        reference.policy.disable_adapter() if reference.frozen is None else contextlib.nullcontext()
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with disabled:
-            return completion_logps(model, ids, mask, width, temperature)
-    finally:
-        model.train(was_training)
+    with reference.scoring() as model:
+        return completion_logps(model, ids, mask, width, temperature)
 
 
 def _seed(seed: int, indices: list[int]) -> int:
@@ -242,12 +232,6 @@ def _std(values: list[float]) -> float:
         return 0.0
     mean = _mean(values)
     return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-
-
-def evaluate(
-    modality: Any, model: Any, processor: Any, examples: Any, config: Any, reference: Any
-) -> dict[str, float]:
-    return modality.evaluate(model, processor, examples, config)
 
 
 OBJECTIVE = Objective(

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,13 @@ class Reference:
 
         from omnitune.trainers.objectives.preference import answer_logps
 
+        with torch.no_grad(), self.scoring() as model:
+            return answer_logps(model, batch)[0]
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[Any]:
+        """The reference model to run, in eval mode (the policy with its adapter disabled,
+        or the frozen copy); the mode is restored after."""
         model = self.frozen if self.frozen is not None else self.policy
         disabled = (
             self.policy.disable_adapter() if self.frozen is None else contextlib.nullcontext()
@@ -51,8 +59,8 @@ class Reference:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), disabled:
-                return answer_logps(model, batch)[0]
+            with disabled:
+                yield model
         finally:
             model.train(was_training)
 
