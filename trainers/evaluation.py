@@ -24,19 +24,14 @@ def evaluate_target(
 ) -> tuple[str, int, dict[str, float]]:
     """Returns (data source, number of examples, metrics)."""
     run_dir = Path(target)
-    reference_model = None
+    base = None
     if (run_dir / "config.yaml").is_file():
         config = load_run_config(run_dir / "config.yaml", overrides)
-        base = config.model.model_copy()
+        base = config.model.model_copy()  # before _load_run_model points it at RUN/model
         model, processor = _load_run_model(run_dir, config)
-        if get_objective(config.objective.name).needs_reference and not hasattr(
-            model, "disable_adapter"
-        ):
-            reference_model = get_modality(config.model.modality).load(base)[0]
     else:
         config = _config_for_model(target, data, overrides or [])
         model, processor = get_modality(config.model.modality).load(config.model)
-        reference_model = model  # a model scored against itself: rewards are 0
     source = data or config.data.eval
     if not source:
         raise ConfigError("--data: no data given and the run has no data.eval")
@@ -48,13 +43,22 @@ def evaluate_target(
             f"--data: {source} has no usable {objective.reads} ({examples.summary()})"
         )
     model.eval()
-    reference = None
-    if objective.needs_reference:
-        from omnitune.trainers.objectives.reference import Reference
-
-        reference = Reference(model, frozen=reference_model)
+    reference = _reference(model, modality, base) if objective.needs_reference else None
     metrics = objective.evaluate(modality, model, processor, examples, config, reference)
     return examples.summary(), len(examples), metrics
+
+
+def _reference(model: Any, modality: Any, base: Any) -> Any:
+    """Training's reference policy: the adapter disabled; for a full fine-tune, the base
+    model it started from (loaded when first used); a model that is no run is scored against
+    itself (rewards are 0)."""
+    from omnitune.trainers.objectives.reference import Reference
+
+    if hasattr(model, "disable_adapter"):
+        return Reference(model)
+    if base is None:
+        return Reference(model, frozen=model)
+    return Reference(model, load_frozen=lambda: modality.load(base)[0])
 
 
 def _load_run_model(run_dir: Path, config: RunConfig) -> tuple[Any, Any]:

@@ -97,35 +97,37 @@ class Session:
     direction: str
     run_dir: Path
     initial_adapter: Path
-    resumed: bool
     order: Any = None
     last_eval: dict[str, float] = field(default_factory=dict)
     last_saved: int | None = None
     stopped_early: bool = False
     train_loss: float | None = None
-    last_grad_norm: float | None = None
 
 
 @dataclass
 class StepOutcome:
     loss: float
     grad_norm: float | None
-    metrics: dict[str, float]
+    metrics: dict[str, Any]  # the objective's metrics, as tensors
     samples: int
 
 
 class ProgressWindow:
-    """Losses, objective metrics and samples since the last log line."""
+    """Losses, objective metrics and samples since the last log line, and the last step's
+    gradient norm. Metrics stay tensors until the line is written, so a step waits on no
+    device-to-host copy for them."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
-        self.metrics: dict[str, list[float]] = {}
+        self.metrics: dict[str, list[Any]] = {}
         self.samples = 0
+        self.grad_norm: float | None = None
         self.start = time.perf_counter()
 
     def add(self, outcome: StepOutcome) -> None:
         self.losses.append(outcome.loss)
         self.samples += outcome.samples
+        self.grad_norm = outcome.grad_norm
         for name, value in outcome.metrics.items():
             self.metrics.setdefault(name, []).append(value)
 
@@ -225,7 +227,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         model = accelerator.prepare(model)
     unwrapped = accelerator.unwrap_model(model)
     saved_names = set(prepared.checkpoint_names)
-    context = LossContext(config, train_set, unwrapped, accelerator.device, reference)
+    context = LossContext(config, train_set, unwrapped, processor, accelerator.device, reference)
     return Session(
         config=config,
         accelerator=accelerator,
@@ -251,7 +253,6 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         direction=direction,
         run_dir=run_dir,
         initial_adapter=initial_adapter,
-        resumed=resume_from is not None,
         order=plan.epoch_order(state.epoch),
         last_saved=state.step if resume_from is not None else None,
     )
@@ -321,9 +322,9 @@ def log_progress(session: Session, window: ProgressWindow) -> ProgressWindow:
     }
     for name, values in window.metrics.items():
         if name != "loss":
-            record[name] = sum(values) / len(values)
-    if s.last_grad_norm is not None:
-        record["grad_norm"] = s.last_grad_norm
+            record[name] = float(sum(values)) / len(values)
+    if window.grad_norm is not None:
+        record["grad_norm"] = window.grad_norm
     s.runlog.metrics(s.state.step, record)
     shown = {k: v for k, v in record.items() if k in window.metrics and k != "loss"}
     log.info(
@@ -498,17 +499,17 @@ def _batch_plan(config: RunConfig, train_set: Any, world_size: int) -> BatchPlan
     )
 
 
-def _mean_metrics(per_micro: list[dict[str, Any]]) -> dict[str, float]:
+def _mean_metrics(per_micro: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's mean over the micro-batches that reported it (still tensors)."""
     names = dict.fromkeys(name for metrics in per_micro for name in metrics)
-    return {
-        name: sum(float(m[name]) for m in per_micro if name in m)
-        / sum(1 for m in per_micro if name in m)
-        for name in names
-    }
+    means = {}
+    for name in names:
+        values = [m[name] for m in per_micro if name in m]
+        means[name] = sum(values) / len(values)
+    return means
 
 
 def _advance_progress_bar(progress: Any, session: Session, outcome: StepOutcome) -> None:
-    session.last_grad_norm = outcome.grad_norm
     if progress.disable:  # formatting the postfix costs ~40 us a step even when hidden
         return
     progress.update(1)

@@ -37,11 +37,13 @@ OBJECTIVES: dict[str, str] = {
 @dataclass(frozen=True)
 class LossContext:
     """What an objective's loss may need beyond the batch: the run config, the training data
-    (its groups, for weighted losses), the unwrapped model, the device and the reference."""
+    (its groups, for weighted losses), the unwrapped model, its processor (online objectives
+    tokenize their rollouts), the device and the reference."""
 
     config: Any
     train_set: Any
     model: Any
+    processor: Any
     device: Any
     reference: Any = None
 

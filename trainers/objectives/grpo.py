@@ -19,6 +19,8 @@ built-in rewards compare with.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 import zlib
 from typing import Any
@@ -54,10 +56,7 @@ def make_loss(context: LossContext) -> StepLoss:
     import torch
 
     config, section = context.config, context.config.objective
-    policy = context.model
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(config.model.name_or_path)
+    policy, tokenizer = context.model, context.processor
 
     def step_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
         from omnitune.trainers.rewards import score
@@ -95,9 +94,10 @@ def make_loss(context: LossContext) -> StepLoss:
         weights = completion_mask.float() * usable.float().unsqueeze(1)
         loss = aggregate(per_token, weights, section)
         lengths = completion_mask.sum(1).float()
+        scored_rewards = [r for r in rewards if r is not None]
         metrics = {
-            "reward": _mean([r for r in rewards if r is not None]),
-            "reward_std": _std([r for r in rewards if r is not None]),
+            "reward": statistics.fmean(scored_rewards) if scored_rewards else math.nan,
+            "reward_std": statistics.stdev(scored_rewards) if len(scored_rewards) > 1 else 0.0,
             **{f"reward_{_label(name)}": value for name, value in per_function.items()},
             "kl": (kl * completion_mask).sum() / completion_mask.sum().clamp(min=1),
             "clip_fraction": ((ratio != clipped).float() * completion_mask).sum()
@@ -221,17 +221,6 @@ def _seed(seed: int, indices: list[int]) -> int:
 
 def _label(name: str) -> str:
     return name.replace(":", "_").replace(".", "_")
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 OBJECTIVE = Objective(

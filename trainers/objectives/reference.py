@@ -20,7 +20,7 @@ import contextlib
 import copy
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,14 @@ class Reference:
     """Answer log-probabilities under the reference policy for a pair batch (chosen rows, then
     rejected), from the batch's precomputed `reference_logps` when it has them."""
 
-    def __init__(self, policy: Any, frozen: Any = None) -> None:
+    def __init__(
+        self, policy: Any, frozen: Any = None, load_frozen: Callable[[], Any] | None = None
+    ) -> None:
+        """`load_frozen` builds the frozen model on first use (`omnitune eval` of a full
+        fine-tune loads the base model only when the objective scores against it)."""
         self.policy = policy
         self.frozen = frozen
+        self._load_frozen = load_frozen
 
     def logps(self, batch: dict[str, Any]) -> Any:
         if "reference_logps" in batch:
@@ -52,6 +57,8 @@ class Reference:
     def scoring(self) -> Iterator[Any]:
         """The reference model to run, in eval mode (the policy with its adapter disabled,
         or the frozen copy); the mode is restored after."""
+        if self.frozen is None and self._load_frozen is not None:
+            self.frozen, self._load_frozen = self._load_frozen(), None
         model = self.frozen if self.frozen is not None else self.policy
         disabled = (
             self.policy.disable_adapter() if self.frozen is None else contextlib.nullcontext()
