@@ -145,6 +145,9 @@ class Modality:
       rows then the rejected rows
     - pair_metrics(model, processor, pairs, run_config) -> generated metrics of the chosen
       answers that `eval.metrics` asks for (exact_match, vqa_accuracy)
+    - prompt_batch(processor, items, run_config) -> left-padded generation inputs (input_ids,
+      attention_mask and the family's image fields) of each item's prompt, for the online
+      objectives' rollouts (None: the modality has no prompts to sample from)
     """
 
     name: str
@@ -160,6 +163,7 @@ class Modality:
     pair_collator: Callable[..., Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = None
     pair_metrics: Callable[..., dict[str, float]] | None = None
     pair_metric_directions: dict[str, str] = field(default_factory=dict)
+    prompt_batch: Callable[..., dict[str, Any]] | None = None
 
 
 def lazy(target: str) -> Callable[..., Any]:

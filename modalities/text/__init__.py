@@ -88,4 +88,5 @@ MODALITY = Modality(
     pair_collator=pair_collator,
     pair_metrics=pair_metrics,
     pair_metric_directions={"exact_match": "max"},
+    prompt_batch=lazy("omnitune.modalities.text.generation:prompt_batch"),
 )

@@ -19,21 +19,13 @@ def answer_prompts(
     device = next(model.parameters()).device
     generation = config.eval.generation
     answers: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, len(prompts), config.eval.batch_size):
                 chunk = prompts[start : start + config.eval.batch_size]
-                inputs = tokenizer.apply_chat_template(
-                    chunk,
-                    add_generation_prompt=True,
-                    return_dict=True,
-                    return_tensors="pt",
-                    padding=True,
-                )
+                inputs = encode_prompts(tokenizer, chunk)
                 inputs = {k: v.to(device) for k, v in inputs.items()}
                 output = model.generate(
                     **inputs,
@@ -45,9 +37,32 @@ def answer_prompts(
                 new_tokens = output[:, inputs["input_ids"].shape[1] :]
                 answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return answers
+
+
+def encode_prompts(tokenizer: Any, prompts: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Left-padded chat prompts ending in the assistant's turn opening: generation continues
+    every prompt from its own end."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return dict(
+            tokenizer.apply_chat_template(
+                prompts,
+                add_generation_prompt=True,
+                return_dict=True,
+                return_tensors="pt",
+                padding=True,
+            )
+        )
+    finally:
+        tokenizer.padding_side = side
+
+
+def prompt_batch(tokenizer: Any, items: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+    """The modality's `prompt_batch`: the generation inputs of each item's prompt messages."""
+    return encode_prompts(tokenizer, [item["prompt_messages"] for item in items])
 
 
 def exact_match(references: list[str], answers: list[str]) -> float:

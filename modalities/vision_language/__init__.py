@@ -27,6 +27,7 @@ collator = lazy("omnitune.modalities.vision_language.collate:make_vlm_collator")
 pairs = lazy("omnitune.modalities.vision_language.preference:read_vlm_pairs")
 pair_collator = lazy("omnitune.modalities.vision_language.preference:make_pair_collator")
 pair_metrics = lazy("omnitune.modalities.vision_language.preference:pair_metrics")
+prompt_batch = lazy("omnitune.modalities.vision_language.metrics:prompt_batch")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
@@ -82,4 +83,5 @@ MODALITY = Modality(
     pair_collator=pair_collator,
     pair_metrics=pair_metrics,
     pair_metric_directions={"vqa_accuracy": "max"},
+    prompt_batch=prompt_batch,
 )

@@ -20,38 +20,45 @@ def answer_questions(
 ) -> list[str]:
     import torch
 
-    max_pixels = vision_options(config).max_pixels
     device = next(model.parameters()).device
     generation = config.eval.generation
     answers: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(examples), config.eval.batch_size):
+            chunk = examples[start : start + config.eval.batch_size]
+            inputs = prompt_batch(processor, chunk, config)
+            inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+            output = model.generate(
+                **inputs,
+                max_new_tokens=generation.max_new_tokens,
+                num_beams=generation.num_beams,
+                do_sample=False,
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            answers += processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return answers
+
+
+def prompt_batch(processor: Any, items: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+    """Each item's conversation up to its answer, images opened, left-padded (generation
+    continues every prompt from its right end), with the family's image fields."""
+    max_pixels = vision_options(config).max_pixels
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues every prompt from its right end
+    tokenizer.padding_side = "left"
     try:
-        with torch.inference_mode():
-            for start in range(0, len(examples), config.eval.batch_size):
-                chunk = examples[start : start + config.eval.batch_size]
-                prompts = [with_images(e, max_pixels, drop_answer=True) for e in chunk]
-                inputs = processor.apply_chat_template(
-                    prompts,
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=True,
-                    return_tensors="pt",
-                    padding=True,
-                )
-                inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-                output = model.generate(
-                    **inputs,
-                    max_new_tokens=generation.max_new_tokens,
-                    num_beams=generation.num_beams,
-                    do_sample=False,
-                )
-                new_tokens = output[:, inputs["input_ids"].shape[1] :]
-                answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return dict(
+            processor.apply_chat_template(
+                [with_images(item, max_pixels, drop_answer=True) for item in items],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                padding=True,
+            )
+        )
     finally:
         tokenizer.padding_side = side
-    return answers
 
 
 def vqa_accuracy(references: list[str], answers: list[str]) -> float:
