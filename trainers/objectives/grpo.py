@@ -1,9 +1,9 @@
 """Group Relative Policy Optimization (Shao et al., 2024): rollouts inside the step.
 
 For each prompt of a batch the current policy samples `objective.num_generations`
-completions (the adapter's model in eval mode, KV cache on), the reward functions of
-`objective.rewards` score them (`omnitune.trainers.rewards`), and each completion's advantage
-is its reward minus its group's mean (divided by the group's std unless
+completions (`rollout.sample`: the adapter's model in eval mode, KV cache on), the reward
+functions of `objective.rewards` score them (`omnitune.trainers.rewards`), and each
+completion's advantage is its reward minus its group's mean (divided by the group's std unless
 `objective.scale_rewards` is off, as Dr. GRPO advises). The loss is the clipped policy-ratio
 objective with a KL penalty to the reference policy (the adapter disabled, or a frozen copy for
 full fine-tuning; k3 estimator), aggregated per `objective.loss_aggregation`. One policy update
@@ -12,7 +12,8 @@ default (`num_iterations=1`) as well. Groups whose rewards are all equal carry n
 are skipped and counted. Sampling is seeded from the run's seed and the batch's example
 indices, so a resumed run draws the same completions.
 
-Data: the modality's SFT rows (text: chat rows or prompt/completion); the prompt is the
+Data: the modality's SFT rows that end in an answer (text: chat rows or prompt/completion;
+vision-language: image conversations or image/question/answer rows); the prompt is the
 conversation up to the last assistant turn and that turn's text is the `answer` column the
 built-in rewards compare with.
 """
@@ -22,16 +23,24 @@ from __future__ import annotations
 import math
 import statistics
 import time
-import zlib
 from typing import Any
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+from omnitune.trainers.objectives.rollout import (
+    Rollout,
+    masked_mean,
+    reward_label,
+    rollout_seed,
+    sample,
+    score_tokens,
+)
 from omnitune.trainers.objectives.sft import evaluate
 
 
 def read_prompts(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+    """The modality's examples that end in an answer: their prompts are what is sampled."""
     examples = modality.dataset(source, config, processor, training=training)
-    keep = [i for i, item in enumerate(examples.items) if "prompt_messages" in item]
+    keep = [i for i, item in enumerate(examples.items) if "answer" in item]
     dropped = len(examples) - len(keep)
     if dropped:
         examples.skipped["no prompt and answer (chat or prompt/completion rows)"] += dropped
@@ -43,6 +52,8 @@ def read_prompts(modality: Any, source: str, config: Any, processor: Any, traini
 
 
 def prompt_collator(modality: Any, processor: Any, config: Any, training: bool) -> Any:
+    """Training batches are the items themselves (the rollout encodes their prompts);
+    evaluation batches are the modality's SFT batches (held-out loss)."""
     if not training:
         return modality.collator(processor, config, training=False)
 
@@ -52,111 +63,81 @@ def prompt_collator(modality: Any, processor: Any, config: Any, training: bool) 
     return collate
 
 
+def rollout_and_score(context: LossContext, batch: dict[str, Any], indices: list[int]) -> tuple:
+    """The step's rollout, each completion's total reward (None: a reward function failed on
+    it), and the reward metrics: mean/std of the totals and of each function."""
+    from omnitune.trainers.rewards import score
+
+    config = context.config
+    rollout = sample(
+        context.model,
+        context.processor,
+        context.modality,
+        batch["items"],
+        config,
+        seed=rollout_seed(config.train.seed, indices),
+    )
+    started = time.perf_counter()
+    rewards, per_function, failed = score(config.objective.rewards, rollout.texts, rollout.rows)
+    scored = [r for r in rewards if r is not None]
+    metrics = {
+        "reward": statistics.fmean(scored) if scored else math.nan,
+        "reward_std": statistics.stdev(scored) if len(scored) > 1 else 0.0,
+        **{f"reward_{reward_label(name)}": value for name, value in per_function.items()},
+        "reward_failures": float(failed),
+        "generation_seconds": rollout.generation_seconds,
+        "scoring_seconds": time.perf_counter() - started,
+    }
+    return rollout, rewards, metrics
+
+
 def make_loss(context: LossContext) -> StepLoss:
     import torch
 
-    config, section = context.config, context.config.objective
-    policy, tokenizer = context.model, context.processor
+    section = context.config.objective
 
     def step_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
-        from omnitune.trainers.rewards import score
-
-        items = batch["items"]
-        started = time.perf_counter()
-        prompt_ids, prompt_mask, completion_ids, completion_mask = rollout(
-            policy, tokenizer, items, section, seed=_seed(config.train.seed, indices)
-        )
-        generated = time.perf_counter()
-        texts = tokenizer.batch_decode(
-            completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id),
-            skip_special_tokens=True,
-        )
-        rows = [item for item in items for _ in range(section.num_generations)]
-        rewards, per_function, failed = score(section.rewards, texts, rows)
-        scored = time.perf_counter()
-
+        rollout, rewards, metrics = rollout_and_score(context, batch, indices)
+        device = rollout.completion_ids.device
         advantages, usable, zero_variance = group_advantages(
-            rewards, section.num_generations, section.scale_rewards, completion_ids.device
+            rewards, section.num_generations, section.scale_rewards, device
         )
-        ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        width = completion_ids.shape[1]
-        logps = completion_logps(model, ids, mask, width, section.temperature)
+        policy = score_tokens(model, rollout, section.temperature)
         with torch.no_grad():
-            reference = _reference_logps(context.reference, ids, mask, width, section.temperature)
+            reference = reference_logps(context.reference, rollout, section.temperature)
+        logps, mask = policy.logps, rollout.completion_mask
         ratio = torch.exp(logps - logps.detach())
         clipped = ratio.clamp(1 - section.clip_epsilon, 1 + section.clip_epsilon)
         adv = advantages.unsqueeze(1)
         per_token = -torch.min(ratio * adv, clipped * adv)
-        delta = reference - logps
-        kl = torch.exp(delta) - delta - 1
+        kl = k3_kl(logps, reference)
         per_token = per_token + section.kl_coef * kl
-        weights = completion_mask.float() * usable.float().unsqueeze(1)
+        weights = mask.float() * usable.float().unsqueeze(1)
         loss = aggregate(per_token, weights, section)
-        lengths = completion_mask.sum(1).float()
-        scored_rewards = [r for r in rewards if r is not None]
-        metrics = {
-            "reward": statistics.fmean(scored_rewards) if scored_rewards else math.nan,
-            "reward_std": statistics.stdev(scored_rewards) if len(scored_rewards) > 1 else 0.0,
-            **{f"reward_{_label(name)}": value for name, value in per_function.items()},
-            "kl": (kl * completion_mask).sum() / completion_mask.sum().clamp(min=1),
-            "clip_fraction": ((ratio != clipped).float() * completion_mask).sum()
-            / completion_mask.sum().clamp(min=1),
-            "completion_length": lengths.mean(),
+        metrics |= {
+            "kl": masked_mean(kl, mask),
+            "clip_fraction": masked_mean((ratio != clipped).float(), mask),
+            "entropy": masked_mean(policy.entropy, mask),
+            "completion_length": mask.sum(1).float().mean(),
             "zero_variance_groups": float(zero_variance),
-            "reward_failures": float(failed),
-            "generation_seconds": generated - started,
-            "scoring_seconds": scored - generated,
         }
         return loss, {k: torch.as_tensor(v).detach() for k, v in metrics.items()}
 
     return step_loss
 
 
-def rollout(policy: Any, tokenizer: Any, items: list[dict], section: Any, seed: int) -> tuple:
-    """Left-padded prompts (each repeated num_generations times) and the sampled completions,
-    cut after their first end-of-sequence token; masks mark real tokens."""
+def reference_logps(reference: Any, rollout: Rollout, temperature: float, rows: Any = None) -> Any:
+    """The completions' per-token log-probabilities under the reference policy."""
+    with reference.scoring() as model:
+        return score_tokens(model, rollout, temperature, rows=rows).logps
+
+
+def k3_kl(logps: Any, reference: Any) -> Any:
+    """Per-token KL(policy || reference), Schulman's unbiased, always-positive k3 estimator."""
     import torch
 
-    prompts = [item["prompt_messages"] for item in items for _ in range(section.num_generations)]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        inputs = tokenizer.apply_chat_template(
-            prompts, add_generation_prompt=True, return_dict=True, return_tensors="pt", padding=True
-        )
-    finally:
-        tokenizer.padding_side = side
-    device = next(policy.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    was_training = policy.training
-    policy.eval()
-    rng_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        with torch.no_grad():
-            output = policy.generate(
-                **inputs,
-                do_sample=True,
-                temperature=section.temperature,
-                top_p=section.top_p,
-                max_new_tokens=section.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                use_cache=True,
-            )
-    finally:
-        torch.set_rng_state(rng_state)
-        policy.train(was_training)
-    completion = output[:, inputs["input_ids"].shape[1] :]
-    is_end = completion == tokenizer.eos_token_id
-    first_end = torch.where(
-        is_end.any(1),
-        is_end.float().argmax(1),
-        torch.full_like(is_end[:, 0], completion.shape[1], dtype=torch.long),
-    )
-    positions = torch.arange(completion.shape[1], device=device).unsqueeze(0)
-    completion_mask = (positions <= first_end.unsqueeze(1)).long()
-    return inputs["input_ids"], inputs["attention_mask"], completion, completion_mask
+    delta = reference - logps
+    return torch.exp(delta) - delta - 1
 
 
 def group_advantages(
@@ -186,20 +167,6 @@ def group_advantages(
     return advantages, usable, zero_variance
 
 
-def completion_logps(model: Any, ids: Any, mask: Any, width: int, temperature: float) -> Any:
-    """Per-token log-probabilities of the last `width` tokens (the completions) under the
-    distribution they were sampled from (logits / temperature), with the positions
-    `generate()` gave them (left padding does not count)."""
-    from omnitune.trainers.objectives.preference import token_logps
-
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-    ).logits
-    logits = logits[:, -width - 1 : -1] / temperature
-    return token_logps(logits, ids[:, -width:])
-
-
 def aggregate(per_token: Any, weights: Any, section: Any) -> Any:
     if section.loss_aggregation == "token":
         return (per_token * weights).sum() / weights.sum().clamp(min=1)
@@ -210,30 +177,17 @@ def aggregate(per_token: Any, weights: Any, section: Any) -> Any:
     return (per_sequence * trained).sum() / trained.sum().clamp(min=1)
 
 
-def _reference_logps(reference: Any, ids: Any, mask: Any, width: int, temperature: float) -> Any:
-    with reference.scoring() as model:
-        return completion_logps(model, ids, mask, width, temperature)
-
-
-def _seed(seed: int, indices: list[int]) -> int:
-    return (seed * 1_000_003 + zlib.crc32(repr(indices).encode())) % (2**31)
-
-
-def _label(name: str) -> str:
-    return name.replace(":", "_").replace(".", "_")
-
-
 OBJECTIVE = Objective(
     name="grpo",
     reads="prompts",
-    modalities=frozenset({"text"}),
+    modalities=frozenset({"text", "vision_language"}),
     needs_reference=True,
     data=read_prompts,
     collator=prompt_collator,
     loss=make_loss,
     evaluate=evaluate,
     metric_directions=lambda modality: {
-        "exact_match": "max",
-        **{k: v for k, v in modality.metric_directions.items() if k != "exact_match"},
+        **modality.pair_metric_directions,  # the generated metric (exact match, VQA) first
+        **modality.metric_directions,
     },
 )
