@@ -87,14 +87,20 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: Any, optimizer: Any, scheduler: Any, process_index: int
+    path: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    process_index: int,
+    extra: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Restore weights, optimizer, scheduler and this rank's RNG; returns the saved state."""
+    """Restore weights (the model's, and `extra` tensors by name: an objective's heads),
+    optimizer, scheduler and this rank's RNG; returns the saved state."""
     import torch
     from safetensors.torch import load_file
 
     tensors = load_file(path / "trainable.safetensors")
-    parameters = dict(model.named_parameters())
+    parameters = {**dict(model.named_parameters()), **(extra or {})}
     missing = [name for name in tensors if name not in parameters]
     if missing:
         from omnitune.trainers.errors import ConfigError

@@ -238,8 +238,12 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     overall = {k: v for k, v in result.eval_metrics.items() if "/" not in k}
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items())
+    # A run resumed from its last checkpoint trains no step here, so it has no train loss.
+    loss = (
+        "none (no step left to train)" if result.train_loss is None else f"{result.train_loss:.4f}"
+    )
     print(
-        f"{result.run_dir}: {result.steps} steps, train loss {result.train_loss:.4f}"
+        f"{result.run_dir}: {result.steps} steps, train loss {loss}"
         + (f", eval {metrics}" if metrics else "")
         + f"; saved {result.output}"
     )

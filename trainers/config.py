@@ -150,8 +150,9 @@ class ObjectiveSection(Section):
     name: str = Field(
         "sft",
         description=(
-            "Training objective: sft (supervised), dpo or orpo (preference pairs; "
-            "docs/alignment.md). Objectives are a registry (omnitune.trainers.objectives)."
+            "Training objective: sft (supervised), dpo or orpo (preference pairs), grpo or ppo "
+            "(online, with reward functions; docs/alignment.md). Objectives are a registry "
+            "(omnitune.trainers.objectives)."
         ),
     )
     beta: float = Field(
@@ -192,15 +193,18 @@ class ObjectiveSection(Section):
     )
     focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss focusing power.")
     num_generations: int = Field(
-        4, ge=2, le=256, description="GRPO: completions sampled per prompt (the group)."
+        4,
+        ge=1,
+        le=256,
+        description="GRPO/PPO: completions sampled per prompt (GRPO's group; at least 2).",
     )
-    temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1.0, description="GRPO: nucleus sampling mass.")
-    max_new_tokens: int = Field(32, ge=1, description="GRPO: longest completion sampled.")
+    temperature: float = Field(1.0, gt=0, description="GRPO/PPO: sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="GRPO/PPO: nucleus sampling mass.")
+    max_new_tokens: int = Field(32, ge=1, description="GRPO/PPO: longest completion sampled.")
     kl_coef: float = Field(
-        0.04, ge=0.0, description="GRPO: weight of the KL penalty to the reference policy."
+        0.04, ge=0.0, description="GRPO/PPO: weight of the KL penalty to the reference policy."
     )
-    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO: policy-ratio clip range.")
+    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO/PPO: policy-ratio clip range.")
     loss_aggregation: Literal["sequence", "token", "dr_grpo"] = Field(
         "sequence",
         description=(
@@ -214,7 +218,26 @@ class ObjectiveSection(Section):
     )
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="exact_match")],
-        description="GRPO: reward functions and their weights (trainers/rewards.py).",
+        description="GRPO/PPO: reward functions and their weights (trainers/rewards.py).",
+    )
+    ppo_epochs: int = Field(
+        4, ge=1, le=64, description="PPO: passes over each rollout buffer (one per step)."
+    )
+    ppo_minibatches: int = Field(
+        1, ge=1, le=1024, description="PPO: minibatches (optimizer steps) per pass."
+    )
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="PPO: discount over tokens.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="PPO: GAE's lambda.")
+    vf_coef: float = Field(0.1, ge=0.0, description="PPO: weight of the value loss.")
+    value_clip: float = Field(
+        0.2, gt=0, description="PPO: how far a value may move from its rollout-time estimate."
+    )
+    kl_penalty: Literal["reward", "loss"] = Field(
+        "reward",
+        description=(
+            "PPO: where the KL to the reference goes: reward (subtracted from each token's "
+            "reward, Ziegler et al.) or loss (k3 KL added to the loss, as in GRPO)."
+        ),
     )
 
     @field_validator("name")
@@ -331,10 +354,22 @@ class RunConfig(Section):
                 "objective.precompute_reference: only DPO scores a fixed dataset under its "
                 "reference; GRPO scores fresh samples each step"
             )
-        if self.objective.name == "grpo" and self.peft.method in {"pissa", "olora"}:
+        online = self.objective.name in {"grpo", "ppo"}
+        if online and self.peft.method in {"pissa", "olora"}:
             raise ValueError(
                 f"peft.method: {self.peft.method} moves the base weights into the adapter, so "
-                "disabling it is not the starting model GRPO's KL term needs; use lora"
+                f"disabling it is not the starting model {self.objective.name.upper()}'s KL "
+                "term needs; use lora"
+            )
+        if self.objective.name == "grpo" and self.objective.num_generations < 2:
+            raise ValueError(
+                "objective.num_generations: GRPO compares completions within a group; "
+                "sample at least 2 per prompt"
+            )
+        if self.objective.name == "ppo" and self.train.grad_accum != 1:
+            raise ValueError(
+                "train.grad_accum: PPO takes its own optimizer steps over each rollout; "
+                "use objective.ppo_minibatches to split it, with grad_accum 1"
             )
         return self
 

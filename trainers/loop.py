@@ -102,6 +102,9 @@ class Session:
     last_saved: int | None = None
     stopped_early: bool = False
     train_loss: float | None = None
+    grad_norm: float | None = None
+    heads: dict[str, Any] = field(default_factory=dict)  # the objective's heads (PPO's value)
+    trained_heads: dict[str, Any] = field(default_factory=dict)  # the same, DDP-wrapped
 
 
 @dataclass
@@ -184,6 +187,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     model = prepared.model
     _log_trainable(model)
     optimizer = build_optimizer(model, config.peft, config.train)
+    heads = _build_heads(objective, model, config, optimizer, accelerator.device)
     plan = _batch_plan(config, train_set, accelerator.num_processes)
     total_steps = config.train.max_steps or max(
         1, math.ceil(config.train.epochs * plan.batches_per_epoch / config.train.grad_accum)
@@ -215,7 +219,14 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     state = TrainState()
     resume_from = _resume_point(run_dir, config.train.resume, main)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator.process_index)
+        state = load_checkpoint(
+            resume_from,
+            model,
+            optimizer,
+            scheduler,
+            accelerator.process_index,
+            _head_tensors(heads),
+        )
         log.info("resumed from %s (step %d)", resume_from, state.step)
     elif main and prepared.is_peft and config.peft.method in MUTATING_INIT:
         _save_initial_adapter(model, initial_adapter)
@@ -227,8 +238,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         model = accelerator.prepare(model)
     unwrapped = accelerator.unwrap_model(model)
     saved_names = set(prepared.checkpoint_names)
-    context = LossContext(config, train_set, unwrapped, processor, accelerator.device, reference)
-    return Session(
+    session = Session(
         config=config,
         accelerator=accelerator,
         runlog=runlog,
@@ -246,20 +256,43 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         state=state,
         total_steps=total_steps,
         collate=collate,
-        step_loss=objective.loss(context),
+        step_loss=None,
         reference=reference,
-        checkpoint_tensors={n: p for n, p in unwrapped.named_parameters() if n in saved_names},
+        checkpoint_tensors={
+            **{n: p for n, p in unwrapped.named_parameters() if n in saved_names},
+            **_head_tensors(heads),
+        },
         selection_metric=selection_metric,
         direction=direction,
         run_dir=run_dir,
         initial_adapter=initial_adapter,
         order=plan.epoch_order(state.epoch),
         last_saved=state.step if resume_from is not None else None,
+        heads=heads,
+        trained_heads={
+            name: accelerator.prepare(head) if accelerator.num_processes > 1 else head
+            for name, head in heads.items()
+        },
     )
+    session.step_loss = objective.loss(
+        LossContext(
+            config,
+            train_set,
+            unwrapped,
+            processor,
+            accelerator.device,
+            reference,
+            modality=modality,
+            heads=session.trained_heads,
+            update=lambda loss: apply_update(session, loss),
+        )
+    )
+    return session
 
 
 def train_step(session: Session) -> StepOutcome:
-    """One optimizer step over `grad_accum` micro-batches; stops the run on a non-finite loss."""
+    """One optimizer step over `grad_accum` micro-batches (or, for an objective that applies
+    its own updates, one call of its loss); stops the run on a non-finite loss."""
     import torch
 
     s, accelerator = session, session.accelerator
@@ -269,42 +302,92 @@ def train_step(session: Session) -> StepOutcome:
     grad_accum = s.config.train.grad_accum
     micro_losses, micro_metrics = [], []
     for micro in range(grad_accum):
-        if s.state.batch_in_epoch >= s.plan.batches_per_epoch:
-            s.state.epoch, s.state.batch_in_epoch = s.state.epoch + 1, 0
-            s.order = s.plan.epoch_order(s.state.epoch)
-        indices = s.plan.batch(s.order, s.state.batch_in_epoch, accelerator.process_index)
-        s.state.batch_in_epoch += 1
+        indices = _next_batch(s)
         batch = _to_device(s.collate([s.train_set[i] for i in indices]), accelerator.device)
-        # DDP all-reduces gradients only on the last micro-batch of a step.
-        sync = micro == grad_accum - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(s.model):
+        if s.objective.applies_updates:
+            s.grad_norm = None
             loss, metrics = s.step_loss(s.model, batch, indices)
-            accelerator.backward(loss / grad_accum)
+        else:
+            # DDP all-reduces gradients only on the last micro-batch of a step.
+            sync = micro == grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(s.model):
+                loss, metrics = s.step_loss(s.model, batch, indices)
+                accelerator.backward(loss / grad_accum)
         micro_losses.append(loss.detach().float())
         micro_metrics.append(metrics)
     step_loss_tensor = torch.stack(micro_losses).mean()
     if accelerator.num_processes > 1:
         step_loss_tensor = accelerator.reduce(step_loss_tensor, "mean")
     step_loss = float(step_loss_tensor)
-    grad_norm = None
-    if s.config.train.max_grad_norm is not None:
-        # None under DeepSpeed, which clips inside its engine (gradient_clipping).
-        norm = accelerator.clip_grad_norm_(s.model.parameters(), s.config.train.max_grad_norm)
-        grad_norm = None if norm is None else float(norm)
-    if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
-        kept = list_checkpoints(s.run_dir)
-        raise TrainingDiverged(
-            f"loss became {step_loss} (grad norm {grad_norm}) at step {s.state.step + 1}; "
-            f"last good checkpoint: {kept[-1] if kept else 'none'}"
-        )
-    s.optimizer.step()
+    if not s.objective.applies_updates:
+        apply_update(s, step_loss)
     s.scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
     s.state.step += 1
     samples = s.plan.global_batch * grad_accum
     s.state.samples_seen += samples
     s.train_loss = step_loss
-    return StepOutcome(step_loss, grad_norm, _mean_metrics(micro_metrics), samples)
+    return StepOutcome(step_loss, s.grad_norm, _mean_metrics(micro_metrics), samples)
+
+
+def apply_update(session: Session, loss: Any) -> float | None:
+    """Clip the gradients, refuse a non-finite loss or norm, take the optimizer step. A tensor
+    `loss` is first backpropagated (an objective applying its own updates passes its
+    minibatch loss); the loop passes the step's mean loss after its micro-batches."""
+    s, accelerator = session, session.accelerator
+    if hasattr(loss, "backward"):
+        accelerator.backward(loss)
+        loss = float(loss.detach())
+    s.grad_norm = None
+    if s.config.train.max_grad_norm is not None:
+        # None under DeepSpeed, which clips inside its engine (gradient_clipping).
+        norm = accelerator.clip_grad_norm_(_trained_parameters(s), s.config.train.max_grad_norm)
+        s.grad_norm = None if norm is None else float(norm)
+    if not math.isfinite(loss) or (s.grad_norm is not None and not math.isfinite(s.grad_norm)):
+        kept = list_checkpoints(s.run_dir)
+        raise TrainingDiverged(
+            f"loss became {loss} (grad norm {s.grad_norm}) at step {s.state.step + 1}; "
+            f"last good checkpoint: {kept[-1] if kept else 'none'}"
+        )
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return s.grad_norm
+
+
+def _next_batch(s: Session) -> list[int]:
+    if s.state.batch_in_epoch >= s.plan.batches_per_epoch:
+        s.state.epoch, s.state.batch_in_epoch = s.state.epoch + 1, 0
+        s.order = s.plan.epoch_order(s.state.epoch)
+    indices = s.plan.batch(s.order, s.state.batch_in_epoch, s.accelerator.process_index)
+    s.state.batch_in_epoch += 1
+    return indices
+
+
+def _trained_parameters(s: Session) -> list[Any]:
+    parameters = list(s.model.parameters())
+    for head in s.trained_heads.values():
+        parameters += list(head.parameters())
+    return parameters
+
+
+def _build_heads(
+    objective: Any, model: Any, config: RunConfig, optimizer: Any, device: Any
+) -> dict:
+    """The objective's heads on the device, their parameters a group of the optimizer (added
+    before the scheduler is built, so the schedule applies to them too)."""
+    if objective.heads is None:
+        return {}
+    heads = {name: head.to(device) for name, head in objective.heads(model, config).items()}
+    for head in heads.values():
+        optimizer.add_param_group({"params": list(head.parameters())})
+    return heads
+
+
+def _head_tensors(heads: dict[str, Any]) -> dict[str, Any]:
+    return {
+        f"heads.{name}.{param}": tensor
+        for name, head in heads.items()
+        for param, tensor in head.named_parameters()
+    }
 
 
 def log_progress(session: Session, window: ProgressWindow) -> ProgressWindow:
@@ -384,6 +467,7 @@ def finish(
     output = s.run_dir / ("adapter" if s.prepared.is_peft else "model")
     if main:
         _export_final(s.unwrapped, s.processor, output, s.initial_adapter)
+        _export_heads(s.heads, s.run_dir / "heads")
         profiled = s.train_set.unpacked or s.train_set
         (s.run_dir / "reference.json").write_text(json.dumps(s.modality.profile(profiled)))
     result = RunResult(
@@ -649,6 +733,19 @@ def _export_final(model: Any, processor: Any, output: Path, initial_adapter: Pat
     processor.save_pretrained(staging)
     shutil.rmtree(output, ignore_errors=True)
     staging.rename(output)
+
+
+def _export_heads(heads: dict[str, Any], folder: Path) -> None:
+    """Each head's weights as `<name>.safetensors`: PPO's value head, beside the adapter (which
+    stays loadable with plain `PeftModel.from_pretrained`)."""
+    if not heads:
+        return
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, head in heads.items():
+        tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        save_file(tensors, folder / f"{name}.safetensors")
 
 
 def _write_rank_fingerprint(

@@ -23,32 +23,6 @@ GRPO = {
 }
 
 
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory, tiny_model, text_data) -> Path:
-    """The tiny chat model after 60 steps of SFT: right about a third of the time."""
-    from omnitune.trainers.config import RunConfig
-    from omnitune.trainers.loop import train
-
-    out = tmp_path_factory.mktemp("sft")
-    config = RunConfig.model_validate(
-        {
-            "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
-            "data": {"train": str(text_data["train"])},
-            "peft": {"method": "full"},
-            "train": {
-                "max_steps": 60,
-                "batch_size": 32,
-                "lr": 3e-3,
-                "lr_schedule": "cosine",
-                "warmup_steps": 5,
-                "num_threads": 1,
-            },
-            "output_dir": str(out),
-        }
-    )
-    return train(config).output
-
-
 def _grpo(run_config, sft_model, name, **changes):
     sections = {key: dict(value) for key, value in GRPO.items()}
     for key, value in changes.items():
@@ -141,8 +115,121 @@ def test_grpo_is_refused_where_it_cannot_apply(run_config):
         "config", "check", str(REPO / "configs" / "demo-speech-base.yaml"), "objective.name=grpo"
     )
     assert speech.returncode == 2
-    assert "objective.name: grpo is for text models, not speech" in speech.stderr
+    assert "objective.name: grpo is for text and vision_language models, not speech" in (
+        speech.stderr
+    )
     pissa = run_cli(
         "config", "check", str(run_config()), "objective.name=grpo", "peft.method=pissa"
     )
     assert pissa.returncode == 2 and "peft.method: pissa moves the base weights" in pissa.stderr
+
+
+def test_grpo_on_a_vision_language_model_completes_with_vqa_rewards(tiny_model, tmp_path):
+    import yaml
+
+    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+
+    train = write_digit_vqa(tmp_path / "train", 0, 16)
+    test = write_digit_vqa(tmp_path / "test", 1400, 8)
+    config = tmp_path / "vlm-grpo.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_model("llava")), "modality": "vision_language"},
+                "data": {"train": str(train), "eval": str(test)},
+                "objective": {
+                    "name": "grpo",
+                    "num_generations": 4,
+                    "max_new_tokens": 4,
+                    "rewards": [{"name": "vqa_match"}, {"name": "length_penalty", "max_chars": 3}],
+                },
+                "train": {"max_steps": 3, "batch_size": 4, "logging_steps": 1, "num_threads": 2},
+                "eval": {"generation": {"max_new_tokens": 4}},
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
+    trained = run_cli("train", str(config))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    records = read_metrics(tmp_path / "run")
+    steps = [r for r in records if r["kind"] == "train"]
+    assert len(steps) == 3
+    assert {"reward_vqa_match", "reward_length_penalty", "kl", "entropy"} <= steps[-1].keys()
+    assert steps[-1]["completion_length"] <= 4
+    assert "vqa_accuracy" in [r for r in records if r["kind"] == "eval"][-1]
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory, tiny_model) -> Path:
+    """A sequence-classification checkpoint on the tiny chat model's config and tokenizer,
+    saved as a user's reward model would be."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    source = tiny_model("text")
+    config = AutoConfig.from_pretrained(source, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    out = tmp_path_factory.mktemp("reward-model")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_a_reward_model_scores_completions_as_its_classifier_does(
+    tiny_reward_model, run_config, sft_model
+):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from omnitune.trainers.rewards import RewardSpec, score
+
+    spec = RewardSpec(name="reward_model", path=str(tiny_reward_model), batch_size=2)
+    completions = ["1 2 3", "4", "seven"]
+    rows = [{"prompt": "one two three", "answer": "1 2 3"}] * 3
+    totals, _, failures = score([spec], completions, rows)
+    assert failures == 0 and len(totals) == 3
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    for completion, total in zip(completions, totals, strict=True):
+        text = tokenizer.apply_chat_template(
+            [
+                {"role": "user", "content": "one two three"},
+                {"role": "assistant", "content": completion},
+            ],
+            tokenize=False,
+        )
+        with torch.no_grad():
+            expected = model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item()
+        assert total == pytest.approx(expected, abs=1e-4)
+
+    path = _grpo(
+        run_config,
+        sft_model,
+        "reward-model",
+        objective={
+            "num_generations": 4,
+            "rewards": [{"name": "reward_model", "path": str(tiny_reward_model)}],
+        },
+        train={"max_steps": 2, "logging_steps": 1, "eval_steps": None},
+    )
+    trained = run_cli("train", str(path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    steps = [r for r in read_metrics(path.parent / "reward-model") if r["kind"] == "train"]
+    assert all("reward_reward_model" in s and s["reward_failures"] == 0 for s in steps)
+
+    missing = run_cli("config", "check", str(path), "objective.rewards=[{name: reward_model}]")
+    assert missing.returncode == 2
+    assert "reward_model needs path" in missing.stderr
+    unloadable = run_cli(
+        "train",
+        str(path),
+        f"objective.rewards=[{{name: reward_model, path: {path.parent}}}]",
+        f"output_dir={path.parent / 'unloadable'}",
+    )
+    assert unloadable.returncode == 2, unloadable.stderr[-2000:]
+    assert "cannot load reward_model" in unloadable.stderr

@@ -169,7 +169,7 @@ def test_objectives_that_do_not_fit_the_modality_are_refused_naming_the_field(tm
         "config", "check", str(REPO / "configs" / "demo-text.yaml"), "objective.name=kto"
     )
     assert unknown.returncode == 2
-    assert "objective.name: unknown 'kto' (known: sft, dpo, orpo, grpo)" in unknown.stderr
+    assert "objective.name: unknown 'kto' (known: sft, dpo, orpo, grpo, ppo)" in unknown.stderr
 
 
 @pytest.mark.slow

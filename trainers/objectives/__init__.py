@@ -14,13 +14,18 @@ objective module imports no torch (config checks use `modalities` without loadin
 - metric_directions(modality) -> {metric: "min" | "max"}: what best checkpoints and early
   stopping may select on
 - needs_reference: whether `reference` (the frozen starting policy) must be built
+- heads(model, config) -> {name: torch module}: trainable parts the objective adds beside the
+  model (PPO's value head); the loop optimises them, checkpoints them with the adapter and
+  writes them to `heads/<name>.safetensors` at the end (None: no heads)
+- applies_updates: the loss takes its own optimizer steps through `LossContext.update` (PPO's
+  minibatch epochs over one rollout); the loop then steps the scheduler once per call
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omnitune.trainers.errors import ConfigError
@@ -31,14 +36,17 @@ OBJECTIVES: dict[str, str] = {
     "dpo": "omnitune.trainers.objectives.dpo",
     "orpo": "omnitune.trainers.objectives.orpo",
     "grpo": "omnitune.trainers.objectives.grpo",
+    "ppo": "omnitune.trainers.objectives.ppo",
 }
 
 
 @dataclass(frozen=True)
 class LossContext:
     """What an objective's loss may need beyond the batch: the run config, the training data
-    (its groups, for weighted losses), the unwrapped model, its processor (online objectives
-    tokenize their rollouts), the device and the reference."""
+    (its groups, for weighted losses), the unwrapped model, its processor and modality (online
+    objectives encode and sample prompts), the device, the reference, the objective's heads
+    and, for objectives that apply their own updates, `update(loss) -> grad norm` (backward,
+    clip, optimizer step; a non-finite loss or norm stops the run as in the loop)."""
 
     config: Any
     train_set: Any
@@ -46,6 +54,9 @@ class LossContext:
     processor: Any
     device: Any
     reference: Any = None
+    modality: Any = None
+    heads: dict[str, Any] = field(default_factory=dict)
+    update: Callable[[Any], float | None] | None = None
 
 
 StepLoss = Callable[[Any, dict[str, Any], list[int]], tuple[Any, dict[str, Any]]]
@@ -62,6 +73,8 @@ class Objective:
     loss: Callable[[LossContext], StepLoss]
     evaluate: Callable[..., dict[str, float]]
     metric_directions: Callable[[Any], dict[str, str]]
+    heads: Callable[[Any, Any], dict[str, Any]] | None = None
+    applies_updates: bool = False
 
 
 def get_objective(name: str) -> Objective:
