@@ -15,8 +15,8 @@ from typing import Any
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def digit_chat(rng: random.Random) -> dict[str, Any]:
-    digits = [rng.randrange(10) for _ in range(rng.randint(1, 3))]
+def digit_chat(rng: random.Random, sizes: tuple[int, int] = (1, 3)) -> dict[str, Any]:
+    digits = [rng.randrange(10) for _ in range(rng.randint(*sizes))]
     return {
         "messages": [
             {"role": "user", "content": " ".join(WORDS[d] for d in digits)},
@@ -26,13 +26,20 @@ def digit_chat(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def write_digit_chat(folder: Path, train: int = 256, test: int = 48, seed: int = 0) -> dict:
-    """Write train.jsonl and test.jsonl under `folder`; returns {"train": path, "eval": path}."""
+def write_digit_chat(
+    folder: Path,
+    train: int = 256,
+    test: int = 48,
+    seed: int = 0,
+    sizes: tuple[int, int] = (1, 3),
+) -> dict:
+    """Write train.jsonl and test.jsonl under `folder` (numbers of `sizes` digits); returns
+    {"train": path, "eval": path}."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
     for split, count in (("train", train), ("eval", test)):
-        rows = [json.dumps(digit_chat(rng)) for _ in range(count)]
+        rows = [json.dumps(digit_chat(rng, sizes)) for _ in range(count)]
         paths[split].write_text("\n".join(rows) + "\n")
     return paths
 
