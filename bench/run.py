@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.harness import REPO, Comparison, compare, python, run_side, scale, write_results
 
@@ -161,6 +162,54 @@ def preference(objective: str, pairs: int = 3) -> Comparison:
         ),
         [*module, "--side", "omnitune", *common, "--out", str(CACHE / f"{objective}-run")],
         [*module, "--side", "trl", *common, "--out", str(CACHE / f"{objective}-trl")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def sft_chat_model() -> tuple[Path, Path]:
+    """The digit-chat model after 60 steps of full SFT (right about a third of the time: room
+    for online alignment to improve) and its data, built once and cached."""
+    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.tiny import build_tiny
+
+    data = CACHE / "digit-chat-online"
+    if not (data / "test.jsonl").is_file():
+        write_digit_chat(data, train=256, test=64, seed=0)
+    out = CACHE / "sft60"
+    if not (out / "model" / "config.json").is_file():
+        tiny = build_tiny("text", CACHE / "tiny-text", seed=0)
+        train_once(
+            "demo-text.yaml",
+            f"model.name_or_path={tiny}",
+            f"data.train={data / 'train.jsonl'}",
+            "data.eval=null",
+            "train.max_steps=60",
+            "train.warmup_steps=5",
+            "train.num_threads=1",
+            "train.resume=never",
+            f"output_dir={out}",
+        )
+    return out / "model", data
+
+
+def grpo(pairs: int = 3) -> Comparison:
+    """GRPO (LoRA) vs TRL's GRPOTrainer from the same SFT model, 40 steps of 64 completions."""
+    model, data = sft_chat_model()
+    common = ["--model", str(model), "--data", str(data), "--steps", "40"]
+    module = [python(), "-m", "bench.grpo_finetune"]
+    return compare(
+        Comparison(
+            task="GRPO LoRA vs TRL (tiny Llama after SFT, digit chat, exact-match reward)",
+            figure="completions_per_second",
+            unit="completions/s",
+            higher_is_better=True,
+            reference_name="trl.GRPOTrainer (TRL 1.16) + PEFT LoRA",
+            target=">= 1.5 at equal or better held-out exact match, no more memory",
+            also=("exact_match", "reward_last_10"),
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / "grpo-run")],
+        [*module, "--side", "trl", *common, "--out", str(CACHE / "grpo-trl")],
         pairs=pairs,
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
@@ -406,6 +455,7 @@ BENCHMARKS = {
     "packed_sft": packed_sft,
     "dpo": lambda: preference("dpo"),
     "orpo": lambda: preference("orpo"),
+    "grpo": grpo,
     "monitor_ingest": monitor_ingest,
     "monitor_client": monitor_client,
     "monitor_drift_ks": lambda: monitor_drift("ks"),
