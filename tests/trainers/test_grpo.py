@@ -124,7 +124,7 @@ def test_grpo_is_refused_where_it_cannot_apply(run_config):
     assert pissa.returncode == 2 and "peft.method: pissa moves the base weights" in pissa.stderr
 
 
-def test_grpo_on_a_vision_language_model_completes_with_vqa_rewards(tiny_model, tmp_path):
+def _vlm_grpo_config(tiny_model, tmp_path, objective: dict, steps: int) -> Path:
     import yaml
 
     from omnitune.modalities.vision_language.demo_data import write_digit_vqa
@@ -137,18 +137,25 @@ def test_grpo_on_a_vision_language_model_completes_with_vqa_rewards(tiny_model, 
             {
                 "model": {"name_or_path": str(tiny_model("llava")), "modality": "vision_language"},
                 "data": {"train": str(train), "eval": str(test)},
-                "objective": {
-                    "name": "grpo",
-                    "num_generations": 4,
-                    "max_new_tokens": 4,
-                    "rewards": [{"name": "vqa_match"}, {"name": "length_penalty", "max_chars": 3}],
+                "objective": {"name": "grpo", **objective},
+                "train": {
+                    "max_steps": steps,
+                    "batch_size": 4,
+                    "logging_steps": 1,
+                    "num_threads": 2,
                 },
-                "train": {"max_steps": 3, "batch_size": 4, "logging_steps": 1, "num_threads": 2},
                 "eval": {"generation": {"max_new_tokens": 4}},
                 "output_dir": str(tmp_path / "run"),
             }
         )
     )
+    return config
+
+
+def test_grpo_on_a_vision_language_model_completes_with_vqa_rewards(tiny_model, tmp_path):
+    rewards = [{"name": "vqa_match"}, {"name": "length_penalty", "max_chars": 3}]
+    objective = {"num_generations": 4, "max_new_tokens": 4, "rewards": rewards}
+    config = _vlm_grpo_config(tiny_model, tmp_path, objective, steps=3)
     trained = run_cli("train", str(config))
     assert trained.returncode == 0, trained.stderr[-3000:]
     records = read_metrics(tmp_path / "run")
@@ -158,6 +165,25 @@ def test_grpo_on_a_vision_language_model_completes_with_vqa_rewards(tiny_model, 
     assert steps[-1]["completion_length"] <= 4
     assert "vqa_accuracy" in [r for r in records if r["kind"] == "eval"][-1]
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_vlm_never_samples_its_image_placeholder_token(tiny_model, tmp_path):
+    """At a temperature this high sampling is near uniform over the 512 tokens, so among these
+    steps' 2,048 draws the `<image>` token would come up (it did, at lr 3e-3, in the demo's
+    LLaVA run): re-scoring a completion holding it asked the model for image features it was not
+    given, and the step died with a ValueError. Placeholders are never sampled."""
+    from transformers import AutoProcessor
+
+    from omnitune.trainers.objectives.rollout import media_token_ids
+
+    processor = AutoProcessor.from_pretrained(tiny_model("llava"))
+    assert media_token_ids(processor) == (processor.image_token_id,)
+    objective = {"num_generations": 8, "max_new_tokens": 16, "temperature": 50.0}
+    config = _vlm_grpo_config(tiny_model, tmp_path, objective, steps=4)
+    trained = run_cli("train", str(config))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    steps = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert len(steps) == 4 and all(r["completion_length"] > 4 for r in steps)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,10 @@ completions' per-token log-probabilities under the distribution they were sample
 (logits / temperature), with each token's entropy and, when asked, the last hidden states
 (PPO's value head reads them). Positions follow the attention mask, as `generate()` gives
 them, so left padding does not shift a prompt.
+
+A vision-language processor's placeholder tokens (`<image>`, `<|video_pad|>`, ...) are never
+sampled and have no probability in the scored distribution: a completion holding one would
+ask the model for image features it was not given, and the re-scoring forward would fail.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Rollout:
     texts: list[str]
     rows: list[dict[str, Any]]
     generation_seconds: float = 0.0
+    suppressed: tuple[int, ...] = ()  # token ids never sampled (media placeholders)
 
     @property
     def width(self) -> int:
@@ -59,6 +64,7 @@ def sample(
     device = next(policy.parameters()).device
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
     tokenizer = tokenizer_of(processor)
+    suppressed = media_token_ids(processor)
     was_training = policy.training
     policy.eval()
     rng_state = torch.get_rng_state()
@@ -74,6 +80,7 @@ def sample(
                 top_k=0,  # transformers' default top-k of 50 would sample another distribution
                 max_new_tokens=section.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
+                suppress_tokens=list(suppressed) or None,
                 use_cache=True,
             )
     finally:
@@ -97,6 +104,7 @@ def sample(
         texts=texts,
         rows=rows,
         generation_seconds=time.perf_counter() - started,
+        suppressed=suppressed,
     )
 
 
@@ -131,10 +139,13 @@ def score_tokens(
     output = model(**inputs, output_hidden_states=hidden)
     width = rollout.width
     logits = output.logits[:, -width - 1 : -1].float() / temperature
+    if rollout.suppressed:
+        logits = logits.index_fill(-1, logits.new_tensor(rollout.suppressed).long(), -torch.inf)
     logps = token_logps(logits, ids[:, -width:])
     with torch.no_grad():
         probabilities = torch.softmax(logits, dim=-1)
-        entropy = torch.logsumexp(logits, dim=-1) - (probabilities * logits).sum(-1)
+        finite = logits.masked_fill(probabilities == 0, 0.0)
+        entropy = torch.logsumexp(logits, dim=-1) - (probabilities * finite).sum(-1)
     states = output.hidden_states[-1][:, -width - 1 : -1] if hidden else None
     return Scored(logps=logps, entropy=entropy, hidden=states)
 
@@ -148,6 +159,28 @@ def rollout_seed(seed: int, indices: list[int]) -> int:
     """The sampling seed of the batch `indices` in a run seeded `seed`: a resumed run draws
     the same completions for the same step."""
     return (seed * 1_000_003 + zlib.crc32(repr(indices).encode())) % (2**31)
+
+
+def media_token_ids(processor: Any) -> tuple[int, ...]:
+    """The processor's image/video/audio placeholder token ids (none for a text tokenizer):
+    whatever `*_token_id` attribute of the processor or its tokenizer names a medium, less the
+    end, padding and start tokens."""
+    tokenizer = tokenizer_of(processor)
+    keep = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id}
+    found: set[int] = set()
+    for owner in {id(processor): processor, id(tokenizer): tokenizer}.values():
+        for name in dir(owner):
+            if not name.endswith("token_id") or name.startswith("_"):
+                continue
+            if not any(medium in name for medium in ("image", "video", "audio", "vision")):
+                continue
+            try:
+                value = getattr(owner, name)
+            except Exception:  # a property that cannot answer names no token
+                continue
+            if isinstance(value, int) and value >= 0 and value not in keep:
+                found.add(value)
+    return tuple(sorted(found))
 
 
 def tokenizer_of(processor: Any) -> Any:
