@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from bench.harness import peak_rss_mb
+from bench.harness import loop_clock, peak_rss_mb
 
 PROMPTS, GROUP, NEW_TOKENS, TEMPERATURE = 8, 8, 12, 0.7
 LR, SEED, RANK, KL = 1e-3, 0, 16, 0.04
@@ -139,7 +138,7 @@ def run_trl(model: str, data: Path, steps: int, out: str, objective: str) -> dic
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(1)
@@ -200,16 +199,7 @@ def run_trl(model: str, data: Path, steps: int, out: str, objective: str) -> dic
         ),
     )
 
-    class LoopClock(TrainerCallback):
-        """Times the training loop only, as omnitune's figure is."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.seconds = time.perf_counter() - self.start
-
-    clock = LoopClock()
+    clock = loop_clock()
     trainer.add_callback(clock)
     trainer.train()
     rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]

@@ -25,10 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 from pathlib import Path
 
-from bench.harness import peak_rss_mb
+from bench.harness import loop_clock, peak_rss_mb
 
 LR, SEED, RANK, ROW, PADDED_BATCH = 3e-3, 0, 8, 256, 16
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -120,7 +119,6 @@ def run_hf(model: str, data: Path, out: str) -> dict:
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
         set_seed,
     )
@@ -156,15 +154,7 @@ def run_hf(model: str, data: Path, out: str) -> dict:
         remove_unused_columns=False,
     )
 
-    class LoopClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.seconds = time.perf_counter() - self.start
-            self.steps = state.global_step
-
-    clock = LoopClock()
+    clock = loop_clock()
     trainer = Trainer(
         model=policy,
         args=args,

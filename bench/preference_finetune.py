@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from bench.harness import peak_rss_mb
+from bench.harness import loop_clock, peak_rss_mb
 
 BATCH, LR, SEED, RANK, BETA = 8, 3e-3, 0, 8, 0.1
 
@@ -81,7 +80,7 @@ def run_trl(model: str, data: Path, objective: str, steps: int, out: str) -> dic
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -141,17 +140,7 @@ def run_trl(model: str, data: Path, objective: str, steps: int, out: str) -> dic
             peft_config=peft_config,
         )
 
-    class LoopClock(TrainerCallback):
-        """Times the training loop only (from its first step to its end), as omnitune's
-        figure is: the trainer's own set-up and tokenization are outside it on both sides."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.seconds = time.perf_counter() - self.start
-
-    clock = LoopClock()
+    clock = loop_clock()
     trainer.add_callback(clock)
     trainer.train()
     config = config_for(model, data, objective, steps, out)

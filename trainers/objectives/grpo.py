@@ -29,6 +29,7 @@ from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.rollout import (
     Rollout,
     masked_mean,
+    online_metric_directions,
     reward_label,
     rollout_seed,
     sample,
@@ -186,8 +187,5 @@ OBJECTIVE = Objective(
     collator=prompt_collator,
     loss=make_loss,
     evaluate=evaluate,
-    metric_directions=lambda modality: {
-        **modality.pair_metric_directions,  # the generated metric (exact match, VQA) first
-        **modality.metric_directions,
-    },
+    metric_directions=online_metric_directions,
 )

@@ -34,7 +34,12 @@ from omnitune.trainers.objectives.grpo import (
     reference_logps,
     rollout_and_score,
 )
-from omnitune.trainers.objectives.rollout import masked_mean, rollout_seed, score_tokens
+from omnitune.trainers.objectives.rollout import (
+    masked_mean,
+    online_metric_directions,
+    rollout_seed,
+    score_tokens,
+)
 from omnitune.trainers.objectives.sft import evaluate
 
 
@@ -202,10 +207,7 @@ OBJECTIVE = Objective(
     collator=prompt_collator,
     loss=make_loss,
     evaluate=evaluate,
-    metric_directions=lambda modality: {
-        **modality.pair_metric_directions,
-        **modality.metric_directions,
-    },
+    metric_directions=online_metric_directions,
     heads=value_head,
     applies_updates=True,
 )

@@ -161,6 +161,12 @@ def rollout_seed(seed: int, indices: list[int]) -> int:
     return (seed * 1_000_003 + zlib.crc32(repr(indices).encode())) % (2**31)
 
 
+def online_metric_directions(modality: Any) -> dict[str, str]:
+    """GRPO's and PPO's selection metrics: the modality's generated metric (held-out exact
+    match, VQA accuracy) first, then its own (loss, perplexity, ...)."""
+    return {**modality.pair_metric_directions, **modality.metric_directions}
+
+
 def media_token_ids(processor: Any) -> tuple[int, ...]:
     """The processor's image/video/audio placeholder token ids (none for a text tokenizer):
     whatever `*_token_id` attribute of the processor or its tokenizer names a medium, less the
