@@ -25,6 +25,21 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
     accept_overrides(serve)
     serve.set_defaults(handler=_serve)
 
+    proxy = actions.add_parser(
+        "proxy",
+        help="a recording reverse proxy in front of an OpenAI-compatible server",
+        description="Forward every request to the upstream unchanged and record one event per "
+        "chat completion, completion and transcription in the daemon.",
+        epilog="example: omnitune monitor proxy --config configs/monitor.yaml "
+        "--upstream http://127.0.0.1:8000 --port 9109",
+    )
+    proxy.add_argument("--config", required=True, help="monitor YAML config (its proxy section)")
+    proxy.add_argument("--upstream", help="the upstream server's URL (overrides proxy.upstream)")
+    proxy.add_argument("--host", help="bind address (overrides proxy.host)")
+    proxy.add_argument("--port", type=int, help="port (overrides proxy.port; 0: any free)")
+    accept_overrides(proxy)
+    proxy.set_defaults(handler=_proxy)
+
     replay = actions.add_parser("replay", help="send recorded events (JSONL) to a daemon")
     replay.add_argument("file", help="JSONL file of events")
     replay.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
@@ -61,6 +76,23 @@ def _serve(args: argparse.Namespace) -> int:
     from omnitune.monitor.server import serve
 
     return serve(config)
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from omnitune.monitor.config import load_monitor_config
+
+    overrides = list(args.overrides)
+    for flag, key in (
+        ("upstream", "proxy.upstream"),
+        ("host", "proxy.host"),
+        ("port", "proxy.port"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    config = load_monitor_config(args.config, overrides)
+    from omnitune.monitor.proxy import serve_proxy
+
+    return serve_proxy(config)
 
 
 def _replay(args: argparse.Namespace) -> int:

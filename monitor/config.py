@@ -164,6 +164,63 @@ class TailSection(Section):
     poll_s: float = Field(0.5, gt=0, description="how often the files are checked")
 
 
+class ProxyRoute(Section):
+    model: str = Field(description="the monitored model (a key of `models`) the calls count for")
+    adapter: str = Field("", max_length=200, description="the adapter version serving them")
+
+
+class ProxySection(Section):
+    upstream: str | None = Field(
+        None,
+        description="the OpenAI-compatible server the proxy forwards to, http(s)://HOST:PORT "
+        "(`omnitune monitor proxy --upstream` sets it too)",
+    )
+    host: str = Field("127.0.0.1", description="the proxy's bind address")
+    port: int = Field(9109, ge=0, le=65535, description="the proxy's port (0 picks a free one)")
+    daemon_url: str | None = Field(
+        None,
+        description="where events go (default: http://server.host:server.port, with server.token)",
+    )
+    models: dict[str, ProxyRoute] = Field(
+        {},
+        description="request `model` -> monitored model and adapter; a request model that is "
+        "itself a key of `models` needs no entry",
+    )
+    default_model: str | None = Field(
+        None,
+        description="the monitored model for calls whose request model is not mapped (none: "
+        "such calls are forwarded but not recorded, and counted)",
+    )
+    input_roles: list[Literal["system", "user", "assistant", "tool", "developer"]] = Field(
+        ["user"],
+        description="chat messages whose text becomes the event's input (joined by newlines)",
+    )
+    record_output: bool = Field(True, description="store the generated text")
+    redact: bool = Field(
+        False,
+        description="replace PII in input and output before the event leaves the proxy (the "
+        "daemon then cannot flag it; it redacts what it stores anyway)",
+    )
+    timeout_s: float = Field(600.0, gt=0, description="upstream read timeout (a 504 past it)")
+    connect_timeout_s: float = Field(5.0, gt=0, description="upstream connect timeout")
+    max_connections: int = Field(256, gt=0, description="pooled upstream connections")
+    max_queue: int = Field(
+        10_000, gt=0, description="calls waiting to be recorded; more are dropped and counted"
+    )
+    max_record_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="request or response bodies larger than this are forwarded, not parsed",
+    )
+
+    @field_validator("upstream", "daemon_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be http(s)://HOST[:PORT], not {url!r}")
+        return url.rstrip("/") if url else url
+
+
 class MonitorConfig(Section):
     server: ServerSection = ServerSection()
     store: StoreSection = StoreSection()
@@ -176,11 +233,22 @@ class MonitorConfig(Section):
     safety: SafetySection = SafetySection()
     capture: CaptureSection = CaptureSection()
     tail: TailSection = TailSection()
+    proxy: ProxySection = ProxySection()
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitorConfig:
         if not self.models:
             raise ValueError("models: declare at least one model")
+        for name, route in self.proxy.models.items():
+            if route.model not in self.models:
+                raise ValueError(
+                    f"proxy.models.{name}.model: {route.model!r} is not a declared model "
+                    f"(declared: {', '.join(sorted(self.models))})"
+                )
+        if self.proxy.default_model is not None and self.proxy.default_model not in self.models:
+            raise ValueError(
+                f"proxy.default_model: {self.proxy.default_model!r} is not a declared model"
+            )
         if self.window.min_events > self.window.size:
             raise ValueError(
                 f"window.min_events: {self.window.min_events} is above window.size "

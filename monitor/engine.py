@@ -34,6 +34,9 @@ logger = logging.getLogger("omnitune.monitor")
 
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
+#: Event fields about the HTTP call itself, stored in the payload when given.
+CALL_FIELDS = ("error_class", "status", "ttft_s", "prompt_tokens", "completion_tokens")
+
 #: Serialises stored payloads in pydantic-core: four times faster than json.dumps per event.
 _PAYLOAD = TypeAdapter(dict[str, Any])
 
@@ -225,6 +228,13 @@ class Monitor:
                 if new and event.error:
                     key = ("event_errors", (event.model, event.adapter))
                     counted[key] = counted.get(key, 0.0) + 1
+                if new and event.error_class is not None:
+                    key = ("call_errors", (event.model, event.adapter, event.error_class))
+                    counted[key] = counted.get(key, 0.0) + 1
+                if new and event.ttft_s is not None:
+                    self.counts.latency_deltas(
+                        counted, event.model, event.adapter, event.ttft_s, kind="ttft"
+                    )
             pending.update(counted)
             return counted
 
@@ -275,6 +285,10 @@ class Monitor:
             "features": kept,
             "error": event.error,
         }
+        for name in CALL_FIELDS:  # what a proxy saw of the call, when it says
+            value = getattr(event, name)
+            if value is not None:
+                payload[name] = value
         row: Row = (
             event.request_id,
             event.ts if event.ts is not None else arrival,

@@ -39,6 +39,17 @@ class Event(BaseModel):
         None, max_length=200, description="repeated ids are stored once (client retries)"
     )
     error: bool = Field(False, description="the call failed")
+    error_class: Literal["4xx", "5xx", "connect", "timeout", "protocol"] | None = Field(
+        None,
+        description="why the call failed, as the proxy saw it: the upstream's 4xx or 5xx, a "
+        "refused connection, a timeout, or a broken response",
+    )
+    status: int | None = Field(None, ge=100, le=599, description="the HTTP status returned")
+    ttft_s: float | None = Field(
+        None, ge=0, description="time to the first token (streamed) or first byte, seconds"
+    )
+    prompt_tokens: int | None = Field(None, ge=0, description="from the answer's usage")
+    completion_tokens: int | None = Field(None, ge=0, description="from the answer's usage")
 
     def input_text(self) -> str:
         """The textual part of the input ('' when there is none)."""

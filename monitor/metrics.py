@@ -43,6 +43,12 @@ COUNTERS: dict[str, CounterSpec] = {
         "Ingested events that report a failed inference call.",
         ("model", "adapter"),
     ),
+    "call_errors": CounterSpec(
+        "omnitune_call_errors",
+        "Failed inference calls by class (4xx, 5xx, connect, timeout, protocol), as the "
+        "recording proxy or middleware saw them.",
+        ("model", "adapter", "class"),
+    ),
     "rejected": CounterSpec(
         "omnitune_rejected_requests", "Requests or log lines refused, by reason.", ("reason",)
     ),
@@ -60,6 +66,8 @@ COUNTERS: dict[str, CounterSpec] = {
 
 LATENCY_METRIC = "omnitune_inference_latency_seconds"
 LATENCY_HELP = "Latency of the monitored inference calls, as the serving process measured it."
+TTFT_METRIC = "omnitune_time_to_first_token_seconds"
+TTFT_HELP = "Time to the first streamed token (or first byte) of the calls a proxy recorded."
 
 
 class Counts:
@@ -80,12 +88,18 @@ class Counts:
                 self.values[key] = self.values.get(key, 0.0) + value
 
     def latency_deltas(
-        self, deltas: dict[CountKey, float], model: str, adapter: str, seconds: float
+        self,
+        deltas: dict[CountKey, float],
+        model: str,
+        adapter: str,
+        seconds: float,
+        kind: str = "latency",
     ) -> None:
+        """Add one observation to the `kind` histogram (latency, or ttft)."""
         index = bisect.bisect_left(self.buckets, seconds)
-        key = ("latency_bucket", (model, adapter, str(index)))
+        key = (f"{kind}_bucket", (model, adapter, str(index)))
         deltas[key] = deltas.get(key, 0.0) + 1
-        total = ("latency_sum", (model, adapter))
+        total = (f"{kind}_sum", (model, adapter))
         deltas[total] = deltas.get(total, 0.0) + seconds
 
     def get(self, name: str, *labels: str) -> float:
@@ -120,18 +134,25 @@ class CountsCollector:
             name: CounterMetricFamily(spec.metric, spec.help, labels=list(spec.labels))
             for name, spec in COUNTERS.items()
         }
-        per_series: dict[tuple[str, ...], list[float]] = {}
-        sums: dict[tuple[str, ...], float] = {}
-        width = len(self.counts.buckets) + 1
         for (name, labels), value in sorted(values.items()):
             if name in families:
                 families[name].add_metric(list(labels), value)
-            elif name == "latency_bucket":
-                per_series.setdefault(labels[:2], [0.0] * width)[int(labels[2])] += value
-            elif name == "latency_sum":
-                sums[labels] = value
         yield from families.values()
-        histogram = HistogramMetricFamily(LATENCY_METRIC, LATENCY_HELP, labels=["model", "adapter"])
+        yield self._histogram(values, "latency", LATENCY_METRIC, LATENCY_HELP)
+        yield self._histogram(values, "ttft", TTFT_METRIC, TTFT_HELP)
+
+    def _histogram(
+        self, values: dict[CountKey, float], kind: str, metric: str, help_text: str
+    ) -> Metric:
+        per_series: dict[tuple[str, ...], list[float]] = {}
+        sums: dict[tuple[str, ...], float] = {}
+        width = len(self.counts.buckets) + 1
+        for (name, labels), value in values.items():
+            if name == f"{kind}_bucket":
+                per_series.setdefault(labels[:2], [0.0] * width)[int(labels[2])] += value
+            elif name == f"{kind}_sum":
+                sums[labels] = value
+        histogram = HistogramMetricFamily(metric, help_text, labels=["model", "adapter"])
         bounds = [*(format(b, "g") for b in self.counts.buckets), "+Inf"]
         for series, counts in sorted(per_series.items()):
             cumulative, running = [], 0.0
@@ -139,7 +160,7 @@ class CountsCollector:
                 running += count
                 cumulative.append((bound, running))
             histogram.add_metric(list(series), cumulative, sums.get(series, 0.0))
-        yield histogram
+        return histogram
 
 
 @dataclass

@@ -7,7 +7,7 @@ torchaudio's own loader needs TorchCodec with the pinned stack, so files are rea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -23,12 +23,14 @@ class AudioProblem(Exception):
         self.reason = reason
 
 
-def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
-    """Mono float32 samples at `sampling_rate`; raises AudioProblem for unusable files."""
+def read_audio(path: str | Path | BinaryIO, sampling_rate: int) -> np.ndarray:
+    """Mono float32 samples at `sampling_rate` of a file (or an open binary file, e.g. an
+    upload held in memory); raises AudioProblem for unusable audio."""
     import soundfile
 
+    source = path if hasattr(path, "read") else str(path)
     try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, ValueError):
         raise AudioProblem("unreadable audio") from None
     if samples.size == 0:
@@ -86,5 +88,5 @@ def estimated_snr_db(frame_rms: np.ndarray) -> float:
     return 20 * float(np.log10(max(float(loud), 1e-10) / max(float(quiet), 1e-10)))
 
 
-def features_of_file(path: str | Path, sampling_rate: int) -> dict[str, Any]:
+def features_of_file(path: str | Path | BinaryIO, sampling_rate: int) -> dict[str, Any]:
     return audio_features(read_audio(path, sampling_rate), sampling_rate)

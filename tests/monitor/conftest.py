@@ -98,8 +98,23 @@ class Daemon:
 def start_daemon(
     config: Path, token: str | None = None, timeout: float = 60, port: int = 0
 ) -> Daemon:
+    command = ["monitor", "serve", "--config", str(config), "--port", str(port)]
+    return start_listening(command, "/healthz", token, timeout)
+
+
+def start_proxy(config: Path, *overrides: str, timeout: float = 60) -> Daemon:
+    """`omnitune monitor proxy` on a free loopback port (its `request()` goes through it)."""
+    command = ["monitor", "proxy", "--config", str(config), "--port", "0", *overrides]
+    return start_listening(command, "/omnitune/healthz", None, timeout)
+
+
+def start_listening(
+    command: list[str], health: str, token: str | None = None, timeout: float = 60
+) -> Daemon:
+    """Run `omnitune COMMAND...`, wait for its "listening on URL" line and a 200 on `health`."""
+    config = Path(command[command.index("--config") + 1])
     process = subprocess.Popen(
-        [str(OMNITUNE), "monitor", "serve", "--config", str(config), "--port", str(port)],
+        [str(OMNITUNE), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -116,16 +131,16 @@ def start_daemon(
         match = LISTENING.search(line)
         if match:
             daemon = Daemon(process, match.group(1), config, token, seen)
-            _wait_healthy(daemon, deadline)
+            _wait_healthy(daemon, deadline, health)
             return daemon
     process.kill()
-    raise AssertionError("daemon did not start:\n" + "".join(seen))
+    raise AssertionError(f"{' '.join(command[:2])} did not start:\n" + "".join(seen))
 
 
-def _wait_healthy(daemon: Daemon, deadline: float) -> None:
+def _wait_healthy(daemon: Daemon, deadline: float, health: str = "/healthz") -> None:
     while time.monotonic() < deadline:
         try:
-            if daemon.request("GET", "/healthz")[0] == 200:
+            if daemon.request("GET", health)[0] == 200:
                 return
         except OSError:
             pass
