@@ -26,6 +26,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ class Call:
     first_byte: float | None = None
     error_class: str | None = None  # connect, timeout, protocol; 4xx/5xx from the status
     truncated: bool = False  # a body was larger than max_record_bytes: not parsed
+    ts: float = field(default_factory=time.time)  # wall-clock start: the event's time
 
 
 @dataclass
@@ -133,6 +135,7 @@ class Recorder:
         event: dict[str, Any] = {
             "model": model,
             "request_id": uuid.uuid4().hex,
+            "ts": call.ts,
             "latency_s": max(0.0, call.ended - call.started),
         }
         if adapter:

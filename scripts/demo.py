@@ -175,74 +175,176 @@ def write_long_number_test(path: Path, count: int = 64) -> Path:
     return path
 
 
-def write_chat_traffic(path: Path, shift_from: int, count: int) -> Path:
-    """Serving events for the digit chat model: 1-3 digits as in training, then 4-6 digits."""
-    import json
+def chat_prompts(count: int, shift_from: int, seed: int = 7) -> list[str]:
+    """Digit-word prompts for the chat model: 1-3 digits as in training, then 4-6 digits."""
     import random
 
     from omnitune.modalities.text.demo_data import WORDS
 
-    rng = random.Random(7)
-    with path.open("w") as handle:
-        for index in range(count):
-            digits = [
-                rng.randrange(10)
-                for _ in range(rng.randint(*((4, 6) if index >= shift_from else (1, 3))))
-            ]
-            answer = " ".join(map(str, digits))
-            event = {
-                "model": "digits-chat",
-                "adapter": "full-v1",
-                "input": " ".join(WORDS[d] for d in digits),
-                "output": answer,
-                "label": answer,
-                "latency_s": round(rng.lognormvariate(-3.0, 0.3), 5),
-                "request_id": f"demo-{index}",
-            }
-            handle.write(json.dumps(event) + "\n")
-    return path
+    rng = random.Random(seed)
+    prompts = []
+    for index in range(count):
+        size = rng.randint(*((4, 6) if index >= shift_from else (1, 3)))
+        prompts.append(" ".join(WORDS[rng.randrange(10)] for _ in range(size)))
+    return prompts
+
+
+def send_chats(url: str, model: str, prompts: list[str], clients: int = 4) -> list[str]:
+    """POST each prompt to `url`/v1/chat/completions (OpenAI format) from `clients` threads,
+    in order within each thread; the answers."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(prompt: str) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        request = urllib.request.Request(
+            url + "/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(ask, prompts))
+
+
+def start_listening(command: list[str], shown: str) -> tuple[subprocess.Popen, str]:
+    """Start `omnitune COMMAND` in the background; its URL from its "listening on" line."""
+    import re
+
+    print(f"\n$ {shown} &", flush=True)
+    process = subprocess.Popen(
+        [OMNITUNE, *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    print(line.strip(), flush=True)
+    found = re.search(r"listening on (http://[\d.]+:\d+)", line)
+    if not found:
+        process.kill()
+        sys.exit(f"{shown} did not start:\n" + line + process.stdout.read())
+    return process, found.group(1)
+
+
+def start_model_server(model: str, port: int) -> subprocess.Popen:
+    """`transformers serve MODEL` (transformers' own OpenAI-compatible server) on loopback."""
+    import urllib.request
+
+    shown = f"transformers serve {model} --host 127.0.0.1 --port {port} --device cpu"
+    print(f"\n$ {shown} &", flush=True)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "transformers"), *shown.split()[1:]],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.3)
+    server.kill()
+    sys.exit(f"{shown} did not answer /health in 120 s")
+
+
+def numerals(prompt: str) -> str:
+    """The right answer to a digit-word prompt: "four two" -> "4 2"."""
+    from omnitune.modalities.text.demo_data import WORDS
+
+    digit_of = {word: str(digit) for digit, word in enumerate(WORDS)}
+    return " ".join(digit_of[word] for word in prompt.split())
+
+
+def label_captured(path: Path) -> int:
+    """Give each captured prompt its right answer (the numerals of its digit words), as an
+    annotator would; the daemon captured the model's own, often wrong, answer."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["completion"] = numerals(row["prompt"])
+        row["target_source"] = "label"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return len(rows)
 
 
 def monitor_loop() -> None:
-    import re
+    """The chat model served by `transformers serve`, the monitor's recording proxy in front
+    of it, in-domain then longer prompts sent through the proxy: drift, latency and captured
+    samples from real generations; the captured prompts, labelled, fine-tune the model."""
     import shutil
+    import socket
 
     folder = REPO / "runs" / "demo" / "monitor"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    traffic = write_chat_traffic(folder / "traffic.jsonl", shift_from=400, count=800)
-    shown = "omnitune monitor serve --config configs/monitor-demo.yaml --port 0"
-    print(f"\n$ {shown} &", flush=True)
-    daemon = subprocess.Popen(
-        [OMNITUNE, "monitor", "serve", "--config", "configs/monitor-demo.yaml", "--port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        model_port = sock.getsockname()[1]
+    model = "runs/demo/text/model"
+    server = start_model_server(model, model_port)
+    config = "configs/monitor-demo.yaml"
+    daemon, url = start_listening(
+        ["monitor", "serve", "--config", config, "--port", "0"],
+        f"omnitune monitor serve --config {config} --port 0",
     )
-    assert daemon.stdout is not None
-    line = daemon.stdout.readline()
-    print(line.strip(), flush=True)
-    found = re.search(r"(http://[\d.]+:\d+)", line)
-    if not found:
-        daemon.kill()
-        sys.exit("the monitor daemon did not start:\n" + line + daemon.stdout.read())
-    url = found.group(1)
+    proxy = None
     try:
-        omnitune("monitor", "replay", str(traffic.relative_to(REPO)), "--url", url, "--rate", "800")
-        time.sleep(1.5)  # a few evaluations
+        upstream = f"http://127.0.0.1:{model_port}"
+        proxy, proxy_url = start_listening(
+            [
+                "monitor",
+                "proxy",
+                "--config",
+                config,
+                "--upstream",
+                upstream,
+                "--port",
+                "0",
+                f"proxy.daemon_url={url}",
+            ],
+            f"omnitune monitor proxy --config {config} --upstream {upstream} --port 0",
+        )
+        prompts = chat_prompts(600, shift_from=300)
+        started = time.perf_counter()
+        answers = send_chats(proxy_url, model, prompts)
+        seconds = time.perf_counter() - started
+        wrong = sum(
+            answer.strip() != numerals(prompt)
+            for answer, prompt in zip(answers[300:], prompts[300:], strict=True)
+        )
+        print(
+            f"sent {len(prompts)} chats through the proxy in {seconds:.1f} s "
+            f"({len(prompts) / seconds:.0f}/s): 300 of 1-3 digits as in training, then 300 of "
+            f"4-6 digits (the model got {wrong} of those wrong)",
+            flush=True,
+        )
+        time.sleep(2.0)  # the client's last batch, a few evaluations
         omnitune("monitor", "status", "--url", url)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-    captured = "runs/demo/monitor/capture/digits-chat/data.jsonl"
+        for process in (proxy, daemon, server):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=60)
+    captured = folder / "capture" / "digits-chat" / "data.jsonl"
+    count = label_captured(captured)
+    print(
+        f"labelled the {count} captured prompts in {captured.relative_to(REPO)} with their "
+        "right numerals (the daemon captured the model's own answers; in production this is "
+        "your annotators' step)",
+        flush=True,
+    )
     held_out = write_long_number_test(folder / "long-numbers-test.jsonl").relative_to(REPO)
     omnitune("eval", "runs/demo/text/model", "--data", str(held_out))
     omnitune(
         "train",
         "configs/demo-text.yaml",
         "model.name_or_path=runs/demo/text/model",
-        f"data.train={captured}",
+        f"data.train={captured.relative_to(REPO)}",
         f"data.eval={held_out}",
         "output_dir=runs/demo/text-recaptured",
         "train.max_steps=60",
