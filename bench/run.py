@@ -215,6 +215,38 @@ def grpo(pairs: int = 3) -> Comparison:
     )
 
 
+def proxy_overhead(pairs: int = 3) -> list[Comparison]:
+    """The recording proxy (recording on, daemon running) vs calling the stub upstream
+    directly: per-call latency and throughput, the same runs feeding both rows."""
+    module = [python(), "-m", "bench.proxy_overhead", "--calls", "1000"]
+    latency = compare(
+        Comparison(
+            task="monitor proxy: latency per call against an instant upstream",
+            figure="p50_ms",
+            unit="ms",
+            higher_is_better=False,
+            reference_name="the same calls straight to the upstream stub",
+            target="<= 1 ms added at p50 and <= 5 ms at p99 up to 16 clients",
+            also=("p99_ms", "stream_p50_ms", "stream_p99_ms", "c16_p50_ms", "c16_p99_ms"),
+        ),
+        [*module, "--side", "proxy"],
+        [*module, "--side", "direct"],
+        pairs=pairs,
+    )
+    throughput = Comparison(
+        task="monitor proxy: calls/s with 16 concurrent clients",
+        figure="rps_16",
+        unit="calls/s",
+        higher_is_better=True,
+        reference_name="the same calls straight to the upstream stub",
+        target="(reported: throughput at 1, 16, 64 clients)",
+        also=("rps_1", "rps_64", "events_stored"),
+        omnitune=latency.omnitune,
+        reference=latency.reference,
+    )
+    return [latency, throughput]
+
+
 def monitor_ingest(pairs: int = 3) -> Comparison:
     """200,000 events through each server per run (about 8 s), a warm-up pair, 3 pairs."""
     module = [python(), "-m", "bench.monitor_ingest", "--events", "200000"]
@@ -458,6 +490,7 @@ BENCHMARKS = {
     "grpo": grpo,
     "monitor_ingest": monitor_ingest,
     "monitor_client": monitor_client,
+    "proxy_overhead": proxy_overhead,
     "monitor_drift_ks": lambda: monitor_drift("ks"),
     "monitor_drift_mmd": lambda: monitor_drift("mmd"),
     "monitor_drift_ks_evidently": lambda: monitor_drift("ks", peer="evidently"),
