@@ -16,7 +16,6 @@ path is the upstream's): `/omnitune/healthz`, `/omnitune/metrics`.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from contextlib import asynccontextmanager
 from typing import Any
@@ -207,16 +206,12 @@ def serve_proxy(config: Any) -> int:
     section = config.proxy
     if not section.upstream:
         raise ConfigError("proxy.upstream: set the upstream server's URL (or --upstream)")
+    from omnitune.monitor.server import bind
+
     app = build_proxy(config)
-    family = socket.AF_INET6 if ":" in section.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((section.host, section.port))
-    sock.listen(2048)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    sock, url = bind(section.host, section.port)
     print(
-        f"omnitune monitor proxy: listening on http://{shown}:{port} -> {section.upstream} "
+        f"omnitune monitor proxy: listening on {url} -> {section.upstream} "
         f"(events to {daemon_url(config)})",
         flush=True,
     )

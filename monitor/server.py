@@ -79,20 +79,27 @@ def build_app(config: MonitorConfig):  # -> Starlette
     return app
 
 
+def bind(host: str, port: int) -> tuple[socket.socket, str]:
+    """A listening socket on (host, port; 0 picks a free one) and its URL. Connections queue
+    from here on, before uvicorn starts accepting, so the printed URL is ready at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    bound, chosen = sock.getsockname()[:2]
+    shown = f"[{bound}]" if family == socket.AF_INET6 else bound
+    return sock, f"http://{shown}:{chosen}"
+
+
 def serve(config: MonitorConfig) -> int:
     """Bind, print the address, and serve until SIGTERM/SIGINT."""
     import uvicorn
 
     app = build_app(config)
-    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.server.host, config.server.port))
-    sock.listen(2048)  # connections queue from here on, before uvicorn starts accepting
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    sock, url = bind(config.server.host, config.server.port)
     print(
-        f"omnitune monitor: listening on http://{shown}:{port} "
+        f"omnitune monitor: listening on {url} "
         f"(store {config.store.path}, models {', '.join(config.models)})",
         flush=True,
     )
