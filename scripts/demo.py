@@ -1,7 +1,7 @@
 """`make demo`: the main omnitune job, offline, on the embedded defaults.
 
 Each step is an `omnitune` command printed before it runs, so everything the demo does can be
-repeated by hand. Today's path, about 5 minutes on 2 CPU cores:
+repeated by hand. Today's path, about 6 minutes on 2 CPU cores:
 1. check the shipped configs;
 2. build a tiny chat model and train it (configs/demo-text.yaml) to turn digit words into
    numerals, then ask it; then align it with DPO (configs/demo-text-dpo.yaml) on preference
@@ -15,9 +15,11 @@ repeated by hand. Today's path, about 5 minutes on 2 CPU cores:
    `base` voices, then LoRA-adapt it (configs/demo-speech-shift.yaml) to two unseen voices in
    background noise: the run log shows WER on `shift` before and after;
 5. build the other tiny families (Idefics3, Qwen2-VL) and prove each loads and runs;
-6. serve the monitor (configs/monitor-demo.yaml) for the chat model of step 2, replay traffic
-   whose users start typing longer numbers, read the drift it reports, and fine-tune on the
-   prompts it captured: the loop from fine-tuning to monitoring and back.
+6. serve the chat model of step 2 with `transformers serve`, put the monitor
+   (configs/monitor-demo.yaml) and its recording proxy in front of it, send prompts whose
+   users start typing longer numbers through the proxy, read the drift it reports, and
+   fine-tune on the prompts it captured, labelled: the loop from fine-tuning to monitoring
+   and back.
 """
 
 from __future__ import annotations
