@@ -261,6 +261,74 @@ def numerals(prompt: str) -> str:
     return " ".join(digit_of[word] for word in prompt.split())
 
 
+def send_digit_images(url: str, model: str, rows: list[dict], folder: Path) -> list[str]:
+    """Ask the served vision-language model about each row's image, sent as an OpenAI image
+    part (a PNG data URL), from 4 threads; the answers."""
+    import base64
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(row: dict) -> str:
+        data = base64.b64encode((folder / row["image"]).read_bytes()).decode()
+        content = [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+            {"type": "text", "text": row["question"]},
+        ]
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 3}
+        request = urllib.request.Request(
+            url + "/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(ask, rows))
+
+
+def vision_traffic(config: str, daemon_url: str, port: int) -> None:
+    """The tiny LLaVA served the same way: 150 digits like its training images, then 150
+    scanned by "another device"; the image features of the data URLs drift."""
+    import json
+
+    model = "runs/demo/llava/model"
+    server = start_model_server(model, port)
+    proxy = None
+    try:
+        upstream = f"http://127.0.0.1:{port}"
+        proxy, proxy_url = start_listening(
+            [
+                "monitor",
+                "proxy",
+                "--config",
+                config,
+                "--upstream",
+                upstream,
+                "--port",
+                "0",
+                f"proxy.daemon_url={daemon_url}",
+            ],
+            f"omnitune monitor proxy --config {config} --upstream {upstream} --port 0",
+        )
+        for domain, name in (("digits", "base"), ("digits-shift", "shift")):
+            folder = REPO / DATA / domain / "test"
+            rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+            got = send_digit_images(proxy_url, model, rows[:150], folder)
+            right = sum(a.strip() == r["answer"] for a, r in zip(got, rows[:150], strict=True))
+            print(
+                f"sent 150 {name} digit images through the proxy as data URLs: {right} "
+                "answered right",
+                flush=True,
+            )
+    finally:
+        for process in (proxy, server):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=60)
+
+
 def label_captured(path: Path) -> int:
     """Give each captured prompt its right answer (the numerals of its digit words), as an
     annotator would; the daemon captured the model's own, often wrong, answer."""
@@ -325,6 +393,10 @@ def monitor_loop() -> None:
             f"4-6 digits (the model got {wrong} of those wrong)",
             flush=True,
         )
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            vision_port = sock.getsockname()[1]
+        vision_traffic(config, url, vision_port)
         time.sleep(2.0)  # the client's last batch, a few evaluations
         omnitune("monitor", "status", "--url", url)
     finally:
