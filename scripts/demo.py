@@ -230,6 +230,15 @@ def start_listening(command: list[str], shown: str) -> tuple[subprocess.Popen, s
     return process, found.group(1)
 
 
+def start_proxy(config: str, upstream: str, daemon_url: str) -> tuple[subprocess.Popen, str]:
+    """`omnitune monitor proxy` in front of `upstream`, its events to the daemon at
+    `daemon_url`; the process and the proxy's URL."""
+    command = ["monitor", "proxy", "--config", config, "--upstream", upstream, "--port", "0"]
+    return start_listening(
+        [*command, f"proxy.daemon_url={daemon_url}"], "omnitune " + " ".join(command)
+    )
+
+
 def start_model_server(model: str, port: int) -> subprocess.Popen:
     """`transformers serve MODEL` (transformers' own OpenAI-compatible server) on loopback."""
     import urllib.request
@@ -298,20 +307,7 @@ def vision_traffic(config: str, daemon_url: str, port: int) -> None:
     proxy = None
     try:
         upstream = f"http://127.0.0.1:{port}"
-        proxy, proxy_url = start_listening(
-            [
-                "monitor",
-                "proxy",
-                "--config",
-                config,
-                "--upstream",
-                upstream,
-                "--port",
-                "0",
-                f"proxy.daemon_url={daemon_url}",
-            ],
-            f"omnitune monitor proxy --config {config} --upstream {upstream} --port 0",
-        )
+        proxy, proxy_url = start_proxy(config, upstream, daemon_url)
         for domain, name in (("digits", "base"), ("digits-shift", "shift")):
             folder = REPO / DATA / domain / "test"
             rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
@@ -365,20 +361,7 @@ def monitor_loop() -> None:
     proxy = None
     try:
         upstream = f"http://127.0.0.1:{model_port}"
-        proxy, proxy_url = start_listening(
-            [
-                "monitor",
-                "proxy",
-                "--config",
-                config,
-                "--upstream",
-                upstream,
-                "--port",
-                "0",
-                f"proxy.daemon_url={url}",
-            ],
-            f"omnitune monitor proxy --config {config} --upstream {upstream} --port 0",
-        )
+        proxy, proxy_url = start_proxy(config, upstream, url)
         prompts = chat_prompts(600, shift_from=300)
         started = time.perf_counter()
         answers = send_chats(proxy_url, model, prompts)
