@@ -98,10 +98,17 @@ def main() -> None:
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; runs are in runs/demo/")
 
 
-def preference_step() -> None:
-    """DPO (LoRA) on pairs that prefer the right numerals to the SFT model's own answers."""
+def first_and_last_eval(run: str) -> tuple[dict, dict]:
+    """The first (step 0) and last evaluation records of `run`'s metrics.jsonl."""
     import json
 
+    rows = (REPO / run / "metrics.jsonl").read_text().splitlines()
+    evals = [r for r in map(json.loads, rows) if r["kind"] == "eval"]
+    return evals[0], evals[-1]
+
+
+def preference_step() -> None:
+    """DPO (LoRA) on pairs that prefer the right numerals to the SFT model's own answers."""
     from omnitune.modalities.text.demo_data import write_model_pairs
 
     write_model_pairs(REPO / "runs/demo/text/model", REPO / DATA / "text-pairs")
@@ -111,9 +118,7 @@ def preference_step() -> None:
         flush=True,
     )
     omnitune("train", "configs/demo-text-dpo.yaml", "train.resume=never")
-    rows = (REPO / "runs/demo/text-dpo/metrics.jsonl").read_text().splitlines()
-    evals = [r for r in map(json.loads, rows) if r["kind"] == "eval"]
-    before, after = evals[0], evals[-1]
+    before, after = first_and_last_eval("runs/demo/text-dpo")
     print(
         f"DPO: held-out reward accuracy {before['reward_accuracy']:.2f} -> "
         f"{after['reward_accuracy']:.2f}, exact match {before['exact_match']:.2f} -> "
@@ -127,18 +132,15 @@ def preference_step() -> None:
 def grpo_step() -> None:
     """GRPO (LoRA): the SFT model samples 8 answers per 3-4 digit prompt, exact match rewards
     them; four-digit numbers, which SFT never showed it, are learned from its own right ones."""
-    import json
-
     from omnitune.modalities.text.demo_data import write_digit_chat
 
     write_digit_chat(REPO / DATA / "text-3-4-digits", train=512, test=64, seed=2, sizes=(3, 4))
     print(f"wrote 3-4 digit prompts under {DATA / 'text-3-4-digits'}", flush=True)
     omnitune("train", "configs/demo-text-grpo.yaml", "train.resume=never")
-    rows = (REPO / "runs/demo/text-grpo/metrics.jsonl").read_text().splitlines()
-    evals = [r for r in map(json.loads, rows) if r["kind"] == "eval"]
+    before, after = first_and_last_eval("runs/demo/text-grpo")
     print(
-        f"GRPO: held-out exact match {evals[0]['exact_match']:.2f} -> "
-        f"{evals[-1]['exact_match']:.2f} on 3-4 digit numbers (SFT showed it 1-3 digits; the "
+        f"GRPO: held-out exact match {before['exact_match']:.2f} -> "
+        f"{after['exact_match']:.2f} on 3-4 digit numbers (SFT showed it 1-3 digits; the "
         "four-digit ones are learned from its own rare right samples)",
         flush=True,
     )
@@ -147,14 +149,11 @@ def grpo_step() -> None:
 def llava_grpo_step() -> None:
     """GRPO (LoRA) on the tiny LLaVA after its SFT: 8 sampled answers per digit image, the
     right digit rewarded (vqa_match)."""
-    import json
-
     omnitune("train", "configs/demo-llava-grpo.yaml", "train.resume=never")
-    rows = (REPO / "runs/demo/llava-grpo/metrics.jsonl").read_text().splitlines()
-    evals = [r for r in map(json.loads, rows) if r["kind"] == "eval"]
+    before, after = first_and_last_eval("runs/demo/llava-grpo")
     print(
-        f"GRPO on LLaVA: held-out VQA accuracy {evals[0]['vqa_accuracy']:.3f} -> "
-        f"{evals[-1]['vqa_accuracy']:.3f} on 200 digits (small: most remaining errors are "
+        f"GRPO on LLaVA: held-out VQA accuracy {before['vqa_accuracy']:.3f} -> "
+        f"{after['vqa_accuracy']:.3f} on 200 digits (small: most remaining errors are "
         "digits the vision side misreads, which rewarding answers cannot show it)",
         flush=True,
     )
