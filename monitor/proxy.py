@@ -40,129 +40,43 @@ HOP_BY_HOP = frozenset(
 
 
 def build_proxy(config: Any, recorder: Recorder | None = None) -> Any:
-    """The proxy's ASGI app for a `MonitorConfig` whose `proxy.upstream` is set."""
+    """The proxy's ASGI app for a `MonitorConfig` whose `proxy.upstream` is set: a forwarding
+    Starlette app (pooled upstream client opened by its lifespan) inside `MonitorMiddleware`."""
     import httpx
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     section = config.proxy
-    upstream = section.upstream
-    if recorder is None:
-        from omnitune.monitor.client import Client
-
-        client = Client(daemon_url(config), config.server.token, max_queue=section.max_queue)
-        modalities = {name: model.modality for name, model in config.models.items()}
-        recorder = Recorder(client, section, modalities)
-    limits = httpx.Limits(
-        max_connections=section.max_connections,
-        max_keepalive_connections=section.max_connections,
-    )
-    timeout = httpx.Timeout(section.timeout_s, connect=section.connect_timeout_s)
-    state: dict[str, Any] = {}
+    recorder = recorder or _recorder_for(config)
+    pool: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: Any):
-        state["http"] = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
+        pool["http"] = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=section.max_connections,
+                max_keepalive_connections=section.max_connections,
+            ),
+            timeout=httpx.Timeout(section.timeout_s, connect=section.connect_timeout_s),
+            trust_env=False,
+        )
         try:
             yield
         finally:
-            await state["http"].aclose()
+            await pool["http"].aclose()
             recorder.close()
 
     async def forward(request: Request) -> Response:
-        url = upstream + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        headers = [
-            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
-        ]
-        outgoing = state["http"].build_request(
-            request.method, url, headers=headers, content=request.stream()
-        )
-        try:
-            answer = await state["http"].send(outgoing, stream=True)
-        except httpx.TimeoutException as exc:
-            return _failure(request, "timeout", 504, f"upstream timed out: {exc!r}")
-        except httpx.TransportError as exc:
-            return _failure(request, "connect", 502, f"upstream unreachable: {exc!r}")
-        kept = [
-            (k.lower(), v)
-            for k, v in answer.headers.raw
-            if k.decode("latin-1").lower() not in HOP_BY_HOP
-        ]
-        if "text/event-stream" not in answer.headers.get("content-type", ""):
-            # A whole answer: read it and send it in one piece (a streaming response costs a
-            # task group per call, a third of the proxy's own time on a small answer).
-            try:
-                content = b"".join([chunk async for chunk in answer.aiter_raw()])
-            except httpx.TimeoutException as exc:
-                return _failure(request, "timeout", 504, f"upstream timed out: {exc!r}")
-            except httpx.HTTPError as exc:
-                return _failure(request, "protocol", 502, f"upstream broke off: {exc!r}")
-            finally:
-                await answer.aclose()
-            whole = Response(status_code=answer.status_code)
-            whole.body = content
-            whole.raw_headers = kept
-            return whole
-
-        async def body():
-            try:
-                async for chunk in answer.aiter_raw():
-                    yield chunk
-            except httpx.HTTPError:
-                request.scope.setdefault("state", {})["omnitune_error_class"] = "protocol"
-            finally:
-                await answer.aclose()
-
-        response = StreamingResponse(body(), status_code=answer.status_code)
-        response.raw_headers = kept
-        return response
+        return await _forward(pool["http"], section.upstream, request)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "upstream": upstream})
-
-    class RecorderCollector:
-        def describe(self) -> list[Any]:
-            return []
-
-        def collect(self):
-            stats = recorder.stats
-            calls = CounterMetricFamily(
-                "omnitune_proxy_failed_calls",
-                "Calls through the proxy that failed, by class (4xx, 5xx, connect, timeout, "
-                "protocol).",
-                labels=["class"],
-            )
-            for name, count in sorted(stats.by_class.items()):
-                calls.add_metric([name], count)
-            yield calls
-            for name, text, value in (
-                ("recorded", "Calls turned into monitor events.", stats.recorded),
-                ("dropped", "Calls not recorded: the recording queue was full.", stats.dropped),
-                ("unmapped", "Calls not recorded: no monitored model for them.", stats.unmapped),
-                ("unparsed", "Bodies that could not be read as the API's format.", stats.unparsed),
-            ):
-                family = CounterMetricFamily(f"omnitune_proxy_{name}_calls", text)
-                family.add_metric([], value)
-                yield family
-            client = recorder.client.stats()
-            dropped = CounterMetricFamily(
-                "omnitune_proxy_dropped_events",
-                "Events the monitor client dropped (the daemon slow or down).",
-            )
-            dropped.add_metric([], client["dropped"])
-            yield dropped
-            queued = GaugeMetricFamily(
-                "omnitune_proxy_queued_events", "Events waiting to be sent to the daemon."
-            )
-            queued.add_metric([], client["queued"])
-            yield queued
+        return JSONResponse({"status": "ok", "upstream": section.upstream})
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RecorderCollector())
+    registry.register(RecorderCollector(recorder))
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
@@ -176,9 +90,112 @@ def build_proxy(config: Any, recorder: Recorder | None = None) -> Any:
         ],
         lifespan=lifespan,
     )
-    wrapped = MonitorMiddleware(app, recorder)
-    wrapped.recorder = recorder
-    return wrapped
+    return MonitorMiddleware(app, recorder)
+
+
+def _recorder_for(config: Any) -> Recorder:
+    """A recorder whose events go to the config's daemon, for its declared models."""
+    from omnitune.monitor.client import Client
+
+    section = config.proxy
+    client = Client(daemon_url(config), config.server.token, max_queue=section.max_queue)
+    modalities = {name: model.modality for name, model in config.models.items()}
+    return Recorder(client, section, modalities)
+
+
+async def _forward(http: Any, upstream: str, request: Any) -> Any:
+    """Send `request` on to `upstream` as it came; the upstream's answer as it was sent."""
+    import httpx
+    from starlette.responses import Response, StreamingResponse
+
+    url = upstream + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    outgoing = http.build_request(
+        request.method, url, headers=_end_to_end(request.headers.raw), content=request.stream()
+    )
+    try:
+        answer = await http.send(outgoing, stream=True)
+    except httpx.TimeoutException as exc:
+        return _failure(request, "timeout", 504, f"upstream timed out: {exc!r}")
+    except httpx.TransportError as exc:
+        return _failure(request, "connect", 502, f"upstream unreachable: {exc!r}")
+    headers = [(k.lower(), v) for k, v in _end_to_end(answer.headers.raw)]
+    if "text/event-stream" not in answer.headers.get("content-type", ""):
+        # A whole answer: read it and send it in one piece (a streaming response costs a
+        # task group per call, a third of the proxy's own time on a small answer).
+        try:
+            content = b"".join([chunk async for chunk in answer.aiter_raw()])
+        except httpx.TimeoutException as exc:
+            return _failure(request, "timeout", 504, f"upstream timed out: {exc!r}")
+        except httpx.HTTPError as exc:
+            return _failure(request, "protocol", 502, f"upstream broke off: {exc!r}")
+        finally:
+            await answer.aclose()
+        whole = Response(status_code=answer.status_code)
+        whole.body = content
+        whole.raw_headers = headers
+        return whole
+
+    async def chunks():
+        try:
+            async for chunk in answer.aiter_raw():
+                yield chunk
+        except httpx.HTTPError:
+            request.scope.setdefault("state", {})["omnitune_error_class"] = "protocol"
+        finally:
+            await answer.aclose()
+
+    streamed = StreamingResponse(chunks(), status_code=answer.status_code)
+    streamed.raw_headers = headers
+    return streamed
+
+
+def _end_to_end(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers that travel past this hop (RFC 9110's hop-by-hop ones dropped)."""
+    return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+
+
+class RecorderCollector:
+    """The recorder's and its client's counts as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.recorder.stats
+        calls = CounterMetricFamily(
+            "omnitune_proxy_failed_calls",
+            "Calls through the proxy that failed, by class (4xx, 5xx, connect, timeout, protocol).",
+            labels=["class"],
+        )
+        for name, count in sorted(stats.by_class.items()):
+            calls.add_metric([name], count)
+        yield calls
+        for name, text, value in (
+            ("recorded", "Calls turned into monitor events.", stats.recorded),
+            ("dropped", "Calls not recorded: the recording queue was full.", stats.dropped),
+            ("unmapped", "Calls not recorded: no monitored model for them.", stats.unmapped),
+            ("unparsed", "Bodies that could not be read as the API's format.", stats.unparsed),
+        ):
+            family = CounterMetricFamily(f"omnitune_proxy_{name}_calls", text)
+            family.add_metric([], value)
+            yield family
+        client = self.recorder.client.stats()
+        dropped = CounterMetricFamily(
+            "omnitune_proxy_dropped_events",
+            "Events the monitor client dropped (the daemon slow or down).",
+        )
+        dropped.add_metric([], client["dropped"])
+        yield dropped
+        queued = GaugeMetricFamily(
+            "omnitune_proxy_queued_events", "Events waiting to be sent to the daemon."
+        )
+        queued.add_metric([], client["queued"])
+        yield queued
 
 
 def _failure(request: Any, error_class: str, status: int, message: str) -> Any:

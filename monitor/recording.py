@@ -97,26 +97,15 @@ class Recorder:
         self._thread.join(timeout=timeout_s)
         self.client.close(timeout_s)
 
-    def drain(self, timeout_s: float = 10.0) -> None:
-        """Wait until every queued call is handed to the client and the client has sent it
-        (tests and shutdown)."""
-        self._queue.join()
-        self.client.flush(timeout_s)
-
     def _run(self) -> None:
-        while True:
-            call = self._queue.get()
+        while (call := self._queue.get()) is not None:
             try:
-                if call is None:
-                    return
                 event = self.event(call)
                 if event is not None:
                     self.client.log_event(event)
                     self.stats.recorded += 1
             except Exception:  # a recording bug must not stop the recorder
-                logger.exception("could not record a call to %s", call.path if call else "")
-            finally:
-                self._queue.task_done()
+                logger.exception("could not record a call to %s", call.path)
 
     # Call -> event ----------------------------------------------------------------------------
 
