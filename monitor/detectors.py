@@ -33,6 +33,9 @@ class DriftResult:
     drifted: bool
     p_value: float | None = None
     warning: bool = False
+    #: sequential detectors: events and seconds from the estimated change point to the alarm.
+    delay_events: int | None = None
+    delay_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -229,4 +232,173 @@ def describe(result: DriftResult) -> dict[str, Any]:
         "drifted": result.drifted,
         "warning": result.warning,
         "p_value": None if result.p_value is None else float(f"{result.p_value:.6g}"),
+        "delay_events": result.delay_events,
+        "delay_s": None if result.delay_s is None else round(result.delay_s, 3),
     }
+
+
+# Online statistics ---------------------------------------------------------------------------
+#
+# The sequential detector (`omnitune.monitor.sequential`) sees a feature as a stream of blocks
+# of a few events. Each statistic turns an event's value into a fixed-length contribution
+# vector, so a window's evidence is the sum of its blocks' vectors: adding an event costs O(1),
+# and a simulated null stream needs no per-event work at all (`simulate_blocks` draws the block
+# sums directly). Thresholds come from those simulations (`omnitune.monitor.calibration`).
+
+
+class OnlineStatistic:
+    """A statistic of a window's summed contributions; larger means further from reference."""
+
+    test: str = ""
+    width: int = 0
+
+    def contributions(self, values: Sequence[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def statistic(self, sums: np.ndarray, n: int) -> np.ndarray:
+        """The statistic of windows whose contribution sums are the rows of `sums`."""
+        raise NotImplementedError
+
+    def simulate_blocks(
+        self, rng: np.random.Generator, blocks: int, block: int, segments: int
+    ) -> np.ndarray:
+        """Block sums of a stream drawn from the reference's distribution.
+
+        The stream is cut into `segments`, each drawn from a distribution re-sampled from the
+        reference's own uncertainty: live traffic comes from the true distribution, which
+        differs from a finite reference, and a threshold calibrated on the reference alone
+        would alarm too often."""
+        raise NotImplementedError
+
+    def change_score(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Log-likelihood-ratio-like evidence that the events of each segment differ from the
+        reference (the argmax over segment starts estimates the change point)."""
+        raise NotImplementedError
+
+
+class BinnedCramerVonMises(OnlineStatistic):
+    """Cramer-von Mises distance over the reference's quantile bins.
+
+    Binning makes the window's ECDF a running count per bin, so the statistic is updated per
+    event instead of re-sorting the window; with 16 bins it keeps a CvM test's power against
+    shifts of location and scale. Values outside the reference's range have bins of their own."""
+
+    test = "cvm"
+
+    def __init__(self, values: np.ndarray, bins: int = 16) -> None:
+        fitted = ScalarReference.fit(values, bins)
+        self.edges = fitted.edges
+        self.width = len(self.edges) + 1
+        counts = np.bincount(
+            np.searchsorted(self.edges, fitted.values, side="right"), minlength=self.width
+        ).astype(np.float64)
+        self.prior = counts + 0.5
+        self.probabilities = self.prior / self.prior.sum()
+        self.cumulative = np.cumsum(self.probabilities)[:-1]
+        self.weights = self.probabilities[:-1]
+
+    def contributions(self, values: Sequence[Any]) -> np.ndarray:
+        bins = np.searchsorted(self.edges, np.asarray(values, dtype=np.float64), side="right")
+        out = np.zeros((len(bins), self.width), dtype=np.float64)
+        out[np.arange(len(bins)), bins] = 1.0
+        return out
+
+    def statistic(self, sums: np.ndarray, n: int) -> np.ndarray:
+        gaps = np.cumsum(sums, axis=-1)[..., :-1] / n - self.cumulative
+        return n * np.sum(self.weights * gaps**2, axis=-1)
+
+    def simulate_blocks(
+        self, rng: np.random.Generator, blocks: int, block: int, segments: int
+    ) -> np.ndarray:
+        parts = np.array_split(np.arange(blocks), segments)
+        return np.concatenate(
+            [rng.multinomial(block, rng.dirichlet(self.prior), size=len(p)) for p in parts]
+        ).astype(np.float64)
+
+    def change_score(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        shares = sums / np.maximum(counts, 1)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(sums > 0, sums * np.log(shares / self.probabilities), 0.0)
+        return terms.sum(axis=1)
+
+
+class CategoricalChiSquared(BinnedCramerVonMises):
+    """Pearson's chi-squared over the reference's categories plus one bin for unseen ones."""
+
+    test = "chi2"
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self.names = sorted(counts)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.width = len(self.names) + 1
+        self.prior = np.array([counts[n] for n in self.names] + [0], dtype=np.float64) + 0.5
+        self.probabilities = self.prior / self.prior.sum()
+
+    def contributions(self, values: Sequence[Any]) -> np.ndarray:
+        out = np.zeros((len(values), self.width), dtype=np.float64)
+        unseen = self.width - 1
+        out[np.arange(len(values)), [self.index.get(str(v), unseen) for v in values]] = 1.0
+        return out
+
+    def statistic(self, sums: np.ndarray, n: int) -> np.ndarray:
+        expected = n * self.probabilities
+        return np.sum((sums - expected) ** 2 / expected, axis=-1)
+
+
+class FourierMMD(OnlineStatistic):
+    """Online maximum mean discrepancy through random Fourier features.
+
+    With features phi whose inner products approximate the RBF kernel (bandwidth by the median
+    heuristic, as in `mmd`), MMD^2 of a window is the squared distance between its mean feature
+    vector and the reference's, so a window's evidence is again a running sum."""
+
+    test = "mmd"
+
+    def __init__(self, reference: np.ndarray, features: int = 64, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        matrix = np.asarray(reference, dtype=np.float64)
+        pairs = rng.integers(len(matrix), size=(2, 4000))
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        squared = np.sum((matrix[pairs[0]] - matrix[pairs[1]]) ** 2, axis=1)
+        bandwidth = float(np.median(squared)) or 1.0  # kernel exp(-d^2 / bandwidth)
+        self.frequencies = rng.normal(0.0, np.sqrt(2.0 / bandwidth), (matrix.shape[1], features))
+        self.phases = rng.uniform(0, 2 * np.pi, features)
+        self.width = features
+        self.dimension = matrix.shape[1]
+        self.pool = self.contributions(matrix)
+        self.mean = self.pool.mean(axis=0)
+        self.centered = self.pool - self.mean
+
+    def contributions(self, values: Sequence[Any]) -> np.ndarray:
+        matrix = np.asarray(values, dtype=np.float64).reshape(-1, self.dimension)
+        return np.sqrt(2.0 / self.width) * np.cos(matrix @ self.frequencies + self.phases)
+
+    def statistic(self, sums: np.ndarray, n: int) -> np.ndarray:
+        return np.sum((sums / n - self.mean) ** 2, axis=-1)
+
+    def simulate_blocks(
+        self, rng: np.random.Generator, blocks: int, block: int, segments: int
+    ) -> np.ndarray:
+        # Each segment's distribution is the reference moved by a draw of the reference mean's
+        # own sampling error (covariance / N): resampling the reference alone would pretend
+        # its mean is the truth.
+        size = len(self.pool)
+        out = np.empty((blocks, self.width))
+        for part in np.array_split(np.arange(blocks), segments):
+            offset = self.centered.T @ rng.standard_normal(size) / size
+            for chunk in np.array_split(part, max(1, len(part) * block // 2_000_000 + 1)):
+                draws = rng.integers(size, size=(len(chunk), block))
+                out[chunk] = self.pool[draws].sum(axis=1) + block * offset
+        return out
+
+    def change_score(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        n = np.maximum(counts, 1)
+        return n * np.sum((sums / n[:, None] - self.mean) ** 2, axis=1)
+
+
+#: online statistic per feature kind; the sequential detector builds one per tracked feature.
+ONLINE_DETECTORS: dict[str, Callable[..., OnlineStatistic]] = {
+    "scalar": BinnedCramerVonMises,
+    "categorical": CategoricalChiSquared,
+    "embedding": FourierMMD,
+}
