@@ -57,6 +57,10 @@ class ModelSection(Section):
     features: list[str] | None = Field(
         None, description="features to test for drift (default: all in the reference)"
     )
+    material: Literal["none", "psi", "ks", "wasserstein"] | None = Field(
+        None,
+        description="this model's materiality gate for sequential alarms (default: drift.material)",
+    )
 
 
 class WindowSection(Section):
@@ -64,7 +68,58 @@ class WindowSection(Section):
     min_events: int = Field(200, ge=10, description="no drift decision before this many events")
 
 
+#: The ERT when the config states neither it nor a false-alarm rate: at 10,000 calls a day,
+#: about one false alarm a day (docs/monitor.md, "What a drift alarm means").
+DEFAULT_EXPECTED_RUN_EVENTS = 10_000
+
+
 class DriftSection(Section):
+    method: Literal["sequential", "windowed"] = Field(
+        "sequential",
+        description="sequential: every event updates calibrated online statistics whose "
+        "model-level alarm has a stated expected run length (ERT); windowed: the window is "
+        "re-tested every interval_s with fixed thresholds (no stated false-alarm rate)",
+    )
+    expected_run_events: int | None = Field(
+        None,
+        ge=100,
+        le=10_000_000,
+        description="sequential: mean events between false alarms when nothing drifted, for "
+        f"the model as a whole (default {DEFAULT_EXPECTED_RUN_EVENTS:,} unless "
+        "false_alarms_per_day is set)",
+    )
+    false_alarms_per_day: float | None = Field(
+        None,
+        gt=0,
+        description="sequential: the false-alarm rate instead of the ERT; needs events_per_day "
+        "(ERT = events_per_day / false_alarms_per_day)",
+    )
+    events_per_day: float | None = Field(
+        None, gt=0, description="the model's traffic, to turn false_alarms_per_day into an ERT"
+    )
+    windows: list[int] = Field(
+        [50, 200],
+        description="sequential: window sizes in events, each a multiple of block_events; small "
+        "windows catch large shifts fast, large ones catch small shifts",
+    )
+    block_events: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="sequential: events per block (statistics are tested once per block)",
+    )
+    dedupe: bool = Field(
+        True,
+        description="sequential: an input repeated within the largest window (a retry, one "
+        "user's session) is stored and counted but not tested again",
+    )
+    material: Literal["none", "psi", "ks", "wasserstein"] = Field(
+        "wasserstein",
+        description="sequential: an alarm is drift only if the shift since its estimated "
+        "change point is at least this effect size (psi_threshold, ks_min_effect or "
+        "wasserstein_threshold; categorical features: js_threshold); a smaller one is a "
+        "warning. none: every calibrated alarm is drift",
+    )
     scalar_test: Literal["psi", "ks", "wasserstein"] = Field(
         "psi", description="the score a scalar feature's alert and gauge follow"
     )
@@ -91,7 +146,9 @@ class DriftSection(Section):
     )
     mmd_permutations: int = Field(100, ge=20, description="permutations calibrating MMD's cut-off")
     mmd_max_samples: int = Field(150, ge=20, description="events per side MMD compares")
-    interval_s: float = Field(2.0, gt=0, description="how often the detectors re-evaluate")
+    interval_s: float = Field(
+        2.0, gt=0, description="how often the detectors re-evaluate (windowed) or report"
+    )
     history: int = Field(
         900,
         ge=1,
@@ -99,6 +156,44 @@ class DriftSection(Section):
         description="evaluations kept per model for GET /v1/drift (900 at 2 s: 30 minutes; "
         "Prometheus keeps the long history)",
     )
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, value: list[int]) -> list[int]:
+        if not value or any(w < 2 for w in value):
+            raise ValueError("must be a non-empty list of window sizes of at least 2 events")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _blocks(self) -> DriftSection:
+        for window in self.windows:
+            if window % self.block_events:
+                raise ValueError(
+                    f"drift.windows: {window} is not a multiple of drift.block_events "
+                    f"({self.block_events})"
+                )
+        return self
+
+    def run_events(self) -> int:
+        """The ERT the sequential detector is calibrated to, from whichever way it was stated."""
+        if self.false_alarms_per_day is not None:
+            if self.expected_run_events is not None:
+                raise ValueError(
+                    "drift.false_alarms_per_day: set it or drift.expected_run_events, not both"
+                )
+            if self.events_per_day is None:
+                raise ValueError(
+                    "drift.events_per_day: needed with drift.false_alarms_per_day (the model's "
+                    "calls per day)"
+                )
+            ert = round(self.events_per_day / self.false_alarms_per_day)
+            if not 100 <= ert <= 10_000_000:
+                raise ValueError(
+                    f"drift.false_alarms_per_day: events_per_day / false_alarms_per_day = {ert} "
+                    "events between false alarms, outside 100..10,000,000"
+                )
+            return ert
+        return self.expected_run_events or DEFAULT_EXPECTED_RUN_EVENTS
 
 
 class LatencySection(Section):
@@ -256,6 +351,7 @@ class MonitorConfig(Section):
             )
         if self.drift.psi_warning >= self.drift.psi_threshold:
             raise ValueError("drift.psi_warning: must be below drift.psi_threshold")
+        self.drift.run_events()  # the ERT settings are consistent
         return self
 
 

@@ -9,6 +9,8 @@ from its counts table.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import threading
@@ -19,8 +21,10 @@ from typing import Any
 
 import numpy as np
 from pydantic import TypeAdapter
+from pydantic_core import to_json
 
 from omnitune.monitor import detectors
+from omnitune.monitor.calibration import Calibration, cached_calibration
 from omnitune.monitor.capture import Capture, training_record
 from omnitune.monitor.config import ModelSection, MonitorConfig
 from omnitune.monitor.events import Event
@@ -28,6 +32,7 @@ from omnitune.monitor.features import event_features
 from omnitune.monitor.metrics import CountKey, Counts, build_registry
 from omnitune.monitor.reference import Reference, load_reference
 from omnitune.monitor.safety import build_scanners, redact, scan
+from omnitune.monitor.sequential import SequentialDrift
 from omnitune.monitor.store import Row, Store
 
 logger = logging.getLogger("omnitune.monitor")
@@ -39,6 +44,41 @@ CALL_FIELDS = ("error_class", "status", "ttft_s", "prompt_tokens", "completion_t
 
 #: Serialises stored payloads in pydantic-core: four times faster than json.dumps per event.
 _PAYLOAD = TypeAdapter(dict[str, Any])
+
+#: Fewest events an effect size (materiality, the window's PSI/KS/Wasserstein) is computed on.
+MIN_EFFECT_EVENTS = 50
+
+
+def online_statistics(reference: Reference, features: list[str]) -> dict[str, Any]:
+    """The sequential detector's statistic per feature, by the feature's kind in the reference
+    (`detectors.ONLINE_DETECTORS`)."""
+    statistics: dict[str, Any] = {}
+    for name in features:
+        if name in reference.scalars:
+            statistics[name] = detectors.ONLINE_DETECTORS["scalar"](reference.scalars[name])
+        elif name in reference.embeddings:
+            statistics[name] = detectors.ONLINE_DETECTORS["embedding"](reference.embeddings[name])
+        else:
+            statistics[name] = detectors.ONLINE_DETECTORS["categorical"](reference.categories[name])
+    return statistics
+
+
+def calibration_settings(drift: Any) -> dict[str, object]:
+    """Every setting the thresholds depend on, for the calibration cache's key."""
+    return {
+        "windows": drift.windows,
+        "block_events": drift.block_events,
+        "expected_run_events": drift.run_events(),
+    }
+
+
+def fingerprint(payload: dict[str, Any]) -> str | None:
+    """What makes two events the same input for de-duplication: the stored input, or the
+    features when an event carries no input (precomputed embeddings)."""
+    basis = payload.get("input") or payload.get("features")
+    if not basis:
+        return None
+    return hashlib.blake2b(to_json(basis), digest_size=12).hexdigest()
 
 
 class Rejected(Exception):
@@ -76,6 +116,10 @@ class ModelState:
     #: (time, {feature: deciding result}) per evaluation, newest last; bounded by drift.history.
     history: deque[tuple[float, dict[str, detectors.DriftResult]]] = field(default_factory=deque)
     new_events: int = 0
+    #: drift.method sequential: the calibrated detector, fed at ingest, and its calibration.
+    sequential: SequentialDrift | None = None
+    calibration: Calibration | None = None
+    calibration_cached: bool = False
 
     @property
     def drifting(self) -> bool:
@@ -161,16 +205,49 @@ class Monitor:
                     state.scalar_refs[feature] = detectors.ScalarReference.fit(
                         reference.scalars[feature], self.config.drift.psi_bins
                     )
+            if self.config.drift.method == "sequential" and state.tracked():
+                self._build_sequential(state)
         return state
+
+    def _build_sequential(self, state: ModelState) -> None:
+        """The model's online statistics, thresholds from the cached (or a new) calibration."""
+        statistics = online_statistics(state.reference, state.tracked())
+        cfg = self.config.drift
+        state.calibration, state.calibration_cached = cached_calibration(
+            state.reference.source,
+            statistics,
+            cfg.windows,
+            cfg.block_events,
+            cfg.run_events(),
+            calibration_settings(cfg),
+        )
+        logger.info(
+            "%s: drift thresholds for an ERT of %d events %s (%.2f s)",
+            state.name,
+            state.calibration.expected_run_events,
+            "from the cache" if state.calibration_cached else "calibrated",
+            state.calibration.seconds,
+        )
+        state.sequential = SequentialDrift(
+            statistics, state.calibration.thresholds, cfg.windows, cfg.block_events, cfg.dedupe
+        )
+        self.gauges.drift_expected_run_events.labels(state.name).set(cfg.run_events())
 
     def _restore(self) -> None:
         """Counters from the store's counts table, windows from each model's newest events."""
         self.counts.add(self.store.counters())
         for name, state in self.models.items():
-            for stored in self.store.recent(name, state.size):
+            recent = self.store.recent(name, state.size)
+            for stored in recent:
                 flags = tuple(tuple(f.split("@")) for f in stored.flags.split(",") if f)
                 state.observe(
                     stored.payload.get("features", {}), stored.latency_s, stored.adapter, flags
+                )
+            if state.sequential is not None and recent:
+                state.sequential.update(
+                    [stored.payload.get("features", {}) for stored in recent],
+                    [stored.ts for stored in recent],
+                    [fingerprint(stored.payload) for stored in recent],
                 )
         restored = sum(len(s.flags) for s in self.models.values())
         if restored:
@@ -304,6 +381,7 @@ class Monitor:
     def _after_commit(self, prepared: list[Any], fresh: list[bool]) -> int:
         captures: dict[str, list[dict[str, Any]]] = {}
         capture_counts: dict[CountKey, float] = {}
+        online: dict[str, tuple[list[dict[str, Any]], list[float], list[str | None]]] = {}
         with self.lock:
             for new, (row, payload, flags, kept) in zip(fresh, prepared, strict=True):
                 if not new:
@@ -311,6 +389,11 @@ class Monitor:
                 request_id, ts, model, adapter, modality, latency, _, _ = row
                 state = self.models[model]
                 state.observe(kept, latency, adapter, flags)
+                if state.sequential is not None:
+                    batch = online.setdefault(model, ([], [], []))
+                    batch[0].append(kept)
+                    batch[1].append(ts)
+                    batch[2].append(fingerprint(payload))
                 if self.capture is None:
                     continue
                 reason = self.capture.reasons(bool(flags), state.drifting)
@@ -323,6 +406,8 @@ class Monitor:
                 captures.setdefault(model, []).append(record)
                 key = ("captured", (model, reason))
                 capture_counts[key] = capture_counts.get(key, 0.0) + 1
+            for model, (rows, stamps, marks) in online.items():
+                self.models[model].sequential.update(rows, stamps, marks)
             if self.capture is not None:
                 for model, records in captures.items():
                     self.capture.write(model, records)
@@ -362,9 +447,136 @@ class Monitor:
     def _evaluate_drift(
         self, state: ModelState, snapshot: dict[str, list[Any]], now: float
     ) -> None:
-        cfg = self.config.drift
         if state.reference is None:
             return
+        if state.sequential is not None:
+            results, deciding = self._sequential_results(state, snapshot)
+        else:
+            results, deciding = self._windowed_results(state, snapshot)
+        with self.lock:
+            state.results = results
+            state.decisions = deciding
+            if deciding:
+                state.history.append((now, deciding))
+            for name, result in deciding.items():
+                if result.drifted:
+                    state.drift_since.setdefault(name, now)
+                else:
+                    state.drift_since.pop(name, None)
+        for name, tests in results.items():
+            for test, result in tests.items():
+                self.gauges.drift_score.labels(state.name, name, test).set(result.score)
+                self.gauges.drift_threshold.labels(state.name, name, test).set(result.threshold)
+            decided = deciding[name]
+            self.gauges.drift_detected.labels(state.name, name).set(int(decided.drifted))
+            self.gauges.drift_warning.labels(state.name, name).set(int(decided.warning))
+            self._delay_gauges(state.name, name, decided)
+            delay = (
+                ""
+                if decided.delay_events is None
+                else f"; {decided.delay_events} events, {decided.delay_s:.3g} s after the "
+                "estimated change"
+            )
+            self._alert(
+                (state.name, "drift", name),
+                decided.drifted,
+                now,
+                f"{name} drifted ({decided.test} {decided.score:.3g} >= "
+                f"{decided.threshold:.3g}{delay})",
+                decided.score,
+                decided.threshold,
+            )
+
+    def _delay_gauges(self, model: str, feature: str, result: detectors.DriftResult) -> None:
+        """Detection delay while a sequential alarm is latched; no series otherwise."""
+        pairs = (
+            (self.gauges.drift_delay_events, result.delay_events),
+            (self.gauges.drift_delay_seconds, result.delay_s),
+        )
+        for gauge, value in pairs:
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(model, feature)
+            else:
+                gauge.labels(model, feature).set(value)
+
+    def _sequential_results(
+        self, state: ModelState, snapshot: dict[str, list[Any]]
+    ) -> tuple[dict[str, dict[str, detectors.DriftResult]], dict[str, detectors.DriftResult]]:
+        """Each feature's calibrated statistic (the window nearest its threshold) and alarm; an
+        alarm is drift when the shift since its change point is material, else a warning."""
+        cfg = self.config.drift
+        rule = state.section.material or cfg.material
+        with self.lock:
+            online = state.sequential.state()
+        results: dict[str, dict[str, detectors.DriftResult]] = {}
+        deciding: dict[str, detectors.DriftResult] = {}
+        for name, now_state in online.items():
+            if now_state["scores"] is None:
+                continue
+            scores = np.asarray(now_state["scores"])
+            thresholds = np.asarray(now_state["thresholds"])
+            nearest = int(np.argmax(scores / thresholds))
+            alarm = now_state["alarm"]
+            tests = self._effect_sizes(state, name, snapshot[name]) if name in snapshot else {}
+            material = True
+            if alarm is not None:
+                since = snapshot.get(name, [])[-max(alarm.events_since_change, MIN_EFFECT_EVENTS) :]
+                material = self._material(state, name, since, rule)
+            decided = detectors.DriftResult(
+                now_state["test"],
+                float(scores[nearest]),
+                float(thresholds[nearest]),
+                alarm is not None and material,
+                warning=alarm is not None and not material,
+                delay_events=None if alarm is None else alarm.delay_events,
+                delay_s=None if alarm is None else alarm.delay_s,
+            )
+            results[name] = {decided.test: decided, **tests}
+            deciding[name] = decided
+        return results, deciding
+
+    def _effect_sizes(
+        self, state: ModelState, name: str, values: list[Any]
+    ) -> dict[str, detectors.DriftResult]:
+        """The window's effect sizes, shown beside the calibrated statistic (scalars only: the
+        categorical and embedding tests' own scores are the calibrated ones)."""
+        cfg = self.config.drift
+        reference = state.scalar_refs.get(name)
+        if reference is None or len(values) < MIN_EFFECT_EVENTS:
+            return {}
+        current = np.asarray(values, dtype=np.float64)
+        return {
+            "psi": detectors.psi(reference, current, cfg.psi_threshold, cfg.psi_warning),
+            "ks": detectors.ks(reference, current, cfg.ks_min_effect, 1.0),
+            "wasserstein": detectors.wasserstein(reference, current, cfg.wasserstein_threshold),
+        }
+
+    def _material(self, state: ModelState, name: str, values: list[Any], rule: str) -> bool:
+        """Whether the values since the change point moved at least the rule's effect size.
+        Embeddings have no effect-size gate: their calibrated alarm decides."""
+        cfg = self.config.drift
+        if rule == "none" or not values:
+            return True
+        if name in state.scalar_refs:
+            reference, current = state.scalar_refs[name], np.asarray(values, dtype=np.float64)
+            if rule == "psi":
+                return detectors.psi(reference, current, cfg.psi_threshold, cfg.psi_warning).drifted
+            if rule == "ks":
+                return detectors.ks(reference, current, cfg.ks_min_effect, 1.0).drifted
+            return detectors.wasserstein(reference, current, cfg.wasserstein_threshold).drifted
+        if name in state.reference.categories:
+            result = detectors.categorical(
+                state.reference.categories[name], [str(v) for v in values], cfg.js_threshold, 1.0
+            )
+            return result.score >= cfg.js_threshold
+        return True
+
+    def _windowed_results(
+        self, state: ModelState, snapshot: dict[str, list[Any]]
+    ) -> tuple[dict[str, dict[str, detectors.DriftResult]], dict[str, detectors.DriftResult]]:
+        """The window re-tested with fixed thresholds, corrected across the model's features."""
+        cfg = self.config.drift
         results: dict[str, dict[str, detectors.DriftResult]] = {}
         deciding: dict[str, detectors.DriftResult] = {}
         tested = [n for n, v in snapshot.items() if len(v) >= self.config.window.min_events]
@@ -406,31 +618,7 @@ class Monitor:
                 tests = {"chi2": result}
                 deciding[name] = result
             results[name] = tests
-        deciding = detectors.correct(deciding, cfg.correction, cfg.alpha)
-        with self.lock:
-            state.results = results
-            state.decisions = deciding
-            if deciding:
-                state.history.append((now, deciding))
-            for name, result in deciding.items():
-                if result.drifted:
-                    state.drift_since.setdefault(name, now)
-                else:
-                    state.drift_since.pop(name, None)
-        for name, tests in results.items():
-            for test, result in tests.items():
-                self.gauges.drift_score.labels(state.name, name, test).set(result.score)
-                self.gauges.drift_threshold.labels(state.name, name, test).set(result.threshold)
-            decided = deciding[name]
-            self.gauges.drift_detected.labels(state.name, name).set(int(decided.drifted))
-            self._alert(
-                (state.name, "drift", name),
-                decided.drifted,
-                now,
-                f"{name} drifted ({decided.test} {decided.score:.3g} >= {decided.threshold:.3g})",
-                decided.score,
-                decided.threshold,
-            )
+        return results, detectors.correct(deciding, cfg.correction, cfg.alpha)
 
     def _evaluate_latency(
         self, state: ModelState, latencies: dict[str, np.ndarray], now: float
@@ -525,6 +713,8 @@ class Monitor:
                 "events_total": self.counts.total("events", model=name),
                 "window": window,
                 "drifting": any(r.drifted for r in decisions.values()),
+                "drift_method": "sequential" if state.sequential is not None else "windowed",
+                "calibration": self._calibration_summary(state),
                 "drift": {
                     feature: {
                         "decision": detectors.describe(decisions[feature]),
@@ -562,6 +752,22 @@ class Monitor:
                 for (key, labels), value in self.counts.values.copy().items()
                 if key == "rejected"
             },
+        }
+
+    def _calibration_summary(self, state: ModelState) -> dict[str, Any] | None:
+        calibration = state.calibration
+        if calibration is None or state.sequential is None:
+            return None
+        return {
+            "expected_run_events": calibration.expected_run_events,
+            "simulated_run_events": calibration.simulated_run_events,
+            "windows": state.sequential.windows,
+            "block_events": state.sequential.block,
+            "material": state.section.material or self.config.drift.material,
+            "cached": state.calibration_cached,
+            "seconds": calibration.seconds,
+            "tested_events": state.sequential.tested,
+            "deduplicated_events": state.sequential.deduplicated,
         }
 
     def _safety_totals(self, model: str) -> dict[str, float]:

@@ -168,6 +168,10 @@ class Gauges:
     drift_score: Gauge
     drift_threshold: Gauge
     drift_detected: Gauge
+    drift_warning: Gauge
+    drift_delay_events: Gauge
+    drift_delay_seconds: Gauge
+    drift_expected_run_events: Gauge
     safety_rate: Gauge
     latency_window: Gauge
     window_events: Gauge
@@ -197,6 +201,28 @@ def build_registry(counts: Counts) -> tuple[CollectorRegistry, Gauges]:
             "omnitune_drift_detected",
             "1 when the feature's deciding test finds drift (after multiple-testing correction).",
             ["model", "feature"],
+        ),
+        drift_warning=gauge(
+            "omnitune_drift_warning",
+            "1 when a calibrated drift alarm is latched but the shift is below the model's "
+            "materiality gate (drift.material).",
+            ["model", "feature"],
+        ),
+        drift_delay_events=gauge(
+            "omnitune_drift_delay_events",
+            "Events from the estimated change point to the latched sequential drift alarm.",
+            ["model", "feature"],
+        ),
+        drift_delay_seconds=gauge(
+            "omnitune_drift_delay_seconds",
+            "Seconds from the estimated change point to the latched sequential drift alarm.",
+            ["model", "feature"],
+        ),
+        drift_expected_run_events=gauge(
+            "omnitune_drift_expected_run_events",
+            "The ERT the sequential detector is calibrated to: mean events between false "
+            "alarms of the model when nothing drifted.",
+            ["model"],
         ),
         safety_rate=gauge(
             "omnitune_safety_flag_ratio",

@@ -16,7 +16,7 @@ largest window is not tested (it is stored and counted as usual).
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ class _Stream:
     quiet_blocks: int = 0
     alarm: FeatureAlarm | None = None
     alarms: int = 0
+    seen_blocks: int = 0
 
 
 class SequentialDrift:
@@ -122,43 +123,74 @@ class SequentialDrift:
     def _advance(
         self, stream: _Stream, contributions: np.ndarray, timestamps: list[float]
     ) -> FeatureAlarm | None:
+        """Add events to the open block; score every block they complete (all windows of all
+        new blocks in one vectorised call), then latch or clear the alarm block by block."""
+        count = len(contributions)
+        if count == 0:
+            return None
+        if stream.pending_count == 0:
+            stream.pending_ts = timestamps[0]
+        done = (stream.pending_count + count) // self.block
+        if done == 0:
+            stream.pending += contributions.sum(axis=0)
+            stream.pending_count += count
+            return None
+        # Block j of those completed now ends at event ends[j] - 1 of this batch.
+        ends = np.arange(1, done + 1) * self.block - stream.pending_count
+        running = np.concatenate(
+            [np.zeros((1, stream.statistic.width)), np.cumsum(contributions, axis=0)]
+        )
+        starts = np.concatenate([[0], ends[:-1]])
+        new_blocks = running[ends] - running[starts]
+        new_blocks[0] += stream.pending
+        starts_ts = [stream.pending_ts, *(timestamps[e] for e in ends[:-1])]
+        rest = int(ends[-1])
+        stream.pending = running[count] - running[rest]
+        stream.pending_count = count - rest
+        if stream.pending_count:
+            stream.pending_ts = timestamps[rest]
+        scores = self._window_scores(stream, new_blocks)
         raised = None
-        for i in range(len(contributions)):
-            if stream.pending_count == 0:
-                stream.pending_ts = timestamps[i]
-            stream.pending += contributions[i]
-            stream.pending_count += 1
-            if stream.pending_count < self.block:
+        for j in range(done):
+            stream.blocks.append(new_blocks[j])
+            stream.block_ts.append(starts_ts[j])
+            stream.seen_blocks += 1
+            if scores[j] is None:
                 continue
-            stream.blocks.append(stream.pending)
-            stream.block_ts.append(stream.pending_ts)
-            stream.pending = np.zeros_like(stream.pending)
-            stream.pending_count = 0
-            if len(stream.blocks) < self.longest:
-                continue
-            recent = np.asarray(list(stream.blocks)[-self.longest :])
-            suffix = np.cumsum(recent[::-1], axis=0)
-            sums = np.stack([suffix[span - 1] for span in self.spans])
-            stream.scores = np.array(
-                [
-                    float(stream.statistic.statistic(sums[j], window))
-                    for j, window in enumerate(self.windows)
-                ]
-            )
-            crossing = bool(np.any(stream.scores > stream.thresholds))
-            if crossing:
+            stream.scores = scores[j]
+            if bool(np.any(stream.scores > stream.thresholds)):
                 stream.quiet_blocks = 0
                 if stream.alarm is None:
-                    stream.alarm = self._alarm(stream, timestamps[i])
+                    stream.alarm = self._alarm(stream, timestamps[int(ends[j]) - 1])
                     stream.alarms += 1
                     raised = stream.alarm
+                    continue
             elif stream.alarm is not None:
                 stream.quiet_blocks += 1
                 if stream.quiet_blocks >= self.longest:
                     stream.alarm = None
-            if stream.alarm is not None and stream.alarm is not raised:
+            if stream.alarm is not None:
                 stream.alarm.events_since_change += self.block
         return raised
+
+    def _window_scores(self, stream: _Stream, new_blocks: np.ndarray) -> list[np.ndarray | None]:
+        """Each window's statistic at each new block (None before the largest window is full)."""
+        history = list(stream.blocks)[-(self.longest - 1) :] if self.longest > 1 else []
+        combined = np.concatenate(
+            [np.asarray(history).reshape(-1, stream.statistic.width), new_blocks]
+        )
+        running = np.concatenate(
+            [np.zeros((1, stream.statistic.width)), np.cumsum(combined, axis=0)]
+        )
+        offset = len(history)
+        positions = np.arange(offset, len(combined)) + 1  # prefix length at each new block
+        per_window = []
+        for span, window in zip(self.spans, self.windows, strict=True):
+            low = np.maximum(positions - span, 0)
+            per_window.append(stream.statistic.statistic(running[positions] - running[low], window))
+        matrix = np.stack(per_window, axis=1)
+        full = stream.seen_blocks + np.arange(1, len(new_blocks) + 1) >= self.longest
+        return [matrix[j] if full[j] else None for j in range(len(new_blocks))]
 
     def _alarm(self, stream: _Stream, now: float) -> FeatureAlarm:
         history = np.asarray(stream.blocks)
@@ -173,9 +205,10 @@ class SequentialDrift:
         """Per feature: the windows' latest statistics and thresholds, and the alarm if any."""
         return {
             name: {
+                "test": s.statistic.test,
                 "scores": None if s.scores is None else s.scores.tolist(),
                 "thresholds": s.thresholds.tolist(),
-                "alarm": s.alarm,
+                "alarm": None if s.alarm is None else replace(s.alarm),
                 "alarms": s.alarms,
             }
             for name, s in self.streams.items()

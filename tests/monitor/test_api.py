@@ -289,7 +289,7 @@ def test_drift_history_and_samples_for_the_dashboard(daemon):
     upper = history["features"]["upper_ratio"]
     assert len(upper["ts"]) >= 2 and upper["ts"] == sorted(upper["ts"])
     assert upper["ts"][-1] <= before + 1
-    assert set(upper["test"]) == {"psi"} and upper["drifted"][-1]
+    assert set(upper["test"]) == {"cvm"} and upper["drifted"][-1]  # the calibrated statistic
     assert upper["score"][-1] >= upper["threshold"][-1]
     assert not history["features"]["chars"]["drifted"][-1]
 
