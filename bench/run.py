@@ -443,6 +443,59 @@ def monitor_drift(test: str, pairs: int = 3, peer: str = "alibi") -> Comparison 
     )
 
 
+def monitor_online(stream: str) -> list[Comparison]:
+    """Calibrated online drift (bench/monitor_online.py) against Alibi Detect's online detector
+    for the stream (from `make bench-peers`'s virtualenv; that row is skipped, with a line
+    saying so, without it) and against the daemon's previous windowed default. Each side is
+    one seeded experiment of 6 references x 6 runs per figure, so one pair."""
+    module = ["-m", "bench.monitor_online", "--stream", stream]
+    figures = ("mean_run_events", "run_to_ert", "mean_delay_events", "configure_seconds")
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    peer = {"scalar": "CVMDriftOnline", "embedding": "MMDDriftOnline (PyTorch backend)"}[stream]
+    rows = []
+    if PEERS.is_file():
+        rows.append(
+            compare(
+                Comparison(
+                    task=f"online drift, {stream} stream, ERT 500 vs Alibi Detect {peer}",
+                    figure="events_per_second",
+                    unit="events/s",
+                    higher_is_better=True,
+                    reference_name=f"alibi-detect 0.13 {peer}",
+                    target=">= 10x events/s; run length within 25% of the ERT where the "
+                    "peer's is; delay no worse",
+                    also=figures,
+                ),
+                [python(), *module, "--side", "omnitune"],
+                [str(PEERS), *module, "--side", "alibi"],
+                pairs=1,
+                env=env,
+                warmup=False,
+            )
+        )
+    else:
+        print(f"monitor_online_{stream}: Alibi row skipped, {PEERS} missing", flush=True)
+    rows.append(
+        compare(
+            Comparison(
+                task=f"online drift, {stream} stream, ERT 500 vs the windowed default",
+                figure="events_per_second",
+                unit="events/s",
+                higher_is_better=True,
+                reference_name="omnitune drift.method: windowed (previous default)",
+                target="run length near the ERT; shorter delay",
+                also=figures,
+            ),
+            [python(), *module, "--side", "omnitune"],
+            [python(), *module, "--side", "windowed"],
+            pairs=1,
+            env=env,
+            warmup=False,
+        )
+    )
+    return rows
+
+
 def gpu_training(pairs: int = 3) -> Comparison | None:
     """`trainer_overhead` at a real size on a GPU (bench/gpu_training.py); skipped, with a line
     saying so, where torch sees no CUDA device."""
@@ -494,6 +547,8 @@ BENCHMARKS = {
     "monitor_drift_ks": lambda: monitor_drift("ks"),
     "monitor_drift_mmd": lambda: monitor_drift("mmd"),
     "monitor_drift_ks_evidently": lambda: monitor_drift("ks", peer="evidently"),
+    "monitor_online_scalar": lambda: monitor_online("scalar"),
+    "monitor_online_embedding": lambda: monitor_online("embedding"),
     "monitor_concurrency": monitor_concurrency,
     "monitor_memory": monitor_memory,
     "training_scale": training_scale,

@@ -66,8 +66,24 @@ def safety_over_time(frame: pd.DataFrame, bucket: str = "10s") -> pd.DataFrame:
     return table
 
 
+DRIFT_NOW_COLUMNS = [
+    "model",
+    "feature",
+    "test",
+    "score",
+    "threshold",
+    "drifted",
+    "warning",
+    "delay_events",
+    "delay_s",
+    "since",
+]
+
+
 def drift_table(status: dict[str, Any]) -> pd.DataFrame:
-    """One row per model and feature: the deciding test's score, threshold, state, since."""
+    """One row per model and feature: the deciding test's score, threshold, state (drifted, or a
+    warning: a calibrated alarm below the materiality gate), the alarm's detection delay in
+    events and seconds from the estimated change point, and since when it drifts."""
     rows = []
     for model, state in status.get("models", {}).items():
         for feature, drift in state.get("drift", {}).items():
@@ -80,14 +96,15 @@ def drift_table(status: dict[str, Any]) -> pd.DataFrame:
                     "score": decision["score"],
                     "threshold": decision["threshold"],
                     "drifted": decision["drifted"],
+                    "warning": decision.get("warning", False),
+                    "delay_events": decision.get("delay_events"),
+                    "delay_s": decision.get("delay_s"),
                     "since": pd.to_datetime(drift["since"], unit="s").round("s")
                     if drift["since"]
                     else None,
                 }
             )
-    return pd.DataFrame(
-        rows, columns=["model", "feature", "test", "score", "threshold", "drifted", "since"]
-    )
+    return pd.DataFrame(rows, columns=DRIFT_NOW_COLUMNS)
 
 
 def drift_history_frame(history: dict[str, Any]) -> pd.DataFrame:

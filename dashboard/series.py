@@ -166,10 +166,11 @@ def captured(sources: Sources) -> pd.DataFrame:
 
 
 def drift_now(sources: Sources) -> pd.DataFrame:
-    """The latest evaluation per model and feature: test, score, threshold, drifted, since.
+    """The latest evaluation per model and feature (`data.DRIFT_NOW_COLUMNS`): test, score,
+    threshold, drifted, warning, detection delay, since.
 
     From the daemon: one row per feature (its deciding test). From Prometheus: one row per
-    feature and test, `drifted` from omnitune_drift_detected, `since` unknown.
+    feature and test, the state and delay from their gauges, `since` unknown.
     """
     if sources.daemon is not None:
         return data.drift_table(sources.daemon.status())
@@ -187,16 +188,22 @@ def drift_now(sources: Sources) -> pd.DataFrame:
                 columns=[*keys, name],
             )
         )
-    detected = {
-        (r["metric"].get("model"), r["metric"].get("feature")): r["value"][1] == "1"
-        for r in prometheus.instant("omnitune_drift_detected")
-    }
     frame = frames[0].merge(frames[1], on=keys)
-    frame["drifted"] = [
-        detected.get((m, f), False) for m, f in zip(frame["model"], frame["feature"], strict=True)
-    ]
+    pairs = list(zip(frame["model"], frame["feature"], strict=True))
+    for column, metric, missing in (
+        ("drifted", "omnitune_drift_detected", False),
+        ("warning", "omnitune_drift_warning", False),
+        ("delay_events", "omnitune_drift_delay_events", None),
+        ("delay_s", "omnitune_drift_delay_seconds", None),
+    ):
+        by_feature = {
+            (r["metric"].get("model"), r["metric"].get("feature")): float(r["value"][1])
+            for r in prometheus.instant(metric)
+        }
+        values = [by_feature.get(pair, missing) for pair in pairs]
+        frame[column] = [bool(v) for v in values] if missing is False else values
     frame["since"] = None
-    return frame.sort_values(keys, ignore_index=True)
+    return frame[data.DRIFT_NOW_COLUMNS].sort_values(keys, ignore_index=True)
 
 
 def drift_onsets(sources: Sources, span: TimeRange) -> pd.DataFrame:

@@ -40,6 +40,22 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
     accept_overrides(proxy)
     proxy.set_defaults(handler=_proxy)
 
+    calibrate = actions.add_parser(
+        "calibrate",
+        help="calibrate the sequential drift thresholds ahead of serving (cached)",
+        description="Simulate each model's drift statistics from its reference and set their "
+        "thresholds so that the model's false alarms come every drift.expected_run_events "
+        "events; the result is cached next to the reference, where `monitor serve` finds it.",
+        epilog="example: omnitune monitor calibrate --config configs/monitor.yaml "
+        "drift.expected_run_events=50000",
+    )
+    calibrate.add_argument("--config", required=True, help="monitor YAML config")
+    calibrate.add_argument(
+        "--force", action="store_true", help="calibrate again even when a cached result fits"
+    )
+    accept_overrides(calibrate)
+    calibrate.set_defaults(handler=_calibrate)
+
     replay = actions.add_parser("replay", help="send recorded events (JSONL) to a daemon")
     replay.add_argument("file", help="JSONL file of events")
     replay.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
@@ -93,6 +109,42 @@ def _proxy(args: argparse.Namespace) -> int:
     from omnitune.monitor.proxy import serve_proxy
 
     return serve_proxy(config)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from omnitune.monitor.calibration import HORIZON_ERTS, RUNS, cache_path
+    from omnitune.monitor.config import load_monitor_config
+    from omnitune.monitor.reference import load_reference
+
+    config = load_monitor_config(args.config, list(args.overrides))
+    from omnitune.monitor.engine import calibrate_model
+
+    drift = config.drift
+    print(
+        f"ERT {drift.run_events():,} events, windows {drift.windows}, "
+        f"blocks of {drift.block_events}"
+    )
+    for name, section in config.models.items():
+        if section.reference is None:
+            print(f"{name}: no reference, nothing to calibrate")
+            continue
+        reference = load_reference(section.reference, section.modality, name)
+        features = section.features or reference.names()
+        path = cache_path(reference.source)
+        if args.force and path is not None:
+            path.unlink(missing_ok=True)
+        calibration, cached = calibrate_model(reference, features, drift)
+        how = "from the cache, calibrated" if cached else "calibrated"
+        print(
+            f"{name}: {len(features)} features, {how} in {calibration.seconds:.2f} s; simulated "
+            f"mean run {calibration.simulated_run_events:,.0f} events "
+            f"({calibration.simulated_alarms} of {RUNS} runs alarmed within {HORIZON_ERTS} ERTs); "
+            f"cache {path or 'none'}"
+        )
+        for feature, limits in sorted(calibration.thresholds.items()):
+            shown = ", ".join(f"w{w} {t:.4g}" for w, t in zip(drift.windows, limits, strict=True))
+            print(f"  {feature:<24} {shown}")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -162,15 +214,29 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [f"store: {status['store']['events']} events in {status['store']['path']}"]
     for name, model in status["models"].items():
         drifted = [f for f, d in model["drift"].items() if d["decision"]["drifted"]]
+        calibration = model.get("calibration")
+        method = (
+            f"sequential, ERT {calibration['expected_run_events']:,} events"
+            if calibration
+            else model.get("drift_method", "windowed")
+        )
         lines.append(
             f"{name} ({model['modality']}): {model['events_total']:.0f} events, window "
-            f"{model['window']}, drift: {', '.join(drifted) if drifted else 'none'}"
+            f"{model['window']}, drift ({method}): {', '.join(drifted) if drifted else 'none'}"
         )
         for feature, drift in sorted(model["drift"].items()):
             decision = drift["decision"]
+            state = "  DRIFT" if decision["drifted"] else ""
+            if decision.get("warning") and not decision["drifted"]:
+                state = "  warning (below the materiality gate)"
+            if state and decision.get("delay_events") is not None:
+                state += (
+                    f", detected {decision['delay_events']} events / {decision['delay_s']:.3g} s"
+                    " after the change"
+                )
             lines.append(
                 f"  {feature:<24} {decision['test']} {decision['score']:.4g} "
-                f"(threshold {decision['threshold']:.4g}){'  DRIFT' if decision['drifted'] else ''}"
+                f"(threshold {decision['threshold']:.4g}){state}"
             )
         for adapter, latency in model["latency"].items():
             lines.append(

@@ -26,7 +26,7 @@ from pydantic_core import to_json
 from omnitune.monitor import detectors
 from omnitune.monitor.calibration import Calibration, cached_calibration
 from omnitune.monitor.capture import Capture, training_record
-from omnitune.monitor.config import ModelSection, MonitorConfig
+from omnitune.monitor.config import DriftSection, ModelSection, MonitorConfig
 from omnitune.monitor.events import Event
 from omnitune.monitor.features import event_features
 from omnitune.monitor.metrics import CountKey, Counts, build_registry
@@ -63,20 +63,35 @@ def online_statistics(reference: Reference, features: list[str]) -> dict[str, An
     return statistics
 
 
-def calibration_settings(drift: Any) -> dict[str, object]:
-    """Every setting the thresholds depend on, for the calibration cache's key."""
-    return {
-        "windows": drift.windows,
-        "block_events": drift.block_events,
-        "expected_run_events": drift.run_events(),
-    }
+def calibrate_model(
+    reference: Reference,
+    features: list[str],
+    drift: DriftSection,
+    statistics: dict[str, Any] | None = None,
+) -> tuple[Calibration, bool]:
+    """A model's thresholds: from the cache next to its reference when the reference and every
+    setting they depend on are unchanged, else calibrated now (and cached). Returns the
+    calibration and whether it came from the cache."""
+    return cached_calibration(
+        reference.source,
+        statistics or online_statistics(reference, features),
+        drift.windows,
+        drift.block_events,
+        drift.run_events(),
+        {
+            "windows": drift.windows,
+            "block_events": drift.block_events,
+            "expected_run_events": drift.run_events(),
+        },
+    )
 
 
 def fingerprint(payload: dict[str, Any]) -> str | None:
-    """What makes two events the same input for de-duplication: the stored input, or the
-    features when an event carries no input (precomputed embeddings)."""
-    basis = payload.get("input") or payload.get("features")
-    if not basis:
+    """What makes two events the same input for de-duplication: the stored input and the
+    features together (one question asked of different images, or a placeholder input with
+    precomputed embeddings, are different events)."""
+    basis = [payload.get("input"), payload.get("features")]
+    if not any(basis):
         return None
     return hashlib.blake2b(to_json(basis), digest_size=12).hexdigest()
 
@@ -211,15 +226,10 @@ class Monitor:
 
     def _build_sequential(self, state: ModelState) -> None:
         """The model's online statistics, thresholds from the cached (or a new) calibration."""
-        statistics = online_statistics(state.reference, state.tracked())
         cfg = self.config.drift
-        state.calibration, state.calibration_cached = cached_calibration(
-            state.reference.source,
-            statistics,
-            cfg.windows,
-            cfg.block_events,
-            cfg.run_events(),
-            calibration_settings(cfg),
+        statistics = online_statistics(state.reference, state.tracked())
+        state.calibration, state.calibration_cached = calibrate_model(
+            state.reference, state.tracked(), cfg, statistics
         )
         logger.info(
             "%s: drift thresholds for an ERT of %d events %s (%.2f s)",

@@ -81,7 +81,10 @@ def drift_page() -> None:
         return
     features = table.drop_duplicates(["model", "feature"])
     drifting = table[table["drifted"]].drop_duplicates(["model", "feature"])
-    st.metric("Features drifting", f"{len(drifting)} of {len(features)}")
+    warned = table[table["warning"] & ~table["drifted"]].drop_duplicates(["model", "feature"])
+    left, right = st.columns(2)
+    left.metric("Features drifting", f"{len(drifting)} of {len(features)}")
+    right.metric("Immaterial alarms (warnings)", len(warned))
     span = views.time_range()
     history = views.shown(series.drift, sources, span)
     if history is not None and sources.daemon is not None:
@@ -93,6 +96,10 @@ def drift_page() -> None:
         first = onsets.iloc[0]
         st.warning(f"First to drift: {first['model']} / {first['feature']} since {first['since']}")
     st.dataframe(table, hide_index=True)
+    st.caption(
+        "delay_events / delay_s: from the estimated change point to the calibrated alarm. "
+        "warning: an alarm whose shift is below the model's materiality gate (drift.material)."
+    )
     st.altair_chart(score_bars(table), width="stretch")
     if history is not None:
         history["series"] = (

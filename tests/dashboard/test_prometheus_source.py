@@ -64,7 +64,8 @@ def test_prometheus_alone_feeds_every_page(app, scraped):  # noqa: F811
     assert metrics(drift)["Features drifting"] == "1 of 6"
     assert drift.warning[0].value.startswith("First to drift: assistant / upper_ratio")
     history = charts(drift)["Score ÷ threshold over time (drift at 1)"]
-    assert set(history["test"]) == {"psi", "ks", "wasserstein"}  # every test Prometheus holds
+    # Every test Prometheus holds: the calibrated statistic and the window's effect sizes.
+    assert set(history["test"]) == {"cvm", "psi", "ks", "wasserstein"}
     psi = history[history["test"] == "psi"].sort_values("time").groupby("feature")["ratio"].last()
     assert psi["upper_ratio"] >= 1 > psi["chars"]
     assert any("needs it" in e.value for e in drift.error)  # distributions come from the daemon
@@ -93,7 +94,7 @@ def test_with_both_sources_the_series_come_from_prometheus(app, scraped):  # noq
     assert any(c.startswith("Time series from Prometheus") for c in captions)
     drift = at.switch_page("pages/drift.py").run()
     history = charts(drift)["Score ÷ threshold over time (drift at 1)"]
-    assert set(history["test"]) == {"psi"}  # the daemon says which test decides each feature
+    assert set(history["test"]) == {"cvm"}  # the daemon says which test decides each feature
     assert "Reference vs current" in charts(drift)
 
 

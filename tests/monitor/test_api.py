@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import time
 
@@ -156,7 +157,13 @@ def test_cli_replay_and_status(daemon, tmp_path):
         timeout=60,
     )
     assert status.returncode == 0, status.stderr
-    assert "assistant (text): 500 events, window 400, drift: upper_ratio" in status.stdout
+    assert (
+        "assistant (text): 500 events, window 400, drift (sequential, ERT 10,000 events): "
+        "upper_ratio" in status.stdout
+    )
+    assert re.search(
+        r"upper_ratio +cvm [\d.]+ \(threshold [\d.]+\)  DRIFT, detected \d+ events", status.stdout
+    )
     assert f"pii_card@output {planted.pii['pii_card']}" in status.stdout
     assert "[drift] assistant: upper_ratio drifted" in status.stdout
     down = subprocess.run(

@@ -22,7 +22,9 @@ def test_drifted_inputs_are_captured_and_train_accepts_them(monitor_config, tiny
     )
     daemon = start_daemon(config)
     try:
-        normal, _ = traffic.make_events(300, seed=11)
+        # Seed 11's quiet traffic holds one of the rare false alarms a 10,000-event ERT allows
+        # (words, within its first 100 tested events; 0 in 200 other seeds): seed 3 has none.
+        normal, _ = traffic.make_events(300, seed=3)
         assert daemon.post(normal)[0] == 200
         assert not daemon.evaluated()["models"]["assistant"]["drifting"]
         shifted, _ = traffic.make_events(600, shift_from=0, seed=12)
