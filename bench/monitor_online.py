@@ -36,6 +36,8 @@ import numpy as np
 
 ERT, CAP_ERTS, CHANGE, BATCH = 500, 10, 100, 50
 REFERENCES, RUNS_PER_REFERENCE = 6, 6
+#: omnitune's drift.block_events (its default); `--block` changes it.
+BLOCK_EVENTS = 10
 #: Alibi's advice: bootstrap simulations "at least an order of magnitude larger than the ERT".
 ALIBI_BOOTSTRAPS = 10 * ERT
 STREAMS: dict[str, dict[str, Any]] = {
@@ -53,7 +55,7 @@ class Side:
     feed: Callable[[np.ndarray], int | None]
 
 
-def omnitune_side(stream: str, reference: np.ndarray, seed: int) -> Side:
+def omnitune_side(stream: str, reference: np.ndarray, seed: int, block: int, ert: int) -> Side:
     from omnitune.monitor.calibration import calibrate
     from omnitune.monitor.detectors import BinnedCramerVonMises, FourierMMD
     from omnitune.monitor.sequential import SequentialDrift
@@ -65,14 +67,14 @@ def omnitune_side(stream: str, reference: np.ndarray, seed: int) -> Side:
         }
     else:
         statistics = {"e": FourierMMD(reference, seed=seed)}
-    thresholds = calibrate(statistics, windows, 10, ERT, seed=seed).thresholds
+    thresholds = calibrate(statistics, windows, block, ert, seed=seed).thresholds
     state: dict[str, Any] = {}
     side = Side()
     side.start = max(windows)
     sent = [0]
 
     def reset() -> None:
-        state["detector"] = SequentialDrift(statistics, thresholds, windows, 10, dedupe=False)
+        state["detector"] = SequentialDrift(statistics, thresholds, windows, block, dedupe=False)
         sent[0] = 0
 
     def feed(batch: np.ndarray) -> int | None:
@@ -91,7 +93,7 @@ def omnitune_side(stream: str, reference: np.ndarray, seed: int) -> Side:
     return side
 
 
-def alibi_side(stream: str, reference: np.ndarray, seed: int) -> Side:
+def alibi_side(stream: str, reference: np.ndarray, seed: int, block: int, ert: int) -> Side:
     import torch
 
     torch.manual_seed(seed)
@@ -128,7 +130,7 @@ def alibi_side(stream: str, reference: np.ndarray, seed: int) -> Side:
     return side
 
 
-def windowed_side(stream: str, reference: np.ndarray, seed: int) -> Side:
+def windowed_side(stream: str, reference: np.ndarray, seed: int, block: int, ert: int) -> Side:
     """The daemon's previous default: the newest `window.size` events re-tested every 50
     events once `window.min_events` arrived; PSI >= 0.25 for scalars, a permutation MMD test
     (Bonferroni alpha 0.01) for embeddings."""
@@ -169,7 +171,7 @@ def windowed_side(stream: str, reference: np.ndarray, seed: int) -> Side:
 SIDES = {"omnitune": omnitune_side, "alibi": alibi_side, "windowed": windowed_side}
 
 
-def run(side_name: str, stream: str) -> dict[str, float]:
+def run(side_name: str, stream: str, block: int = BLOCK_EVENTS, ert: int = ERT) -> dict[str, float]:
     dim, size = STREAMS[stream]["dim"], STREAMS[stream]["reference"]
     runs, delays = [], []
     configure = detect = 0.0
@@ -178,7 +180,7 @@ def run(side_name: str, stream: str) -> dict[str, float]:
         rng = np.random.default_rng([seed, 0])
         reference = rng.normal(0, 1, (size, dim))
         began = time.perf_counter()
-        side = SIDES[side_name](stream, reference, seed)
+        side = SIDES[side_name](stream, reference, seed, block, ert)
         configure += time.perf_counter() - began
         for run_index in range(2 * RUNS_PER_REFERENCE):
             shifted = run_index % 2 == 1
@@ -217,8 +219,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", choices=list(SIDES), required=True)
     parser.add_argument("--stream", choices=list(STREAMS), required=True)
+    parser.add_argument("--block", type=int, default=BLOCK_EVENTS, help="omnitune's block size")
+    parser.add_argument(
+        "--ert",
+        type=int,
+        default=ERT,
+        help="omnitune's calibrated ERT (to compare delays at an equal measured run length; "
+        "run lengths are still reported against ERT)",
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.side, args.stream)))
+    print(json.dumps(run(args.side, args.stream, args.block, args.ert)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from its counts table.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import threading
@@ -86,14 +85,15 @@ def calibrate_model(
     )
 
 
-def fingerprint(payload: dict[str, Any]) -> str | None:
+def fingerprint(payload: dict[str, Any]) -> int | None:
     """What makes two events the same input for de-duplication: the stored input and the
     features together (one question asked of different images, or a placeholder input with
-    precomputed embeddings, are different events)."""
+    precomputed embeddings, are different events). A process-local hash: fingerprints live in
+    memory only (a restart computes them again from the stored payloads)."""
     basis = [payload.get("input"), payload.get("features")]
     if not any(basis):
         return None
-    return hashlib.blake2b(to_json(basis), digest_size=12).hexdigest()
+    return hash(to_json(basis))
 
 
 class Rejected(Exception):
@@ -391,7 +391,7 @@ class Monitor:
     def _after_commit(self, prepared: list[Any], fresh: list[bool]) -> int:
         captures: dict[str, list[dict[str, Any]]] = {}
         capture_counts: dict[CountKey, float] = {}
-        online: dict[str, tuple[list[dict[str, Any]], list[float], list[str | None]]] = {}
+        online: dict[str, tuple[list[dict[str, Any]], list[float], list[int | None]]] = {}
         with self.lock:
             for new, (row, payload, flags, kept) in zip(fresh, prepared, strict=True):
                 if not new:

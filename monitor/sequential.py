@@ -16,6 +16,7 @@ largest window is not tested (it is stored and counted as usual).
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -77,8 +78,8 @@ class SequentialDrift:
             )
             for name, statistic in statistics.items()
         }
-        self._seen: deque[str] = deque(maxlen=max(windows))
-        self._seen_counts: Counter[str] = Counter()
+        self._seen: deque[Hashable] = deque(maxlen=max(windows))
+        self._seen_counts: Counter[Hashable] = Counter()
         self.tested = 0
         self.deduplicated = 0
 
@@ -86,7 +87,7 @@ class SequentialDrift:
         self,
         rows: list[dict[str, Any]],
         timestamps: list[float],
-        fingerprints: list[str | None] | None = None,
+        fingerprints: list[Hashable | None] | None = None,
     ) -> list[tuple[str, FeatureAlarm]]:
         """Feed events (feature dicts, in arrival order); returns the alarms they raised."""
         kept: list[int] = []
@@ -150,15 +151,17 @@ class SequentialDrift:
         if stream.pending_count:
             stream.pending_ts = timestamps[rest]
         scores = self._window_scores(stream, new_blocks)
+        crossings = (scores > stream.thresholds).any(axis=1).tolist()
+        full = (stream.seen_blocks + np.arange(1, done + 1) >= self.longest).tolist()
         raised = None
         for j in range(done):
             stream.blocks.append(new_blocks[j])
             stream.block_ts.append(starts_ts[j])
             stream.seen_blocks += 1
-            if scores[j] is None:
+            if not full[j]:
                 continue
             stream.scores = scores[j]
-            if bool(np.any(stream.scores > stream.thresholds)):
+            if crossings[j]:
                 stream.quiet_blocks = 0
                 if stream.alarm is None:
                     stream.alarm = self._alarm(stream, timestamps[int(ends[j]) - 1])
@@ -173,24 +176,19 @@ class SequentialDrift:
                 stream.alarm.events_since_change += self.block
         return raised
 
-    def _window_scores(self, stream: _Stream, new_blocks: np.ndarray) -> list[np.ndarray | None]:
-        """Each window's statistic at each new block (None before the largest window is full)."""
+    def _window_scores(self, stream: _Stream, new_blocks: np.ndarray) -> np.ndarray:
+        """Each window's statistic (columns) at each new block (rows); rows before the largest
+        window is full are not tested."""
+        width = stream.statistic.width
         history = list(stream.blocks)[-(self.longest - 1) :] if self.longest > 1 else []
-        combined = np.concatenate(
-            [np.asarray(history).reshape(-1, stream.statistic.width), new_blocks]
-        )
-        running = np.concatenate(
-            [np.zeros((1, stream.statistic.width)), np.cumsum(combined, axis=0)]
-        )
-        offset = len(history)
-        positions = np.arange(offset, len(combined)) + 1  # prefix length at each new block
+        combined = np.concatenate([np.asarray(history).reshape(-1, width), new_blocks])
+        running = np.concatenate([np.zeros((1, width)), np.cumsum(combined, axis=0)])
+        positions = np.arange(len(history), len(combined)) + 1  # prefix length at each block
         per_window = []
         for span, window in zip(self.spans, self.windows, strict=True):
             low = np.maximum(positions - span, 0)
             per_window.append(stream.statistic.statistic(running[positions] - running[low], window))
-        matrix = np.stack(per_window, axis=1)
-        full = stream.seen_blocks + np.arange(1, len(new_blocks) + 1) >= self.longest
-        return [matrix[j] if full[j] else None for j in range(len(new_blocks))]
+        return np.stack(per_window, axis=1)
 
     def _alarm(self, stream: _Stream, now: float) -> FeatureAlarm:
         history = np.asarray(stream.blocks)
