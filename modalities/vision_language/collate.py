@@ -13,12 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from omnitune.modalities.vision_language.images import open_image
-from omnitune.modalities.vision_language.options import vision_options
+from omnitune.modalities.vision_language.options import VisionOptions, vision_options
 
 
-def with_images(example: dict[str, Any], max_pixels: int, drop_answer: bool = False) -> list:
+def with_images(example: dict[str, Any], options: VisionOptions, drop_answer: bool = False) -> list:
     """The example's messages with each image placeholder holding its opened image."""
-    images = iter(open_image(path, max_pixels) for path in example["images"])
+    images = iter(
+        open_image(path, options.max_pixels, options.max_decode_pixels)
+        for path in example["images"]
+    )
     messages = example["messages"][:-1] if drop_answer else example["messages"]
     return [
         {
@@ -35,11 +38,11 @@ def with_images(example: dict[str, Any], max_pixels: int, drop_answer: bool = Fa
 def make_vlm_collator(
     processor: Any, config: Any, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    max_pixels = vision_options(config).max_pixels
+    options = vision_options(config)
     assistant_only = config.objective.assistant_only_loss
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-        conversations = [with_images(e, max_pixels) for e in examples]
+        conversations = [with_images(e, options) for e in examples]
         return encode_conversations(processor, conversations, assistant_only)
 
     return collate

@@ -23,7 +23,6 @@ from omnitune.trainers.errors import DataError
 
 def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
     options = vision_options(config)
-    max_pixels = options.max_pixels
     group_field = config.data.balance.by
     examples = Examples(items=[], source=source)
     for where, base, record in records(source, options, examples):
@@ -33,7 +32,9 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
             continue
         images = image_paths(messages, record, where, base)
         try:
-            opened = [open_image(path, max_pixels) for path in images]
+            opened = [
+                open_image(path, options.max_pixels, options.max_decode_pixels) for path in images
+            ]
         except ImageProblem as found:
             examples.skipped[found.reason] += 1
             continue

@@ -42,14 +42,14 @@ def answer_questions(
 def prompt_batch(processor: Any, items: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     """Each item's conversation up to its answer, images opened, left-padded (generation
     continues every prompt from its right end), with the family's image fields."""
-    max_pixels = vision_options(config).max_pixels
+    options = vision_options(config)
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         return dict(
             processor.apply_chat_template(
-                [with_images(item, max_pixels, drop_answer=True) for item in items],
+                [with_images(item, options, drop_answer=True) for item in items],
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=True,

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from omnitune.modalities.vision_language.images import DEFAULT_MAX_PIXELS
+from omnitune.modalities.vision_language.images import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS
 
 
 class VisionOptions(BaseModel):
@@ -16,6 +16,14 @@ class VisionOptions(BaseModel):
         DEFAULT_MAX_PIXELS,
         ge=28 * 28,
         description="Images larger than this many pixels are scaled down (aspect kept).",
+    )
+    max_decode_pixels: int = Field(
+        DEFAULT_MAX_DECODE_PIXELS,
+        ge=28 * 28,
+        description=(
+            "A file whose header declares more pixels than this is skipped and counted before "
+            "it is decoded (a decompression bomb would otherwise take the machine's memory)."
+        ),
     )
     overlong: Literal["drop", "fail"] = Field(
         "drop",

@@ -38,7 +38,9 @@ def read_vlm_pairs(source: str, config: Any, processor: Any, training: bool) -> 
             pairs.skipped["no image in the prompt"] += 1
             continue
         try:
-            opened = [open_image(path, options.max_pixels) for path in images]
+            opened = [
+                open_image(path, options.max_pixels, options.max_decode_pixels) for path in images
+            ]
         except ImageProblem as found:
             pairs.skipped[found.reason] += 1
             continue
@@ -103,12 +105,12 @@ def make_pair_collator(
     processor: Any, config: Any, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """2B rows, the chosen conversations then the rejected ones, images repeated for both."""
-    max_pixels = vision_options(config).max_pixels
+    options = vision_options(config)
 
     def collate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         examples = [conversation(p, p["chosen"]) for p in pairs]
         examples += [conversation(p, p["rejected"]) for p in pairs]
-        conversations = [with_images(e, max_pixels) for e in examples]
+        conversations = [with_images(e, options) for e in examples]
         return with_reference_logps(encode_conversations(processor, conversations, True), pairs)
 
     return collate

@@ -128,7 +128,7 @@ def test_each_vlm_family_trains_with_lora_on_the_language_model(
     assert losses[-1] < losses[0] - 0.1, losses
     assert "vqa_accuracy" in result.eval_metrics
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["train_skipped"] == {"unreadable image": 1}
+    assert summary["train_skipped"] == {"truncated image": 1}
     # Reload the saved adapter onto the base model in a fresh process and generate answers.
     again = run_cli("eval", str(result.run_dir), "--json")
     assert again.returncode == 0, again.stderr[-3000:]
