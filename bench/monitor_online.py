@@ -138,7 +138,10 @@ def windowed_side(stream: str, reference: np.ndarray, seed: int, block: int, ert
     from omnitune.monitor.config import DriftSection, WindowSection
 
     cfg, window = DriftSection(), WindowSection()
-    fitted = [detectors.ScalarReference.fit(reference[:, i], cfg.psi_bins) for i in range(5)]
+    fitted = [
+        detectors.ScalarReference.fit(reference[:, i], cfg.psi_bins)
+        for i in range(reference.shape[1])
+    ]
     recent: list[np.ndarray] = []
     side = Side()
     side.start = window.min_events

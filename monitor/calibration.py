@@ -115,31 +115,29 @@ def calibrate(
     flat = [s for group in series for s in group]
     names = [(name, w) for name in statistics for w in windows]
 
-    def mean_run(q: float) -> float:
+    def first_alarms(q: float) -> np.ndarray:
+        """Per run, the block of its first alarm (`horizon` where none came)."""
         first = np.full(RUNS, horizon, dtype=np.int64)
         for s in flat:
             s.first_crossings(s.threshold(q), first)
-        return float(first.mean())
+        return first
 
     # q: the share of a series' tested blocks at or above its threshold (same for all series).
     low, high = math.log(0.5 / (RUNS * horizon)), math.log(0.5)
     for _ in range(40):
         middle = (low + high) / 2
-        low, high = (low, middle) if mean_run(math.exp(middle)) < target else (middle, high)
+        early = first_alarms(math.exp(middle)).mean() < target
+        low, high = (low, middle) if early else (middle, high)
     q = math.exp(low)
-    mean = mean_run(q)
+    first = first_alarms(q)
     thresholds: dict[str, list[float]] = {}
     for (name, _), s in zip(names, flat, strict=True):
         thresholds.setdefault(name, []).append(s.threshold(q))
-    first = np.full(RUNS, horizon, dtype=np.int64)
-    for s in flat:
-        s.first_crossings(s.threshold(q), first)
-    censored = int(np.sum(first >= horizon))
     return Calibration(
         key=key,
         expected_run_events=expected_run_events,
-        simulated_run_events=round(mean * block, 1),
-        simulated_alarms=RUNS - censored,
+        simulated_run_events=round(float(first.mean()) * block, 1),
+        simulated_alarms=int(np.sum(first < horizon)),
         tail_probability=q,
         thresholds=thresholds,
         seconds=round(time.perf_counter() - start, 3),
@@ -235,11 +233,16 @@ def cached_calibration(
     windows: list[int],
     block: int,
     expected_run_events: int,
-    settings: dict[str, object],
 ) -> tuple[Calibration, bool]:
-    """The cached calibration for this reference and settings, or a new one (then cached).
-    Returns it and whether it came from the cache."""
-    key = cache_key(source, {**settings, "features": sorted(statistics)})
+    """The cached calibration for this reference, features and settings, or a new one (then
+    cached). Returns it and whether it came from the cache."""
+    settings = {
+        "features": sorted(statistics),
+        "windows": windows,
+        "block_events": block,
+        "expected_run_events": expected_run_events,
+    }
+    key = cache_key(source, settings)
     path = cache_path(source)
     if path is not None:
         cached = Calibration.read(path)

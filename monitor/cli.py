@@ -117,7 +117,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from omnitune.monitor.reference import load_reference
 
     config = load_monitor_config(args.config, list(args.overrides))
-    from omnitune.monitor.engine import calibrate_model
+    from omnitune.monitor.engine import calibrate_model, online_statistics
 
     drift = config.drift
     print(
@@ -133,7 +133,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         path = cache_path(reference.source)
         if args.force and path is not None:
             path.unlink(missing_ok=True)
-        calibration, cached = calibrate_model(reference, features, drift)
+        statistics = online_statistics(reference, features)
+        calibration, cached = calibrate_model(reference, statistics, drift)
         how = "from the cache, calibrated" if cached else "calibrated"
         print(
             f"{name}: {len(features)} features, {how} in {calibration.seconds:.2f} s; simulated "

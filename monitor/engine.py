@@ -63,25 +63,13 @@ def online_statistics(reference: Reference, features: list[str]) -> dict[str, An
 
 
 def calibrate_model(
-    reference: Reference,
-    features: list[str],
-    drift: DriftSection,
-    statistics: dict[str, Any] | None = None,
+    reference: Reference, statistics: dict[str, Any], drift: DriftSection
 ) -> tuple[Calibration, bool]:
     """A model's thresholds: from the cache next to its reference when the reference and every
     setting they depend on are unchanged, else calibrated now (and cached). Returns the
     calibration and whether it came from the cache."""
     return cached_calibration(
-        reference.source,
-        statistics or online_statistics(reference, features),
-        drift.windows,
-        drift.block_events,
-        drift.run_events(),
-        {
-            "windows": drift.windows,
-            "block_events": drift.block_events,
-            "expected_run_events": drift.run_events(),
-        },
+        reference.source, statistics, drift.windows, drift.block_events, drift.run_events()
     )
 
 
@@ -229,7 +217,7 @@ class Monitor:
         cfg = self.config.drift
         statistics = online_statistics(state.reference, state.tracked())
         state.calibration, state.calibration_cached = calibrate_model(
-            state.reference, state.tracked(), cfg, statistics
+            state.reference, statistics, cfg
         )
         logger.info(
             "%s: drift thresholds for an ERT of %d events %s (%.2f s)",
@@ -766,7 +754,7 @@ class Monitor:
 
     def _calibration_summary(self, state: ModelState) -> dict[str, Any] | None:
         calibration = state.calibration
-        if calibration is None or state.sequential is None:
+        if state.sequential is None or calibration is None:  # windowed, or no reference
             return None
         return {
             "expected_run_events": calibration.expected_run_events,

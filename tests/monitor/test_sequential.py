@@ -137,15 +137,12 @@ def test_calibration_is_cached_next_to_the_reference_and_rebuilt_when_it_changes
     reference = tmp_path / "reference.json"
     reference.write_text('{"features": {"x": {"values": [1, 2, 3]}}}')
     statistics = {"x": BinnedCramerVonMises(np.random.default_rng(0).normal(0, 1, 500))}
-    settings = {"windows": WINDOWS, "block": BLOCK, "ert": ERT}
-    first, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, ERT, settings)
+    first, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, ERT)
     assert not cached and (tmp_path / "reference.json.calibration.json").is_file()
-    again, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, ERT, settings)
+    again, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, ERT)
     assert cached and again.thresholds == first.thresholds
     reference.write_text('{"features": {"x": {"values": [1, 2, 4]}}}')
-    _, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, ERT, settings)
+    _, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, ERT)
     assert not cached
-    _, cached = cached_calibration(
-        str(reference), statistics, WINDOWS, BLOCK, 2 * ERT, {**settings, "ert": 2 * ERT}
-    )
+    _, cached = cached_calibration(str(reference), statistics, WINDOWS, BLOCK, 2 * ERT)
     assert not cached  # another ERT: other thresholds
