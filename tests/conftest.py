@@ -83,3 +83,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return built[family]
 
     return get
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Figures the reliability tests measured go to docs/reliability.md (tests/reliability.py)."""
+    from tests import reliability
+
+    reliability.write_page()

@@ -6,6 +6,8 @@ torchaudio's own loader needs TorchCodec with the pinned stack, so files are rea
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,20 +27,85 @@ class AudioProblem(Exception):
 
 def read_audio(path: str | Path | BinaryIO, sampling_rate: int) -> np.ndarray:
     """Mono float32 samples at `sampling_rate` of a file (or an open binary file, e.g. an
-    upload held in memory); raises AudioProblem for unusable audio."""
+    upload held in memory); raises AudioProblem for unusable audio.
+
+    Reasons: "empty audio" (no bytes or no frames), "unreadable audio" (not a format
+    libsndfile opens: text, images, random bytes under an audio suffix), "truncated audio"
+    (the header promises more than the file holds: libsndfile reads a cut WAV without a word,
+    and a cut FLAC or MP3 fails or stops part-way), "non-finite audio" (NaN or infinity in a
+    float file, which would turn the features and the loss into NaN).
+    """
     import soundfile
 
-    source = path if hasattr(path, "read") else str(path)
+    source: Any = path if hasattr(path, "read") else str(path)
+    if isinstance(source, str) and os.path.getsize(source) == 0:
+        raise AudioProblem("empty audio")
+    try:
+        declared = soundfile.info(source).frames
+    except (RuntimeError, soundfile.LibsndfileError, ValueError):
+        raise AudioProblem("unreadable audio") from None
+    if hasattr(source, "seek"):
+        source.seek(0)
     try:
         samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, ValueError):
-        raise AudioProblem("unreadable audio") from None
+        raise AudioProblem("truncated audio") from None
     if samples.size == 0:
         raise AudioProblem("empty audio")
+    if _cut_short(source, len(samples), declared):
+        raise AudioProblem("truncated audio")
+    if not np.isfinite(samples).all():
+        raise AudioProblem("non-finite audio")
     mono = samples.mean(axis=1)
     if rate != sampling_rate:
         mono = resample(mono, rate, sampling_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+#: A decoder that stops before this share of the declared frames read a cut file (MP3: the
+#: Xing header states the length; an encoder's padding is far below 3%).
+_SHORT_READ = 0.97
+
+
+def _cut_short(source: Any, frames: int, declared: int) -> bool:
+    """Whether the file holds less audio than its header declares."""
+    if declared > 0 and frames < _SHORT_READ * declared:
+        return True
+    return _wav_data_missing(source)
+
+
+def _wav_data_missing(source: Any) -> bool:
+    """A RIFF/WAVE file whose `data` chunk declares more bytes than follow it.
+
+    libsndfile shortens such a file's frame count to what is there (its log says "should
+    be"), so the cut is only visible in the header: the chunk list is walked here."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+        handle, close = source, False
+    else:
+        handle, close = open(source, "rb"), True  # noqa: SIM115 (closed below)
+    try:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return False
+        offset = 12
+        while True:
+            handle.seek(offset)
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return False
+            size = struct.unpack("<I", chunk[4:])[0]
+            if chunk[:4] == b"data":
+                handle.seek(0, os.SEEK_END)
+                available = handle.tell() - offset - 8
+                # 0 and 0xFFFFFFFF: a header written before the length was known (streams)
+                return size not in (0, 0xFFFFFFFF) and available < size
+            offset += 8 + size + (size & 1)
+    finally:
+        if close:
+            handle.close()
+        else:
+            handle.seek(0)
 
 
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
