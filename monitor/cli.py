@@ -25,6 +25,15 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
     accept_overrides(serve)
     serve.set_defaults(handler=_serve)
 
+    check = actions.add_parser(
+        "check",
+        help="validate a monitor config (exit 2 and the bad field's path if invalid)",
+        epilog="example: omnitune monitor check --config configs/monitor.yaml server.port=9200",
+    )
+    check.add_argument("--config", required=True, help="monitor YAML config")
+    accept_overrides(check)
+    check.set_defaults(handler=_check)
+
     proxy = actions.add_parser(
         "proxy",
         help="a recording reverse proxy in front of an OpenAI-compatible server",
@@ -78,6 +87,18 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(handler=_status)
     monitor.set_defaults(handler=help_of(monitor))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from omnitune.monitor.config import load_monitor_config
+
+    config = load_monitor_config(args.config, list(args.overrides))
+    models = ", ".join(f"{name} ({model.modality})" for name, model in config.models.items())
+    print(
+        f"{args.config}: ok (models {models}; listens on {config.server.host}:"
+        f"{config.server.port}; {'token required' if config.server.token else 'no token'})"
+    )
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

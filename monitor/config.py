@@ -9,12 +9,16 @@ name, exactly as run configs are. Field descriptions are the reference documenta
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omnitune.trainers import configio
+
+#: Model names become folder names (captures) and label values: no path separators, no "..".
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class Section(BaseModel):
@@ -334,6 +338,12 @@ class MonitorConfig(Section):
     def _consistent(self) -> MonitorConfig:
         if not self.models:
             raise ValueError("models: declare at least one model")
+        for name in self.models:
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"models.{name}: a model name is letters, digits, '.', '_' and '-', starting "
+                    "with a letter or digit (it names the capture folder and metric labels)"
+                )
         for name, route in self.proxy.models.items():
             if route.model not in self.models:
                 raise ValueError(
