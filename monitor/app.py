@@ -14,6 +14,7 @@ serving. Blocking work (SQLite, detectors) runs in Starlette's thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -33,6 +34,10 @@ MAX_EVENTS_LISTED = 5000
 
 
 class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
     pass
 
 
@@ -71,16 +76,24 @@ def create_app(
         return monitor.ingest(events)
 
     async def read_body(request: Request) -> bytes:
+        """The body, refused past max_body_bytes or when it is not in by body_timeout_s."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > server.max_body_bytes:
             raise BodyTooLarge
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > server.max_body_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        async def collect() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > server.max_body_bytes:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(collect(), timeout=server.body_timeout_s)
+        except TimeoutError:
+            raise BodyTimeout from None
 
     async def post_events(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
@@ -91,6 +104,15 @@ def create_app(
             return refuse(
                 413, "too_large", f"body is larger than {server.max_body_bytes} bytes; send batches"
             )
+        except BodyTimeout:
+            response = refuse(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {server.body_timeout_s:g} s "
+                "(server.body_timeout_s)",
+            )
+            response.headers["Connection"] = "close"
+            return response
         content_type = request.headers.get("content-type", "")
         try:
             # Parsing and ingest run in one worker thread: handing the parsed events from the

@@ -35,6 +35,13 @@ class ServerSection(Section):
         8 * 1024 * 1024, gt=0, description="larger POST bodies are refused with 413"
     )
     max_events_per_request: int = Field(10_000, gt=0, description="more are refused with 413")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a request body not received in full within this time is refused with 408 "
+        "(a stalled or very slow client holds no connection longer)",
+    )
 
 
 class StoreSection(Section):
