@@ -134,7 +134,7 @@ def create_app(
         )
 
     async def metrics(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+        if server.metrics_token and (denied := unauthorized(request)) is not None:
             return denied
         body = await run_in_threadpool(generate_latest, monitor.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

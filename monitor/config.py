@@ -31,6 +31,11 @@ class ServerSection(Section):
     token: str | None = Field(
         None, description="bearer token every request but /healthz must carry (none: no auth)"
     )
+    metrics_token: bool = Field(
+        True,
+        description="whether /metrics needs the token too (false: a Prometheus without "
+        "credentials may scrape; the counters hold no request content)",
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="larger POST bodies are refused with 413"
     )

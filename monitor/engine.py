@@ -164,6 +164,9 @@ class Monitor:
         self.counts = Counts(config.latency.buckets)
         self.registry, self.gauges = build_registry(self.counts)
         self.scanners = build_scanners(config.safety.scanners, config.safety)
+        #: PII scanners only: they also scrub the strings no safety flag is raised on (labels,
+        #: other input fields, categorical features), so no stored string keeps PII.
+        self.pii_scanners = [s for s in self.scanners if s.name == "pii"]
         self.capture = Capture(config.capture) if config.capture.dir is not None else None
         self.models = {name: self._model_state(name, s) for name, s in config.models.items()}
         self.alerts: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -329,7 +332,7 @@ class Monitor:
     ) -> tuple[Row, dict[str, Any], tuple[tuple[str, str], ...], dict[str, Any]]:
         state = self.models[event.model]
         modality = state.section.modality
-        features = event_features(event, modality)
+        features = self._scrub(event_features(event, modality))
         text_in = event.input_text()
         found_in = scan(text_in, self.scanners, "input")
         found_out = scan(event.output or "", self.scanners, "output")
@@ -341,22 +344,21 @@ class Monitor:
                     | {(f.category, "output") for f in found_out}
                 )
             )
+        clean = redact(text_in, found_in) if found_in else text_in
         stored_input: Any = event.input
-        if found_in:
-            clean = redact(text_in, found_in)
-            if isinstance(event.input, dict):
-                stored_input = {
-                    k: clean if isinstance(v, str) and v == text_in else v
-                    for k, v in event.input.items()
-                }
-            else:
-                stored_input = clean
+        if isinstance(event.input, dict):
+            stored_input = {
+                k: clean if isinstance(v, str) and v == text_in else self._scrub(v)
+                for k, v in event.input.items()
+            }
+        elif found_in:
+            stored_input = clean
         output = redact(event.output, found_out) if event.output and found_out else event.output
         kept = {k: v for k, v in features.items() if k in state.features}
         payload = {
             "input": stored_input,
             "output": output,
-            "label": event.label,
+            "label": self._scrub(event.label),
             "features": kept,
             "error": event.error,
         }
@@ -375,6 +377,18 @@ class Monitor:
             _PAYLOAD.dump_json(payload).decode(),
         )
         return row, payload, flags, kept
+
+    def _scrub(self, value: Any) -> Any:
+        """`value` with PII in every string inside it replaced by `[CATEGORY]`."""
+        if not self.pii_scanners:
+            return value
+        if isinstance(value, str):
+            return redact(value, scan(value, self.pii_scanners, "input"))
+        if isinstance(value, dict):
+            return {key: self._scrub(item) for key, item in value.items()}
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            return [self._scrub(item) for item in value]
+        return value
 
     def _after_commit(self, prepared: list[Any], fresh: list[bool]) -> int:
         captures: dict[str, list[dict[str, Any]]] = {}
