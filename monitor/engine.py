@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -32,7 +33,7 @@ from omnitune.monitor.metrics import CountKey, Counts, build_registry
 from omnitune.monitor.reference import Reference, load_reference
 from omnitune.monitor.safety import build_scanners, redact, scan
 from omnitune.monitor.sequential import SequentialDrift
-from omnitune.monitor.store import Row, Store
+from omnitune.monitor.store import Row, Store, StoreFull, is_disk_full
 
 logger = logging.getLogger("omnitune.monitor")
 
@@ -85,7 +86,8 @@ def fingerprint(payload: dict[str, Any]) -> int | None:
 
 
 class Rejected(Exception):
-    """A request the daemon refuses as a whole; `status` is the HTTP status (4xx)."""
+    """A request the daemon refuses as a whole; `status` is the HTTP status (4xx, or 503 when
+    the store's disk is full: the client should retry later)."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
@@ -317,7 +319,15 @@ class Monitor:
             return counted
 
         pending: dict[CountKey, float] = {}
-        fresh = self.store.commit(rows, deltas, meta)
+        try:
+            fresh = self.store.commit(rows, deltas, meta)
+        except StoreFull as exc:
+            raise Rejected(
+                503,
+                "store_full",
+                f"the event store's disk is full ({exc}): these events were not stored; send "
+                "them again once space is freed",
+            ) from None
         self.counts.add(pending)
         captured = self._after_commit(prepared, fresh)
         return IngestResult(
@@ -422,16 +432,27 @@ class Monitor:
                 self.models[model].sequential.update(rows, stamps, marks)
             if self.capture is not None:
                 for model, records in captures.items():
-                    self.capture.write(model, records)
+                    try:
+                        self.capture.write(model, records)
+                    except OSError as exc:  # the events are committed: answer 200 anyway
+                        logger.warning("capture of %s events failed: %s", model, exc)
+                        for key in [k for k in capture_counts if k[1][0] == model]:
+                            del capture_counts[key]
         if capture_counts:
-            self.store.commit([], lambda _: capture_counts)
-            self.counts.add(capture_counts)
+            self._commit_counts(capture_counts)
         return int(sum(capture_counts.values()))
 
     def reject(self, reason: str) -> None:
         """Count a refused request (kept across restarts like every counter)."""
-        delta = {("rejected", (reason,)): 1.0}
-        self.store.commit([], lambda _: delta)
+        self._commit_counts({("rejected", (reason,)): 1.0})
+
+    def _commit_counts(self, delta: dict[CountKey, float]) -> None:
+        """Add counter deltas, durably when the disk allows (on a full disk, in memory only:
+        the request that caused them was answered already)."""
+        try:
+            self.store.commit([], lambda _: delta)
+        except StoreFull:
+            logger.warning("disk full: counters %s kept in memory only", sorted(delta))
         self.counts.add(delta)
 
     # Evaluation ----------------------------------------------------------------------------
@@ -867,4 +888,10 @@ class Monitor:
     def enforce_retention(self) -> int:
         section = self.config.store
         max_age = section.retention_days * 86400 if section.retention_days else None
-        return self.store.enforce_retention(max_age, section.max_events)
+        try:
+            return self.store.enforce_retention(max_age, section.max_events)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            logger.warning("disk full: retention could not run (%s); it retries", exc)
+            return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from omnitune.monitor.config import MonitorConfig
 from omnitune.monitor.engine import Monitor
+from omnitune.monitor.store import StoreError, unusable
 
 logger = logging.getLogger("omnitune.monitor")
 
@@ -55,7 +57,10 @@ def build_app(config: MonitorConfig):  # -> Starlette
     from omnitune.monitor.app import create_app
     from omnitune.monitor.tail import TailThread
 
-    monitor = Monitor(config)
+    try:
+        monitor = Monitor(config)
+    except sqlite3.DatabaseError as exc:  # a damaged page read while rebuilding the windows
+        raise StoreError(unusable(config.store.path, str(exc))) from None
     threads: list = []
 
     @asynccontextmanager

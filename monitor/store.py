@@ -9,6 +9,8 @@ also survives losing power, at a cost per request.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sqlite3
 import threading
@@ -17,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omnitune.trainers.errors import OmnituneError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -39,6 +43,28 @@ CREATE TABLE IF NOT EXISTS counters (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+
+COLUMNS = [
+    *("id", "request_id", "ts", "model", "adapter", "modality", "latency_s", "flags", "payload")
+]
+#: The WAL file is cut back to this size after a checkpoint (it only grows otherwise).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+_SQLITE_FULL = 13
+
+
+class StoreError(OmnituneError):
+    """The store file cannot be used: not SQLite, another program's database, or damaged."""
+
+
+class StoreFull(Exception):
+    """A write failed for lack of disk space; nothing of it was committed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
 
 #: (request_id, ts, model, adapter, modality, latency_s, flags, payload JSON)
 Row = tuple[str | None, float, str, str, str, float | None, str, str]
@@ -63,13 +89,27 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-        self._db.executescript(SCHEMA)
-        # Kept in memory: count(*) scans the whole table, which at millions of rows costs
-        # tens of milliseconds under the lock that ingest needs.
-        self._count = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # Identify the file before writing anything to it: another program's database is
+            # refused untouched.
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(events)")]
+            if tables and columns != COLUMNS:
+                found = f"columns {', '.join(columns)}" if columns else "no 'events' table"
+                problem = f"it holds {', '.join(sorted(tables))}: {found}"
+                self._db.close()
+                raise StoreError(unusable(path, problem))
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            self._db.executescript(SCHEMA)
+            # Kept in memory: count(*) scans the whole table, which at millions of rows costs
+            # tens of milliseconds under the lock that ingest needs.
+            self._count = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(unusable(path, str(exc))) from None
 
     def close(self) -> None:
         with self._lock:
@@ -101,8 +141,12 @@ class Store:
                 if meta:
                     db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite may have rolled back already (it does on a full disk).
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                if is_disk_full(exc):
+                    raise StoreFull(str(exc)) from None
                 raise
             self._count += sum(fresh)
         return fresh
@@ -210,6 +254,13 @@ class Store:
                 self._count -= deleted
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return deleted
+
+
+def unusable(path: Path, problem: str) -> str:
+    return (
+        f"store.path {path}: not an omnitune event store, or a damaged one ({problem}). Move "
+        "it aside to start a new store, or restore it from a backup"
+    )
 
 
 def _stored(row: Iterable[Any]) -> StoredEvent:

@@ -96,10 +96,14 @@ class Daemon:
 
 
 def start_daemon(
-    config: Path, token: str | None = None, timeout: float = 60, port: int = 0
+    config: Path,
+    token: str | None = None,
+    timeout: float = 60,
+    port: int = 0,
+    prefix: tuple[str, ...] = (),
 ) -> Daemon:
     command = ["monitor", "serve", "--config", str(config), "--port", str(port)]
-    return start_listening(command, "/healthz", token, timeout)
+    return start_listening(command, "/healthz", token, timeout, prefix)
 
 
 def start_proxy(config: Path, *overrides: str, timeout: float = 60) -> Daemon:
@@ -109,12 +113,17 @@ def start_proxy(config: Path, *overrides: str, timeout: float = 60) -> Daemon:
 
 
 def start_listening(
-    command: list[str], health: str, token: str | None = None, timeout: float = 60
+    command: list[str],
+    health: str,
+    token: str | None = None,
+    timeout: float = 60,
+    prefix: tuple[str, ...] = (),
 ) -> Daemon:
-    """Run `omnitune COMMAND...`, wait for its "listening on URL" line and a 200 on `health`."""
+    """Run `omnitune COMMAND...` (after `prefix`, e.g. `unshare ...`), wait for its "listening
+    on URL" line and a 200 on `health`."""
     config = Path(command[command.index("--config") + 1])
     process = subprocess.Popen(
-        [str(OMNITUNE), *command],
+        [*prefix, str(OMNITUNE), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
