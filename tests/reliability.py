@@ -35,6 +35,15 @@ def record(section: str, title: str, text: str, rows: list[dict[str, Any]] | Non
     RECORDED[section] = Section(title, text, list(rows or []))
 
 
+def add_row(section: str, title: str, text: str, row: dict[str, Any]) -> None:
+    """Add one row to a section that several tests fill (each replaces its own row)."""
+    if section not in RECORDED:
+        RECORDED[section] = Section(title, text)
+    rows = RECORDED[section].rows
+    first = next(iter(row.values()))
+    rows[:] = [r for r in rows if next(iter(r.values())) != first] + [row]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""

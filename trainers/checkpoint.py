@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from omnitune.trainers.errors import OmnituneError
+
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
@@ -63,27 +65,53 @@ def save_checkpoint(
 
     final = checkpoint_dir(run_dir, state.step)
     staging = final.with_name(f".staging-{final.name}")
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(), staging / f"rng-rank{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                staging / "trainable.safetensors",
+            )
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (staging / "state.json").write_text(json.dumps(asdict(state), indent=1))
+            _fsync_tree(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+    except Exception as exc:  # OSError, torch's RuntimeError, SafetensorError: a failed write
+        # The half-written folder goes (it may hold the space the next try needs); the
+        # previous checkpoints were never touched.
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), staging / f"rng-rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-            staging / "trainable.safetensors",
-        )
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / "state.json").write_text(json.dumps(asdict(state), indent=1))
-        _fsync_tree(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        raise CheckpointError(_failed_write(run_dir, final, exc)) from exc
     accelerator.wait_for_everyone()
     return final
+
+
+class CheckpointError(OmnituneError):
+    """A checkpoint could not be written; the run stops with the last good one kept."""
+
+
+def _failed_write(run_dir: Path, final: Path, exc: Exception) -> str:
+    kept = list_checkpoints(run_dir)
+    try:
+        free = f"{shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if "No space left on device" in reason:  # safetensors and torch wrap the OSError's text
+        reason = "No space left on device"
+    return (
+        f"could not write checkpoint {final.name} ({reason}; {free} on {run_dir}); the last good "
+        f"checkpoint is {kept[-1] if kept else 'none'}: free space and run the same command "
+        "again to resume from it"
+    )
 
 
 def load_checkpoint(

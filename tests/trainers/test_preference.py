@@ -217,6 +217,17 @@ def test_sigkill_then_resume_of_a_dpo_run_equals_an_uninterrupted_run(run_config
     )
 
 
+@pytest.mark.slow
+def test_sigkill_then_resume_of_an_orpo_run_equals_an_uninterrupted_run(run_config, pair_data):
+    kill_resume_and_compare(
+        lambda name, **s: _pairs_run(run_config, pair_data, name, **s),
+        60,
+        objective={"name": "orpo"},
+        peft=RESUMABLE["peft"],
+        train={**RESUMABLE["train"], "max_steps": 60},
+    )
+
+
 def _config(model: Path, data: str, **data_section):
     from omnitune.trainers.config import RunConfig
 
