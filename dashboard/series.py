@@ -3,9 +3,9 @@
 Time series come from Prometheus (PromQL range queries over what it scraped) when the dashboard
 is given `--prometheus`, else from the daemon (its recent events and its drift history). The
 current state (request counts, alerts, what is serving) comes from the daemon when it is
-configured, else from Prometheus's instant queries and alert API. Both paths return the same
-columns, so a page does not care which answered. Every function raises `SourceDown` with a
-one-line reason, which the pages show as a banner.
+configured, else (or while it is down) from Prometheus's instant queries and alert API.
+Both paths return the same columns, so a page does not care which answered. Every function
+raises `SourceDown` with a one-line reason, which the pages show as a banner.
 """
 
 from __future__ import annotations
@@ -72,18 +72,37 @@ class TimeRange:
 # Current state ---------------------------------------------------------------------------------
 
 
+def _daemon_answers(sources: Sources) -> bool:
+    """Whether the current state is read from the daemon: when it is configured and answers,
+    or when there is no Prometheus to fall back on (its SourceDown then reaches the page). A
+    daemon that is down while Prometheus answers leaves the pages Prometheus's view."""
+    if sources.daemon is None:
+        return False
+    if sources.prometheus is None:
+        return True
+    try:
+        sources.daemon.status()  # reused for a second: the read that follows costs nothing
+    except SourceDown:
+        return False
+    return True
+
+
 def request_counts(sources: Sources) -> dict[str, float]:
     """Events ingested per model since the daemon's store began."""
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         return {m: s["events_total"] for m, s in sources.daemon.status()["models"].items()}
-    result = _prometheus(sources).instant("sum by (model) (omnitune_events_total)")
+    # last_over_time: while the daemon is down its series are stale, and a plain instant
+    # query would count nothing; the last scraped totals are still the truth.
+    result = _prometheus(sources).instant(
+        "sum by (model) (last_over_time(omnitune_events_total[1h]))"
+    )
     return {r["metric"].get("model", ""): float(r["value"][1]) for r in result}
 
 
 def alerts(sources: Sources) -> pd.DataFrame:
     """Active alerts: kind, model, subject, message, since, state."""
     columns = ["kind", "model", "subject", "message", "since", "state"]
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         rows = [{**a, "state": "active"} for a in sources.daemon.status()["alerts"]]
         frame = pd.DataFrame(rows, columns=[*columns, "value", "threshold"])
         frame["since"] = pd.to_datetime(frame["since"], unit="s").dt.round("s")
@@ -111,7 +130,7 @@ def alerts(sources: Sources) -> pd.DataFrame:
 def safety_totals(sources: Sources) -> pd.DataFrame:
     """Flagged events per model and category@side since the store began."""
     columns = ["model", "category@side", "count"]
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         rows = [
             {"model": model, "category@side": flag, "count": count}
             for model, state in sources.daemon.status()["models"].items()
@@ -134,7 +153,7 @@ def safety_totals(sources: Sources) -> pd.DataFrame:
 
 def serving(sources: Sources) -> list[tuple[str, str]]:
     """(model, adapter) pairs seen in the newest traffic: the adapter versions serving now."""
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         events = sources.daemon.events(limit=200)
         return sorted({(e["model"], e["adapter"] or "-") for e in events})
     result = _prometheus(sources).instant(
@@ -148,7 +167,7 @@ def serving(sources: Sources) -> list[tuple[str, str]]:
 def captured(sources: Sources) -> pd.DataFrame:
     """Samples captured for re-training per model, and the file holding them (daemon only)."""
     columns = ["model", "samples", "file"]
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         capture = sources.daemon.status().get("capture")
         if capture is None:
             return pd.DataFrame(columns=columns)
@@ -172,7 +191,7 @@ def drift_now(sources: Sources) -> pd.DataFrame:
     From the daemon: one row per feature (its deciding test). From Prometheus: one row per
     feature and test, the state and delay from their gauges, `since` unknown.
     """
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         return data.drift_table(sources.daemon.status())
     prometheus = _prometheus(sources)
     keys = ["model", "feature", "test"]
@@ -212,7 +231,7 @@ def drift_onsets(sources: Sources, span: TimeRange) -> pd.DataFrame:
     The daemon knows when each current drift began; Prometheus knows the first evaluation in
     the time range at which omnitune_drift_detected was 1 (an earlier, ended drift included).
     """
-    if sources.daemon is not None:
+    if _daemon_answers(sources):
         table = data.drift_table(sources.daemon.status())
         drifting = table[table["drifted"]].rename(columns={"since": "time"})
         return data.first_to_drift(drifting[["time", "model", "feature"]])

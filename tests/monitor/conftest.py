@@ -201,9 +201,10 @@ class Prometheus:
         self.process.wait(timeout=30)
 
 
-def start_prometheus(target: str, folder: Path) -> Prometheus:
-    """Prometheus on 127.0.0.1 scraping the daemon at `target` every second, with the shipped
-    configuration's job and alert rules (evaluated every second)."""
+def start_prometheus(target: str, folder: Path, port: int | None = None) -> Prometheus:
+    """Prometheus on 127.0.0.1 (on `port`, or a free one) scraping the daemon at `target`
+    every second, with the shipped configuration's job and alert rules (evaluated every
+    second). Started again on the same folder and port, it continues its time series."""
     shipped = REPO / "configs" / "prometheus"
     binary = prometheus_binary("prometheus")
     shutil.copy(shipped / "omnitune-rules.yml", folder / "omnitune-rules.yml")
@@ -211,9 +212,9 @@ def start_prometheus(target: str, folder: Path) -> Prometheus:
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["scrape_configs"][0]["static_configs"] = [{"targets": [target.removeprefix("http://")]}]
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = port or free_port()
     log = folder / "prometheus.log"
-    with log.open("wb") as output:
+    with log.open("ab") as output:
         process = subprocess.Popen(
             [
                 binary,
