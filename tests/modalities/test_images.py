@@ -143,3 +143,61 @@ def test_a_file_declaring_more_pixels_than_the_cap_is_refused_before_decoding(tm
         open_image(path, max_decode_pixels=10_000_000)
     assert caught.value.reason == "image over the pixel cap"
     assert open_image(path, max_pixels=4_000, max_decode_pixels=20_000_000).size == (73, 54)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_eval_skips_and_counts_bad_images_and_names_the_line_of_a_missing_one(tiny_model, tmp_path):
+    """`omnitune eval` of a VLM over a manifest holding every kind of bad image file: each is
+    counted under its reason and the good rows are scored; a missing file names its line."""
+    import json
+
+    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+    from tests import reliability
+    from tests.conftest import run_cli
+
+    manifest = write_digit_vqa(tmp_path / "data", 0, 4)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    Image.fromarray(RGB, "RGB").save(tmp_path / "data" / "whole.png")
+    whole = (tmp_path / "data" / "whole.png").read_bytes()
+    bad = {
+        "empty.png": (b"", "unreadable image"),
+        "text.png": (b"this is not an image\n", "unreadable image"),
+        "audio.jpg": (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(100), "unreadable image"),
+        "truncated.png": (whole[: len(whole) // 2], "truncated image"),
+    }
+    for name, (content, _) in bad.items():
+        (tmp_path / "data" / name).write_bytes(content)
+    Image.new("L", (4000, 3000)).save(tmp_path / "data" / "huge.png")
+    reasons = {name: reason for name, (_, reason) in bad.items()}
+    reasons["huge.png"] = "image over the pixel cap"
+    lines = [json.dumps(row) for row in rows]
+    lines += [json.dumps({**rows[0], "image": name}) for name in reasons]
+    lines += ['{"image": "whole.png", "question": ']  # a cut row
+    manifest.write_text("\n".join(lines) + "\n")
+    command = ["eval", str(tiny_model("llava")), "--data", str(manifest)]
+    limits = ["data.options.max_decode_pixels=10000000", "eval.generation.max_new_tokens=2"]
+    result = run_cli(*command, *limits)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert f"{len(rows)} examples" in output, output[-2000:]
+    for reason in set(reasons.values()):
+        count = list(reasons.values()).count(reason)
+        assert f"{count} {reason}" in output, (reason, output[-2000:])
+
+    manifest.write_text(manifest.read_text() + json.dumps({**rows[0], "image": "gone.png"}) + "\n")
+    missing = run_cli(*command, *limits)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert f"{manifest}:{len(lines) + 1}:" in missing.stderr and "gone.png" in missing.stderr
+    reliability.record(
+        "image-bad-files",
+        "Unusable image files in a dataset",
+        f"`omnitune eval` of a tiny LLaVA over a manifest of {len(rows)} good rows and these "
+        "files (`data.options.max_decode_pixels: 10000000`): each is skipped and counted under "
+        "its reason; a row naming a missing file stops it with exit 1 and `FILE:LINE`. The "
+        "14 image modes and kinds that are read (1, L, LA, P with and without transparency, "
+        "RGB, RGBA, CMYK, YCbCr, I;16, I, F, EXIF-rotated, animated) are checked against their "
+        "8-bit RGB rendering by `test_every_mode_is_read_as_the_picture_a_viewer_shows`.",
+        [{"file": name, "skipped as": reason} for name, reason in reasons.items()],
+    )
