@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := prometheus chromium chromium-driver
 SYSTEM_COMMANDS := prometheus promtool chromium chromedriver
 
-.PHONY: demo test test-fast bench bench-peers lint format venv clean system-deps
+.PHONY: demo test test-fast reliability bench bench-peers lint format venv clean system-deps
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Hostile inputs, crashes and faults; their figures are written into docs/reliability.md.
+reliability: $(STAMP) system-deps
+	$(PY) -m pytest -m reliability $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser and not prometheus" $(PYTEST_ARGS)
