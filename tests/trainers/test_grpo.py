@@ -98,6 +98,7 @@ def test_a_user_reward_is_used_and_a_failing_one_is_counted_not_fatal(
     assert "objective.rewards.0.name: unknown reward 'exactly'" in unknown.stderr
 
 
+@pytest.mark.reliability
 def test_sigkill_then_resume_of_a_grpo_run_equals_an_uninterrupted_run(run_config, sft_model):
     kill_resume_and_compare(
         lambda name, **s: _grpo(run_config, sft_model, name, **s),

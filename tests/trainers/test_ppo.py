@@ -114,6 +114,7 @@ def test_ppo_raises_mean_reward_and_its_value_head_is_saved(run_config, sft_mode
     assert sum("lora_" in n for n, _ in adapted.named_parameters()) > 0
 
 
+@pytest.mark.reliability
 def test_sigkill_then_resume_of_a_ppo_run_equals_an_uninterrupted_run(
     run_config, sft_model, reward_module, monkeypatch
 ):

@@ -207,6 +207,7 @@ def test_dpo_on_each_vision_language_family_reloads_with_the_same_scores(
 
 
 @pytest.mark.slow
+@pytest.mark.reliability
 def test_sigkill_then_resume_of_a_dpo_run_equals_an_uninterrupted_run(run_config, pair_data):
     kill_resume_and_compare(
         lambda name, **s: _pairs_run(run_config, pair_data, name, **s),
@@ -218,6 +219,7 @@ def test_sigkill_then_resume_of_a_dpo_run_equals_an_uninterrupted_run(run_config
 
 
 @pytest.mark.slow
+@pytest.mark.reliability
 def test_sigkill_then_resume_of_an_orpo_run_equals_an_uninterrupted_run(run_config, pair_data):
     kill_resume_and_compare(
         lambda name, **s: _pairs_run(run_config, pair_data, name, **s),

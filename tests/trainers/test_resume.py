@@ -105,6 +105,7 @@ def kill_resume_and_compare(run_config, steps: int, **sections) -> None:
     )
 
 
+@pytest.mark.reliability
 def test_sigkill_then_resume_equals_an_uninterrupted_run(run_config):
     kill_resume_and_compare(run_config, 300, **RESUMABLE)
 
