@@ -382,6 +382,41 @@ def training_scale(rounds: int = 3) -> list[Comparison]:
     ]
 
 
+def data_scale(rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)) -> list[Comparison]:
+    """Time to the first step and peak RSS at each dataset size, first run and cached re-run,
+    against datasets.map(num_proc) + TRL SFTTrainer on the same rows (one pair each: a first
+    run at 10^6 rows takes minutes on each side)."""
+    from omnitune.modalities.tiny import build_tiny
+
+    model = build_tiny("text", CACHE / "tiny-text", seed=0)
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    rows_out = []
+    for count in rows:
+        for phase in ("first", "cached"):
+            common = ["--rows", str(count), "--phase", phase, "--model", str(model)]
+            common += ["--work", str(CACHE / "data-scale")]
+            module = [python(), "-m", "bench.data_scale"]
+            rows_out.append(
+                compare(
+                    Comparison(
+                        task=f"data: time to first step, {count:,} text rows, {phase} run",
+                        figure="seconds_to_first_step",
+                        unit="s",
+                        higher_is_better=False,
+                        reference_name="datasets.map + TRL SFTTrainer",
+                        target=">= 1 (no slower); cached: data ready <= 2 s at 10^6 rows",
+                        also=("data_ready_seconds", "peak_rss_mb"),
+                    ),
+                    [*module, "--side", "omnitune", *common],
+                    [*module, "--side", "trl", *common],
+                    pairs=1,
+                    env=env,
+                    warmup=False,
+                )
+            )
+    return rows_out
+
+
 def monitor_client(pairs: int = 3) -> Comparison:
     module = [python(), "-m", "bench.monitor_client"]
     return compare(
@@ -552,6 +587,7 @@ BENCHMARKS = {
     "monitor_concurrency": monitor_concurrency,
     "monitor_memory": monitor_memory,
     "training_scale": training_scale,
+    "data_scale": data_scale,
     "gpu_training": gpu_training,
 }
 

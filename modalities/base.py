@@ -70,6 +70,8 @@ class Examples:
     unpacked: Examples | None = None
     #: what one item is, for summaries: "examples", "pairs"
     noun: str = "examples"
+    #: where a prepared dataset came from ("from cache: PATH", "prepared in 3.1 s: PATH")
+    origin: str | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -164,6 +166,24 @@ class Modality:
     pair_metrics: Callable[..., dict[str, float]] | None = None
     pair_metric_directions: dict[str, str] = field(default_factory=dict)
     prompt_batch: Callable[..., dict[str, Any]] | None = None
+
+
+def sample_examples(examples: Examples, limit: int, seed: int = 0) -> Examples:
+    """At most `limit` of the examples, drawn without replacement with `seed`, in dataset
+    order: what the reference profile is computed from, so its cost stops growing with the
+    dataset (the drift tests keep at most a few thousand values per feature anyway)."""
+    import numpy as np
+
+    if len(examples) <= limit:
+        return examples
+    picked = np.sort(np.random.default_rng(seed).choice(len(examples), limit, replace=False))
+    items = examples.items
+    dataset = getattr(items, "dataset", None)
+    if dataset is not None:  # ArrowItems: one read of the picked rows
+        rows = list(type(items)(dataset.select(picked), items.json_columns))
+    else:
+        rows = [items[int(i)] for i in picked]
+    return Examples(items=rows, source=examples.source, noun=examples.noun)
 
 
 def lazy(target: str) -> Callable[..., Any]:

@@ -98,6 +98,23 @@ def load_pretrained(
     return model, processor
 
 
+def load_processor(model_section: Any, modality: str) -> Any:
+    """Only the tokenizer (text) or processor of a config's model: what reading data needs."""
+    import transformers
+
+    auto = transformers.AutoTokenizer if modality == "text" else transformers.AutoProcessor
+    try:
+        return auto.from_pretrained(
+            model_section.name_or_path,
+            revision=model_section.revision,
+            trust_remote_code=model_section.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model.name_or_path: cannot load '{model_section.name_or_path}': {_why(exc)}"
+        ) from None
+
+
 def section_loader(modality: str) -> Any:
     """A modality's `load(model_section, **options)`: load_pretrained with the config's fields."""
 

@@ -85,6 +85,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     return get
 
 
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The digit-chat task (256 training rows, 48 held out), written once per test run."""
+    from omnitune.modalities.text.demo_data import write_digit_chat
+
+    return write_digit_chat(tmp_path_factory.mktemp("text-data"), train=256, test=48, seed=0)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Figures the reliability tests measured go to docs/reliability.md (tests/reliability.py)."""
     from tests import reliability

@@ -93,6 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="destination folder (default: RUN/merged or RUN/adapter)")
     export.set_defaults(handler=_export)
 
+    data = commands.add_parser(
+        "data", help="read a run's datasets ahead of training (Arrow cache) and describe them"
+    )
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    for name, text in (
+        ("prepare", "tokenise/cache data.train and data.eval as `train` will read them"),
+        ("info", "rows, skips by reason, length histogram and cache location"),
+    ):
+        action = data_commands.add_parser(
+            name,
+            help=text,
+            epilog=f"example: omnitune data {name} configs/text-lora.yaml data.num_proc=2",
+        )
+        action.add_argument("config", help="YAML run config")
+        _accept_overrides(action)
+        action.set_defaults(handler=_data, data_action=name)
+    data.set_defaults(handler=_help_of(data))
+
     models = commands.add_parser("models", help="build tiny offline models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION")
     tiny = model_commands.add_parser(
@@ -262,6 +280,23 @@ def _eval(args: argparse.Namespace) -> int:
         from omnitune.trainers.runlog import format_metrics
 
         print(f"{summary}: {format_metrics(metrics)}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    import time
+
+    from omnitune.trainers.config import load_run_config
+    from omnitune.trainers.data_commands import UNITS, describe, read_run_data
+
+    config = load_run_config(args.config, args.overrides)
+    started = time.perf_counter()
+    read = read_run_data(config)
+    unit = UNITS.get(config.model.modality, "units")
+    for role, examples in read:
+        print(describe(role, examples, unit))
+    if args.data_action == "prepare":
+        print(f"ready in {time.perf_counter() - started:.1f} s")
     return 0
 
 

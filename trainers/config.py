@@ -117,6 +117,32 @@ class DataSection(Section):
         default_factory=dict,
         description="Modality-specific reading options, validated by the modality package.",
     )
+    cache: bool = Field(
+        True,
+        description=(
+            "Text files (JSONL, CSV, Parquet): keep the tokenised dataset in Arrow under "
+            "$OMNITUNE_CACHE/prepared, keyed by the file's content, the tokenizer and these "
+            "settings, so the next run or resume opens it memory-mapped instead of reading "
+            "the file again (`omnitune data prepare` builds it ahead of time)."
+        ),
+    )
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Processes that tokenise when a prepared dataset is built (None: the cores "
+            "available, one per 20,000 rows). The result is the same for any count."
+        ),
+    )
+    profile_samples: int = Field(
+        20_000,
+        ge=100,
+        description=(
+            "Examples drawn (seeded) to write the drift reference profile; a larger dataset "
+            "is sampled rather than read whole."
+        ),
+    )
 
 
 class PeftSection(Section):

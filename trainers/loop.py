@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnitune.modalities.base import get_modality
+from omnitune.modalities.base import get_modality, sample_examples
 from omnitune.trainers.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -468,7 +468,9 @@ def finish(
     if main:
         _export_final(s.unwrapped, s.processor, output, s.initial_adapter)
         _export_heads(s.heads, s.run_dir / "heads")
-        profiled = s.train_set.unpacked or s.train_set
+        profiled = sample_examples(
+            s.train_set.unpacked or s.train_set, s.config.data.profile_samples, s.config.train.seed
+        )
         (s.run_dir / "reference.json").write_text(json.dumps(s.modality.profile(profiled)))
     result = RunResult(
         run_dir=s.run_dir,
@@ -553,6 +555,8 @@ def _read_data(objective: Any, modality: Any, config: RunConfig, processor: Any)
     )
     for examples in filter(None, (train_set, eval_set)):
         log.info("data %s", examples.summary())
+        if examples.origin:
+            log.info("data %s %s", examples.source, examples.origin)
     if len(train_set) == 0:
         raise DataError(
             f"{config.data.train}: no usable training {objective.reads} ({train_set.summary()})"

@@ -12,13 +12,6 @@ import yaml
 
 
 @pytest.fixture(scope="session")
-def text_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from omnitune.modalities.text.demo_data import write_digit_chat
-
-    return write_digit_chat(tmp_path_factory.mktemp("text-data"), train=256, test=48, seed=0)
-
-
-@pytest.fixture(scope="session")
 def sft_model(tmp_path_factory, tiny_model, text_data) -> Path:
     """The tiny chat model after 60 steps of SFT: right about a third of the time (where the
     online objectives start from)."""
