@@ -307,6 +307,16 @@ class TrainSection(Section):
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; None: torch's default."
     )
+    data_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Processes that collate the next batches (padding, images, audio features, "
+            "augmentation) while the model trains; 0: the training loop collates. Same batches, "
+            "same results either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _needs_a_length(self) -> TrainSection:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from omnitune.modalities.base import get_modality, sample_examples
+from omnitune.trainers.batches import BatchSource
 from omnitune.trainers.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -97,7 +98,7 @@ class Session:
     direction: str
     run_dir: Path
     initial_adapter: Path
-    order: Any = None
+    batches: Any = None  # trainers.batches.BatchSource
     last_eval: dict[str, float] = field(default_factory=dict)
     last_saved: int | None = None
     stopped_early: bool = False
@@ -266,7 +267,16 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         direction=direction,
         run_dir=run_dir,
         initial_adapter=initial_adapter,
-        order=plan.epoch_order(state.epoch),
+        batches=BatchSource(
+            train_set,
+            collate,
+            plan,
+            state,
+            accelerator.process_index,
+            config.train.seed,
+            workers=config.train.data_workers,
+            pin_memory=accelerator.device.type == "cuda",
+        ),
         last_saved=state.step if resume_from is not None else None,
         heads=heads,
         trained_heads={
@@ -302,8 +312,8 @@ def train_step(session: Session) -> StepOutcome:
     grad_accum = s.config.train.grad_accum
     micro_losses, micro_metrics = [], []
     for micro in range(grad_accum):
-        indices = _next_batch(s)
-        batch = _to_device(s.collate([s.train_set[i] for i in indices]), accelerator.device)
+        indices, collated = s.batches.next()
+        batch = _to_device(collated, accelerator.device)
         if s.objective.applies_updates:
             s.grad_norm = None
             loss, metrics = s.step_loss(s.model, batch, indices)
@@ -351,15 +361,6 @@ def apply_update(session: Session, loss: Any) -> float | None:
     s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
     return s.grad_norm
-
-
-def _next_batch(s: Session) -> list[int]:
-    if s.state.batch_in_epoch >= s.plan.batches_per_epoch:
-        s.state.epoch, s.state.batch_in_epoch = s.state.epoch + 1, 0
-        s.order = s.plan.epoch_order(s.state.epoch)
-    indices = s.plan.batch(s.order, s.state.batch_in_epoch, s.accelerator.process_index)
-    s.state.batch_in_epoch += 1
-    return indices
 
 
 def _trained_parameters(s: Session) -> list[Any]:

@@ -1,8 +1,9 @@
 """Training-time speech augmentation with torchaudio: speed perturbation, noise, SpecAugment.
 
-Every draw uses torch's global generator, whose state the trainer core saves in each checkpoint
-and restores on resume, so a resumed run augments the remaining steps as the uninterrupted one
-would have.
+Every draw uses torch's global generator, which the trainer core seeds for each batch from
+(seed, epoch, batch, rank) while it collates (trainers/batches.py): a batch is augmented the
+same whether the loop or a data worker collates it, and a resumed run augments the remaining
+steps as the uninterrupted one would have.
 """
 
 from __future__ import annotations

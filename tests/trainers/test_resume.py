@@ -94,7 +94,8 @@ def kill_resume_and_compare(run_config, steps: int, **sections) -> None:
         "resumed run's final weights and every step's loss against an uninterrupted run of "
         "the same config (dropout on, so a lost RNG state would show).",
         {
-            "objective": config.objective.name,
+            "objective": config.objective.name
+            + (f" ({config.train.data_workers} data workers)" if config.train.data_workers else ""),
             "PEFT": config.peft.method,
             "steps": steps,
             "killed after step": killed_at,
