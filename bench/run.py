@@ -44,16 +44,20 @@ def trainer_overhead(pairs: int = 9) -> Comparison:
     )
 
 
-def speech_finetune(pairs: int = 3) -> Comparison:
-    """LoRA on the `shift` voices from a tiny Whisper trained on `base` (built once, cached)."""
+def speech_command(side: str) -> list[str]:
+    """One side of the speech LoRA benchmark: LoRA on the `shift` voices from a tiny Whisper
+    trained on `base` (built once, cached)."""
     from omnitune.modalities.tiny import build_tiny
 
     base = CACHE / "speech-base"
     if not (base / "model" / "config.json").is_file():
         tiny = build_tiny("whisper", CACHE / "tiny-whisper", seed=0)
         train_once("demo-speech-base.yaml", f"model.name_or_path={tiny}", f"output_dir={base}")
-    common = ["--model", str(base / "model"), "--steps", "300"]
-    module = [python(), "-m", "bench.speech_finetune"]
+    module = [python(), "-m", "bench.speech_finetune", "--side", side]
+    return [*module, "--model", str(base / "model"), "--steps", "300"]
+
+
+def speech_finetune(pairs: int = 3) -> Comparison:
     return compare(
         Comparison(
             task="speech LoRA fine-tune vs HF recipe (tiny Whisper, shift voices, 1 thread)",
@@ -64,15 +68,16 @@ def speech_finetune(pairs: int = 3) -> Comparison:
             target=">= 1.5 at equal or better WER, no more memory",
             also=("wer", "end_to_end_seconds"),
         ),
-        [*module, "--side", "omnitune", *common],
-        [*module, "--side", "reference", *common],
+        speech_command("omnitune"),
+        speech_command("reference"),
         pairs=pairs,
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
 
 
-def vlm_finetune(pairs: int = 3) -> Comparison:
-    """LoRA on the `shift` digits from a tiny LLaVA trained on `base` (built once, cached)."""
+def vlm_command(side: str) -> list[str]:
+    """One side of the VLM LoRA benchmark: LoRA on the `shift` digits from a tiny LLaVA trained
+    on `base` (built once, cached)."""
     from omnitune.modalities.tiny import build_tiny
     from omnitune.modalities.vision_language.demo_data import write_digit_vqa
 
@@ -90,8 +95,11 @@ def vlm_finetune(pairs: int = 3) -> Comparison:
             "data.eval=null",
             f"output_dir={base}",
         )
-    common = ["--model", str(base / "model"), "--data", str(data), "--steps", "100"]
-    module = [python(), "-m", "bench.vlm_finetune"]
+    module = [python(), "-m", "bench.vlm_finetune", "--side", side]
+    return [*module, "--model", str(base / "model"), "--data", str(data), "--steps", "100"]
+
+
+def vlm_finetune(pairs: int = 3) -> Comparison:
     return compare(
         Comparison(
             task="VLM LoRA fine-tune vs TRL SFTTrainer (tiny LLaVA, shift digits, 1 thread)",
@@ -102,8 +110,8 @@ def vlm_finetune(pairs: int = 3) -> Comparison:
             target=">= 1.3 at equal accuracy",
             also=("vqa_accuracy",),
         ),
-        [*module, "--side", "omnitune", *common],
-        [*module, "--side", "reference", *common],
+        vlm_command("omnitune"),
+        vlm_command("reference"),
         pairs=pairs,
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
@@ -417,6 +425,36 @@ def data_scale(rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)) -> list[Com
     return rows_out
 
 
+def data_workers(pairs: int = 3) -> list[Comparison]:
+    """Training steps/s of the speech and vision-language LoRA benchmarks with one background
+    data worker vs none (the loop collating), same runs otherwise: on 2 cores at 1 torch
+    thread, collation moves to the idle core."""
+    rows = []
+    for name, command, figure, unit in (
+        ("speech", speech_command, "utterances_per_second", "utterances/s"),
+        ("vision-language", vlm_command, "samples_per_second", "samples/s"),
+    ):
+        ours = ["env", "OMNITUNE_BENCH_WORKERS=1", *command("omnitune")]
+        base = ["env", "OMNITUNE_BENCH_WORKERS=0", *command("omnitune")]
+        rows.append(
+            compare(
+                Comparison(
+                    task=f"{name} LoRA: 1 data worker vs 0 (2 cores, 1 torch thread)",
+                    figure=figure,
+                    unit=unit,
+                    higher_is_better=True,
+                    reference_name="data_workers: 0",
+                    target=">= 1.15",
+                ),
+                ours,
+                base,
+                pairs=pairs,
+                env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+            )
+        )
+    return rows
+
+
 def monitor_client(pairs: int = 3) -> Comparison:
     module = [python(), "-m", "bench.monitor_client"]
     return compare(
@@ -588,6 +626,7 @@ BENCHMARKS = {
     "monitor_memory": monitor_memory,
     "training_scale": training_scale,
     "data_scale": data_scale,
+    "data_workers": data_workers,
     "gpu_training": gpu_training,
 }
 

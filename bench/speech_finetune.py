@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -54,6 +55,8 @@ def run_config(model: str, steps: int, out: str, cache: str) -> Any:
                 "warmup_steps": WARMUP,
                 "seed": SEED,
                 "num_threads": 1,
+                # bench.run's data_workers rows set this (1 vs 0); 0 everywhere else.
+                "data_workers": int(os.environ.get("OMNITUNE_BENCH_WORKERS", "0")),
                 "logging_steps": 25,
                 "resume": "never",
             },

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ def run_config(model: str, data: Path, steps: int, out: str) -> Any:
                 "warmup_steps": WARMUP,
                 "seed": SEED,
                 "num_threads": 1,
+                # bench.run's data_workers rows set this (1 vs 0); 0 everywhere else.
+                "data_workers": int(os.environ.get("OMNITUNE_BENCH_WORKERS", "0")),
                 "logging_steps": 25,
                 "resume": "never",
             },
