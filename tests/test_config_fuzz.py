@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -28,19 +28,14 @@ from omnitune.trainers.cli import main
 from omnitune.trainers.config import RunConfig
 from tests import reliability
 from tests.conftest import REPO
+from tests.fuzzing import fuzz_settings
 
 pytestmark = pytest.mark.reliability
 
 RUN_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if "monitor" not in p.name)
 MONITOR_CONFIGS = [REPO / "configs" / "monitor.yaml", REPO / "configs" / "monitor-demo.yaml"]
 CASES = 400  # per target; the suite's slowest target takes about 20 s
-FUZZ = settings(
-    max_examples=CASES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(CASES)
 OUTCOMES: dict[str, Counter[str]] = {}
 
 

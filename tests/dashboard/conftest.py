@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from omnitune.monitor import traffic
+from tests.conftest import OMNITUNE, offline_env
 from tests.monitor.conftest import (  # noqa: F401 - fixtures used here
     Daemon,
     monitor_config,
@@ -23,3 +27,23 @@ def live_daemon(monitor_config) -> Iterator[tuple[Daemon, traffic.Planted]]:  # 
     daemon.evaluated()
     yield daemon, planted
     daemon.stop()
+
+
+def start_dashboard(*arguments: str, port: int, timeout: float = 60) -> subprocess.Popen:
+    """`omnitune dashboard ARGUMENTS --port PORT`, returned once Streamlit answers its health
+    check (the caller terminates it)."""
+    process = subprocess.Popen(
+        [str(OMNITUNE), "dashboard", *arguments, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=offline_env(),
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+            return process
+        except OSError:
+            time.sleep(0.3)
+    process.terminate()
+    raise AssertionError("the dashboard never answered its health check")

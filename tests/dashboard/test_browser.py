@@ -3,54 +3,22 @@ the overview renders the live request count, and a screenshot is saved with the 
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-import urllib.request
-
 import pytest
 
-from tests.conftest import OMNITUNE, offline_env
+from tests.dashboard.conftest import start_dashboard
+from tests.monitor.conftest import free_port
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_overview_renders_the_live_request_count(live_daemon, tmp_path):
     from omnitune.dashboard.browser import BrowserMissing, headless_chromium, wait_for_overview
 
     daemon, _ = live_daemon
-    port = _free_port()
-    app = subprocess.Popen(
-        [
-            str(OMNITUNE),
-            "dashboard",
-            "--daemon",
-            daemon.url,
-            "--port",
-            str(port),
-            "--runs",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=offline_env(),
-    )
+    port = free_port()
+    app = start_dashboard("--daemon", daemon.url, "--runs", str(tmp_path), port=port)
     browser = None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
         try:
             browser = headless_chromium(tmp_path / "chromium")
         except BrowserMissing as exc:

@@ -6,15 +6,13 @@ auto-refresh re-renders."""
 
 from __future__ import annotations
 
-import subprocess
 import time
-import urllib.request
 
 import pytest
 
 from omnitune.monitor import traffic
 from tests import reliability
-from tests.conftest import OMNITUNE, offline_env
+from tests.dashboard.conftest import start_dashboard
 from tests.dashboard.test_app import app, metrics  # noqa: F401 - the app fixture
 from tests.monitor.conftest import free_port, start_daemon, start_prometheus
 
@@ -133,32 +131,17 @@ def test_an_open_browser_page_shows_the_outage_and_the_recovery(sources, tmp_pat
     from omnitune.dashboard.browser import BrowserMissing, headless_chromium, wait_for_overview
 
     port = free_port()
-    dashboard = subprocess.Popen(
-        [
-            str(OMNITUNE),
-            "dashboard",
-            "--daemon",
-            sources.daemon.url,
-            "--prometheus",
-            sources.prometheus.url,
-            "--port",
-            str(port),
-            "--runs",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=offline_env(),
+    dashboard = start_dashboard(
+        "--daemon",
+        sources.daemon.url,
+        "--prometheus",
+        sources.prometheus.url,
+        "--runs",
+        str(tmp_path),
+        port=port,
     )
     browser = None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
         try:
             browser = headless_chromium(tmp_path / "chromium")
         except BrowserMissing as exc:

@@ -78,6 +78,19 @@ class Daemon:
         assert code == 200, body
         return body
 
+    def stored_request_ids(self) -> list[str]:
+        """The request_id of every stored event, oldest first, paged through GET /v1/events
+        (a list: an id stored twice would show twice)."""
+        ids: list[str] = []
+        after = 0
+        while True:
+            code, page = self.request("GET", f"/v1/events?after_id={after}&limit=5000")
+            assert code == 200, page
+            if not page["events"]:
+                return ids
+            ids += [event["request_id"] for event in page["events"]]
+            after = page["next_after_id"]
+
     def evaluated(self, timeout: float = 30.0) -> dict[str, Any]:
         """The status after an evaluation that started after this call."""
         asked = time.time()

@@ -21,7 +21,7 @@ import pytest
 
 from omnitune.monitor import traffic
 from tests import reliability
-from tests.monitor.conftest import Daemon, free_port, start_daemon
+from tests.monitor.conftest import free_port, start_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -74,18 +74,6 @@ class Sender(threading.Thread):
             batch_number += 1
 
 
-def stored_rows(daemon: Daemon) -> list[str]:
-    ids: list[str] = []
-    after = 0
-    while True:
-        code, page = daemon.request("GET", f"/v1/events?after_id={after}&limit=5000")
-        assert code == 200, page
-        if not page["events"]:
-            return ids
-        ids += [event["request_id"] for event in page["events"]]
-        after = page["next_after_id"]
-
-
 def test_repeated_sigkill_under_load_keeps_every_acknowledged_event_once(monitor_config):
     config = monitor_config()
     port = free_port()
@@ -111,7 +99,7 @@ def test_repeated_sigkill_under_load_keeps_every_acknowledged_event_once(monitor
             sender.join(timeout=30)
     elapsed = time.monotonic() - started
     try:
-        rows = stored_rows(daemon)
+        rows = daemon.stored_request_ids()
         status = daemon.status()
     finally:
         daemon.stop()

@@ -9,7 +9,7 @@ import threading
 import time
 
 from omnitune.monitor import traffic
-from tests.monitor.conftest import Daemon, start_daemon
+from tests.monitor.conftest import start_daemon
 
 
 def send_until_refused(url: str, sender: int, acked: list[str], stop: threading.Event) -> None:
@@ -31,18 +31,6 @@ def send_until_refused(url: str, sender: int, acked: list[str], stop: threading.
         if response.status == 200:
             acked.extend(event["request_id"] for event in events)
         batch_number += 1
-
-
-def stored_ids(daemon: Daemon) -> set[str]:
-    ids: set[str] = set()
-    after = 0
-    while True:
-        code, page = daemon.request("GET", f"/v1/events?after_id={after}&limit=5000")
-        assert code == 200
-        if not page["events"]:
-            return ids
-        ids.update(e["request_id"] for e in page["events"])
-        after = page["next_after_id"]
 
 
 def test_sigkill_while_clients_send_loses_no_acknowledged_event(monitor_config):
@@ -67,7 +55,7 @@ def test_sigkill_while_clients_send_loses_no_acknowledged_event(monitor_config):
 
     restarted = start_daemon(config)
     try:
-        stored = stored_ids(restarted)
+        stored = set(restarted.stored_request_ids())
         missing = set(acked) - stored
         assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:3]}"
         status = restarted.status()

@@ -20,10 +20,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests import reliability
+from tests.fuzzing import fuzz_settings
 from tests.monitor.conftest import Daemon, start_daemon
 
 pytestmark = pytest.mark.reliability
@@ -33,13 +34,7 @@ BODY_TIMEOUT_S = 2.0
 MAX_BODY = 64 * 1024
 MAX_EVENTS = 100
 CASES = 300
-FUZZ = settings(
-    max_examples=CASES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(CASES)
 ENDPOINTS = [
     ("POST", "/v1/events"),
     ("GET", "/v1/events"),

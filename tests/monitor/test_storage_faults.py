@@ -20,7 +20,7 @@ import yaml
 from omnitune.monitor import traffic
 from tests import reliability
 from tests.conftest import run_cli
-from tests.monitor.conftest import Daemon, start_daemon
+from tests.monitor.conftest import start_daemon
 
 pytestmark = pytest.mark.reliability
 
@@ -42,18 +42,6 @@ def batch(tag: str, number: int, size: int = 200) -> list[dict]:
         event["request_id"] = f"{tag}-{number}-{index}"
         event["input"] = event["input"] + " " + "padding " * 40  # fill the disk sooner
     return events
-
-
-def stored_ids(daemon: Daemon) -> list[str]:
-    ids: list[str] = []
-    after = 0
-    while True:
-        code, page = daemon.request("GET", f"/v1/events?after_id={after}&limit=5000")
-        assert code == 200, page
-        if not page["events"]:
-            return ids
-        ids += [event["request_id"] for event in page["events"]]
-        after = page["next_after_id"]
 
 
 def fill(folder: Path) -> Path:
@@ -107,7 +95,7 @@ def test_a_full_disk_is_answered_503_keeps_acknowledged_events_and_ingest_resume
         code, body = daemon.post(refused)  # the client's retry
         assert code == 200 and body["accepted"] == 200
         acked += [event["request_id"] for event in refused]
-        stored = stored_ids(daemon)
+        stored = daemon.stored_request_ids()
         assert sorted(stored) == sorted(acked)
         copy = tmp_path / "copy"  # quiescent now: the database and its WAL, copied out
         copy.mkdir()
