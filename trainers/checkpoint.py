@@ -36,6 +36,8 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: data.streaming: the stream's position (trainers/streaming.py), None otherwise
+    stream: dict[str, Any] | None = None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

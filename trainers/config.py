@@ -135,6 +135,20 @@ class DataSection(Section):
             "available, one per 20,000 rows). The result is the same for any count."
         ),
     )
+    streaming: bool = Field(
+        False,
+        description=(
+            "Text SFT on a JSONL/CSV/Parquet file: read it lazily, row by row, through a "
+            "seeded shuffle buffer instead of preparing it whole (for files larger than memory "
+            "or disk); the position in the stream is in every checkpoint. Needs "
+            "train.max_steps; not with balancing, length grouping, packing or data workers."
+        ),
+    )
+    shuffle_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="data.streaming: rows held and drawn from at random (seeded).",
+    )
     profile_samples: int = Field(
         20_000,
         ge=100,
@@ -353,6 +367,25 @@ class RunConfig(Section):
     train: TrainSection
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: str = Field("runs/default", description="Where the run writes everything.")
+
+    @model_validator(mode="after")
+    def _streaming_fits(self) -> RunConfig:
+        if not self.data.streaming:
+            return self
+        refusals = [
+            (self.model.modality != "text", "model.modality", "text only for now"),
+            (self.objective.name != "sft", "objective.name", "SFT only for now"),
+            (self.objective.loss != "cross_entropy", "objective.loss", "needs groups"),
+            (self.train.max_steps is None, "train.max_steps", "a stream has no known length"),
+            (self.data.balance.by is not None, "data.balance.by", "needs every row's group"),
+            (self.data.group_by_length, "data.group_by_length", "needs every row's length"),
+            (self.data.packing, "data.packing", "packs the whole dataset"),
+            (self.train.data_workers > 0, "train.data_workers", "the stream is read in order"),
+        ]
+        for refused, field_path, why in refusals:
+            if refused:
+                raise ValueError(f"{field_path}: not with data.streaming ({why})")
+        return self
 
     @model_validator(mode="after")
     def _weighted_loss_needs_groups(self) -> RunConfig:

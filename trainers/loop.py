@@ -267,16 +267,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         direction=direction,
         run_dir=run_dir,
         initial_adapter=initial_adapter,
-        batches=BatchSource(
-            train_set,
-            collate,
-            plan,
-            state,
-            accelerator.process_index,
-            config.train.seed,
-            workers=config.train.data_workers,
-            pin_memory=accelerator.device.type == "cuda",
-        ),
+        batches=_batch_source(config, train_set, collate, plan, state, accelerator),
         last_saved=state.step if resume_from is not None else None,
         heads=heads,
         trained_heads={
@@ -469,9 +460,14 @@ def finish(
     if main:
         _export_final(s.unwrapped, s.processor, output, s.initial_adapter)
         _export_heads(s.heads, s.run_dir / "heads")
-        profiled = sample_examples(
-            s.train_set.unpacked or s.train_set, s.config.data.profile_samples, s.config.train.seed
-        )
+        if s.config.data.streaming:
+            profiled = s.train_set.head(s.config.data.profile_samples)
+        else:
+            profiled = sample_examples(
+                s.train_set.unpacked or s.train_set,
+                s.config.data.profile_samples,
+                s.config.train.seed,
+            )
         (s.run_dir / "reference.json").write_text(json.dumps(s.modality.profile(profiled)))
     result = RunResult(
         run_dir=s.run_dir,
@@ -548,25 +544,66 @@ def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:
 
 
 def _read_data(objective: Any, modality: Any, config: RunConfig, processor: Any) -> tuple:
-    train_set = objective.data(modality, config.data.train, config, processor, True)
+    if config.data.streaming:
+        from omnitune.trainers.streaming import TextStream
+
+        train_set = TextStream(config.data.train, config, processor)
+        if not len(train_set.head(1)):
+            raise DataError(f"{config.data.train}: no usable training examples in the stream")
+    else:
+        train_set = objective.data(modality, config.data.train, config, processor, True)
     eval_set = (
         objective.data(modality, config.data.eval, config, processor, False)
         if config.data.eval
         else None
     )
-    for examples in filter(None, (train_set, eval_set)):
+    for examples in (train_set, eval_set):
+        if examples is None:
+            continue
         log.info("data %s", examples.summary())
-        if examples.origin:
+        if getattr(examples, "origin", None):
             log.info("data %s %s", examples.source, examples.origin)
-    if len(train_set) == 0:
+    if not config.data.streaming and len(train_set) == 0:
         raise DataError(
             f"{config.data.train}: no usable training {objective.reads} ({train_set.summary()})"
         )
     return train_set, eval_set
 
 
+def _batch_source(
+    config: RunConfig, train_set: Any, collate: Any, plan: BatchPlan, state: Any, accelerator: Any
+) -> Any:
+    """Where the steps' batches come from: the plan over a dataset, or a stream."""
+    if config.data.streaming:
+        from omnitune.trainers.streaming import StreamBatchSource
+
+        return StreamBatchSource(
+            train_set,
+            collate,
+            state,
+            accelerator.process_index,
+            accelerator.num_processes,
+            config.train.batch_size,
+            config.train.seed,
+        )
+    return BatchSource(
+        train_set,
+        collate,
+        plan,
+        state,
+        accelerator.process_index,
+        config.train.seed,
+        workers=config.train.data_workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+
+
 def _batch_plan(config: RunConfig, train_set: Any, world_size: int) -> BatchPlan:
     import numpy as np
+
+    if config.data.streaming:  # one "batch per epoch": the stream keeps its own position
+        per_device = config.train.batch_size
+        return BatchPlan(per_device * world_size, per_device, world_size, config.train.seed)
 
     strategy = config.data.balance.strategy
     weights = group_weights(train_set.groups, strategy, config.data.balance.temperature)

@@ -95,7 +95,8 @@ def kill_resume_and_compare(run_config, steps: int, **sections) -> None:
         "the same config (dropout on, so a lost RNG state would show).",
         {
             "objective": config.objective.name
-            + (f" ({config.train.data_workers} data workers)" if config.train.data_workers else ""),
+            + (f" ({config.train.data_workers} data workers)" if config.train.data_workers else "")
+            + (" (streamed)" if config.data.streaming else ""),
             "PEFT": config.peft.method,
             "steps": steps,
             "killed after step": killed_at,
