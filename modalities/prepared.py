@@ -66,19 +66,37 @@ def workers_for(rows: int, num_proc: int | None) -> int | None:
 
 
 def content_fingerprint(source: str) -> str:
-    """A hash of a local file's bytes (or a folder's files), or of a hub source's name."""
+    """A hash of a local file's bytes (or a folder's files), or of a hub source's name.
+
+    Hashing reads every byte (about 0.4 s for 150 MB here), so the digest of a file is
+    remembered under its path, size, modification time and inode in the cache's
+    `fingerprints.json`: an unchanged file is not read again, a changed one is."""
     path = Path(source)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if not path.exists():
-        digest.update(source.encode())
-        return digest.hexdigest()
+        return hashlib.sha256(source.encode()).hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    identity = json.dumps(
+        [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino] for f in files]
+    )
+    remembered = prepared_root() / "fingerprints.json"
+    try:
+        known = json.loads(remembered.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if identity in known:
+        return known[identity]
+    digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         with file.open("rb") as handle:
             for chunk in iter(lambda h=handle: h.read(8 * 1024 * 1024), b""):
                 digest.update(chunk)
-    return digest.hexdigest()
+    known[identity] = digest.hexdigest()
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    temporary = remembered.with_name(f".fingerprints-{os.getpid()}.json")
+    temporary.write_text(json.dumps(dict(list(known.items())[-1000:])))
+    os.replace(temporary, remembered)
+    return known[identity]
 
 
 def processor_fingerprint(processor: Any) -> str:
