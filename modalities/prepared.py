@@ -107,7 +107,7 @@ def processor_fingerprint(processor: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         parts["tokenizer"] = hashlib.sha256(backend.to_str().encode()).hexdigest()
-    else:
+    elif hasattr(tokenizer, "get_vocab"):
         parts["vocab"] = sorted(tokenizer.get_vocab().items())
     parts["chat_template"] = getattr(tokenizer, "chat_template", None)
     parts["special"] = str(getattr(tokenizer, "special_tokens_map", {}))
@@ -131,11 +131,13 @@ def prepare(
     settings: dict[str, Any],
     build: Callable[[Path], tuple[Any, Counter[str], int]],
     cache_dir: str | None = None,
+    still_valid: Callable[[Any], bool] | None = None,
 ) -> Prepared:
     """The prepared dataset for `settings`, from the cache or built by `build(scratch)`.
 
     `build` returns (dataset, skip counts, truncated count); it may write intermediate files
-    under `scratch`, which is removed afterwards."""
+    under `scratch`, which is removed afterwards. `still_valid(dataset)` is asked of a cached
+    entry (media files it names unchanged); False builds it again."""
     import datasets
 
     target = prepared_root(cache_dir) / kind / cache_key(settings)
@@ -144,7 +146,9 @@ def prepare(
         try:
             info = json.loads(meta.read_text())
             dataset = datasets.load_from_disk(str(target / "data")) if info["rows"] else None
-            return Prepared(dataset, target, Counter(info["skipped"]), info["truncated"])
+            if still_valid is None or still_valid(dataset):
+                return Prepared(dataset, target, Counter(info["skipped"]), info["truncated"])
+            shutil.rmtree(target, ignore_errors=True)
         except (OSError, ValueError, KeyError, FileNotFoundError):
             shutil.rmtree(target, ignore_errors=True)  # torn or foreign: build it again
     started = time.perf_counter()
@@ -191,7 +195,9 @@ class ArrowItems(Sequence):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
             raise IndexError(index)
         return self._decode(self.dataset[int(index)])

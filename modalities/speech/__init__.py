@@ -41,13 +41,16 @@ def profile(examples: Examples) -> dict[str, Any]:
     from omnitune.modalities.speech.audio import features_of_file
     from omnitune.modalities.speech.features import read_profile_row
 
+    def row(item: dict[str, Any]) -> dict[str, float]:
+        if item.get("features"):
+            try:
+                return read_profile_row(item["features"])
+            except FileNotFoundError:  # the feature cache was cleaned since
+                pass
+        return features_of_file(item["audio"], 16_000)
+
     step = max(1, len(examples) // PROFILE_SAMPLES)
-    rows = (
-        read_profile_row(item["features"])
-        if item.get("features")
-        else features_of_file(item["audio"], 16_000)
-        for item in (examples[i] for i in range(0, len(examples), step))
-    )
+    rows = (row(examples[i]) for i in range(0, len(examples), step))
     return build_profile("speech", rows, examples.source)
 
 

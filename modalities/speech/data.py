@@ -24,6 +24,7 @@ from typing import Any
 
 from omnitune.modalities.base import Examples, default_cache_root
 from omnitune.modalities.hf_sources import hf_rows, is_hf_source
+from omnitune.modalities.prepared_media import Checked
 from omnitune.modalities.speech.audio import AudioProblem, check_clip
 from omnitune.modalities.speech.features import FeatureCache
 from omnitune.modalities.speech.options import SpeechOptions, speech_options
@@ -39,35 +40,85 @@ def feature_cache(processor: Any, options: SpeechOptions) -> FeatureCache:
 
 
 def read_speech_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
+    """The usable clips of `source`: checked in `data.num_proc` processes and kept in the
+    prepared (Arrow) cache for manifests and folders when `data.cache` is on, else row by row."""
+    from omnitune.modalities.prepared import processor_fingerprint
+    from omnitune.modalities.prepared_media import (
+        ItemSchema,
+        preparable,
+        read_checked,
+        read_prepared_media,
+    )
+
     options = speech_options(config)
-    extractor = processor.feature_extractor
-    max_seconds = options.max_seconds or float(extractor.chunk_length)
-    cache = feature_cache(processor, options)
+    check = SpeechRowCheck(processor, options)
     group_field = config.data.balance.by
-    examples = Examples(items=[], source=source)
-    for where, base, record in _records(source, options, examples):
+
+    def records(examples: Examples) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+        return _records(source, options, examples)
+
+    if not (config.data.cache and preparable(source)):
+        return read_checked(source, records, check, group_field)
+    from datasets import Value
+
+    schema = ItemSchema(
+        {
+            "audio": Value("string"),
+            "text": Value("string"),
+            "features": Value("string"),
+            "floor": Value("float64"),
+            "frames": Value("int64"),
+            **{name: Value("string") for name in EXTRA_FIELDS},
+        }
+    )
+    settings = {
+        "options": options.model_dump(exclude={"augment"}),
+        "processor": processor_fingerprint(processor.feature_extractor),
+    }
+    return read_prepared_media(
+        "speech",
+        source,
+        settings,
+        records,
+        check,
+        schema,
+        group_field,
+        config.data.num_proc,
+        cache_dir=options.cache_dir,
+    )
+
+
+class SpeechRowCheck:
+    """One manifest row to a clip example: the file decoded once (its features cached), too
+    long, silent or unreadable clips skipped by reason; a missing file is a DataError."""
+
+    def __init__(self, processor: Any, options: SpeechOptions) -> None:
+        extractor = processor.feature_extractor
+        self.options = options
+        self.max_seconds = options.max_seconds or float(extractor.chunk_length)
+        self.cache = feature_cache(processor, options)
+
+    def __call__(self, where: str, base: Path, record: dict[str, Any]) -> Checked:
+        options = self.options
         audio, text = record.get(options.audio_column), record.get(options.text_column)
         if not audio or not isinstance(text, str):
-            examples.skipped["no audio or text field"] += 1
-            continue
+            return Checked(None, reason="no audio or text field")
         path = Path(str(audio))
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise DataError(f"{where}: audio file {path} does not exist")
         try:
-            info, _ = cache.describe(path)
-            check_clip(info.duration, info.rms, max_seconds)
+            info, _ = self.cache.describe(path)
+            check_clip(info.duration, info.rms, self.max_seconds)
         except AudioProblem as problem:
-            examples.skipped[problem.reason] += 1
-            continue
+            return Checked(None, reason=problem.reason, media=[str(path)])
         item: dict[str, Any] = {"audio": str(path), "text": text.strip()}
         if info.cache_file:
             item.update(features=info.cache_file, floor=info.floor, frames=info.frames)
         for key in EXTRA_FIELDS:
             if record.get(key) not in (None, ""):
                 item[key] = str(record[key])
-        examples.add(item, record, group_field, length=info.duration)
-    return examples
+        return Checked(item, info.duration, media=[str(path)])
 
 
 def _records(

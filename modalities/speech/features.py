@@ -119,9 +119,13 @@ def load_features(cache_file: str, floor: float, frames: int) -> np.ndarray:
 
 
 def example_features(example: dict[str, Any], extractor: Any) -> np.ndarray:
-    """An example's feature window: from the cache when it has an entry, else computed."""
+    """An example's feature window: from the cache when it has an entry, else computed (also
+    when the entry was deleted since the dataset was prepared: caches get cleaned)."""
     if example.get("features"):
-        return load_features(example["features"], example["floor"], example["frames"])
+        try:
+            return load_features(example["features"], example["floor"], example["frames"])
+        except FileNotFoundError:
+            pass
     return extract(extractor, read_audio(example["audio"], extractor.sampling_rate))
 
 

@@ -16,32 +16,82 @@ from typing import Any
 
 from omnitune.modalities.base import Examples, default_cache_root
 from omnitune.modalities.hf_sources import hf_rows, is_hf_source
+from omnitune.modalities.prepared_media import Checked
 from omnitune.modalities.vision_language.images import ImageProblem, open_image
 from omnitune.modalities.vision_language.options import vision_options
 from omnitune.trainers.errors import DataError
 
 
 def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
+    """The usable samples of `source`: checked in `data.num_proc` processes and kept in the
+    prepared (Arrow) cache for local files when `data.cache` is on, else row by row."""
+    from omnitune.modalities.prepared import processor_fingerprint
+    from omnitune.modalities.prepared_media import (
+        ItemSchema,
+        preparable,
+        read_checked,
+        read_prepared_media,
+    )
+
     options = vision_options(config)
+    check = VisionRowCheck(processor, options, config.data.max_length)
     group_field = config.data.balance.by
-    examples = Examples(items=[], source=source)
-    for where, base, record in records(source, options, examples):
+
+    def rows(examples: Examples) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+        return records(source, options, examples)
+
+    if not (config.data.cache and preparable(source)):
+        return read_checked(source, rows, check, group_field)
+    from datasets import Sequence, Value
+
+    schema = ItemSchema(
+        {
+            "messages": Value("string"),
+            "images": Sequence(Value("string")),
+            "answer": Value("string"),
+            "prompt": Value("string"),
+        },
+        json_columns=("messages",),
+    )
+    settings = {
+        "options": options.model_dump(),
+        "max_length": config.data.max_length,
+        "processor": processor_fingerprint(processor),
+    }
+    return read_prepared_media(
+        "vision_language",
+        source,
+        settings,
+        rows,
+        check,
+        schema,
+        group_field,
+        config.data.num_proc,
+    )
+
+
+class VisionRowCheck:
+    """One row to a sample: its images opened (unreadable ones skip the row, by reason) and its
+    length measured in tokens with the image tokens; a missing image is a DataError."""
+
+    def __init__(self, processor: Any, options: Any, max_length: int) -> None:
+        self.processor, self.options, self.max_length = processor, options, max_length
+
+    def __call__(self, where: str, base: Path, record: dict[str, Any]) -> Checked:
+        options = self.options
         messages = _as_messages(record)
         if messages is None:
-            examples.skipped["no messages or image/question/answer fields"] += 1
-            continue
+            return Checked(None, reason="no messages or image/question/answer fields")
         images = image_paths(messages, record, where, base)
         try:
             opened = [
                 open_image(path, options.max_pixels, options.max_decode_pixels) for path in images
             ]
         except ImageProblem as found:
-            examples.skipped[found.reason] += 1
-            continue
+            return Checked(None, reason=found.reason, media=images)
         answer = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
         if not images or answer is None:
-            examples.skipped["no image or no assistant answer"] += 1
-            continue
+            return Checked(None, reason="no image or no assistant answer", media=images)
         prompt = " ".join(text_of(m) for m in messages if m["role"] != "assistant")
         item = {
             "messages": messages,
@@ -49,18 +99,17 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
             "answer": text_of(answer),
             "prompt": prompt,
         }
-        tokens = token_length(processor, item, opened)
-        if tokens > config.data.max_length:
+        tokens = token_length(self.processor, item, opened)
+        if tokens > self.max_length:
             if options.overlong == "fail":
                 raise DataError(
                     f"{where}: {tokens} tokens with its image tokens, over "
-                    f"data.max_length={config.data.max_length}; raise it, or set "
+                    f"data.max_length={self.max_length}; raise it, or set "
                     "data.options.overlong=drop to skip such samples"
                 )
-            examples.skipped[f"longer than data.max_length ({config.data.max_length} tokens)"] += 1
-            continue
-        examples.add(item, record, group_field, length=tokens)
-    return examples
+            reason = f"longer than data.max_length ({self.max_length} tokens)"
+            return Checked(None, reason=reason, media=images)
+        return Checked(item, tokens, media=images)
 
 
 def image_paths(

@@ -141,3 +141,22 @@ def test_a_dataset_without_usable_rows_and_a_missing_file_are_named(tiny_model, 
     assert "skipped 1 invalid JSON, 1 not a JSON object" in result.stderr
     missing = run_cli("data", "prepare", str(config), f"data.train={tmp_path / 'gone.jsonl'}")
     assert missing.returncode == 1 and "gone.jsonl: no such data file" in missing.stderr
+
+
+def test_the_profile_sample_is_seeded_and_reads_a_few_stretches_of_the_file():
+    import numpy as np
+
+    from omnitune.modalities.base import SAMPLE_BLOCK, Examples, sample_examples
+
+    examples = Examples(items=[{"row": i} for i in range(100_000)], source="rows.jsonl")
+    sample = sample_examples(examples, 2_000, seed=7)
+    rows = np.array([item["row"] for item in sample.items])
+    assert len(rows) == 2_000 and len(set(rows)) == 2_000
+    assert np.all(np.diff(rows) > 0)  # in dataset order
+    assert [i["row"] for i in sample_examples(examples, 2_000, seed=7).items] == list(rows)
+    assert [i["row"] for i in sample_examples(examples, 2_000, seed=8).items] != list(rows)
+    stretches = 1 + int(np.sum(np.diff(rows) > 1))
+    assert stretches <= 2_000 / SAMPLE_BLOCK + 1  # not 2,000 scattered rows
+    assert rows.min() < 20_000 and rows.max() > 80_000  # drawn from the whole file
+    small = Examples(items=examples.items[:50], source="small.jsonl")
+    assert sample_examples(small, 2_000) is small  # a small dataset is profiled whole
