@@ -7,7 +7,8 @@ into a fresh cache on the first run, opened from it on the re-run), and `SFTTrai
 run, kept for the re-run). Same tiny chat model, same rows (digit chats), same batch size.
 
 Figures: `seconds_to_first_step` (process start to the end of step one, imports and model load
-included, as a user waits), `data_ready_seconds` (omnitune: from the start of reading to the
+included, as a user waits; omnitune: the step's time stamp in `metrics.jsonl`, TRL: a
+`TrainerCallback.on_step_end`), `data_ready_seconds` (omnitune: from the start of reading to the
 first collated batch, measured in-process on the same cache state; TRL: its dataset
 preparation, `SFTTrainer.__init__` minus the model's), and `peak_rss_mb`.
 
@@ -23,8 +24,10 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 STARTED = time.perf_counter()
+STARTED_WALL = time.time()  # the run log stamps steps with wall-clock time
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -64,8 +67,10 @@ def omnitune_side(model: Path, data: Path, cache: Path, out: Path) -> dict[str, 
         }
     )
     result = train(config)
-    first_step = time.perf_counter() - STARTED
-    assert result.steps == 1
+    assert result.steps == 1 and result.loop_seconds > 0  # a step was trained, not resumed
+    step_one = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert step_one["step"] == 1
+    first_step = step_one["time"] - STARTED_WALL
     # The data path alone, on the same cache state the run found (for the first run: a new,
     # empty cache, so it is built again).
     from transformers import AutoTokenizer
@@ -89,7 +94,7 @@ def trl_side(model: Path, data: Path, cache: Path, out: Path) -> dict[str, float
     os.environ["HF_DATASETS_CACHE"] = str(cache)
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from bench.harness import peak_rss_mb
@@ -115,9 +120,16 @@ def trl_side(model: Path, data: Path, cache: Path, out: Path) -> dict[str, float
         model=network, args=arguments, train_dataset=rows, processing_class=tokenizer
     )
     ready = time.perf_counter() - began
+    first_step: list[float] = []
+
+    class FirstStep(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            first_step.append(time.perf_counter() - STARTED)
+
+    trainer.add_callback(FirstStep())
     trainer.train()
     return {
-        "seconds_to_first_step": time.perf_counter() - STARTED,
+        "seconds_to_first_step": first_step[0],
         "data_ready_seconds": ready,
         "peak_rss_mb": peak_rss_mb(),
         "rows": len(trainer.train_dataset),
@@ -140,7 +152,9 @@ def main() -> None:
     if args.phase == "cached":
         (cache / "cached-once").touch()
     side = omnitune_side if args.side == "omnitune" else trl_side
-    figures = side(args.model, data, cache, args.work / f"run-{args.side}-{args.rows}")
+    out = args.work / f"run-{args.side}-{args.rows}-{args.phase}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time: nothing to resume
+    figures = side(args.model, data, cache, out)
     print(json.dumps(figures))
 
 

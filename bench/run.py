@@ -430,12 +430,19 @@ def data_workers(pairs: int = 3) -> list[Comparison]:
     data worker vs none (the loop collating), same runs otherwise: on 2 cores at 1 torch
     thread, collation moves to the idle core."""
     rows = []
-    for name, command, figure, unit in (
-        ("speech", speech_command, "utterances_per_second", "utterances/s"),
-        ("vision-language", vlm_command, "samples_per_second", "samples/s"),
+    for name, command, figure, unit, extra in (
+        ("speech", speech_command, "utterances_per_second", "utterances/s", []),
+        (
+            "speech (noise, speed, SpecAugment)",
+            speech_command,
+            "utterances_per_second",
+            "utterances/s",
+            ["OMNITUNE_BENCH_AUGMENT=1"],
+        ),
+        ("vision-language", vlm_command, "samples_per_second", "samples/s", []),
     ):
-        ours = ["env", "OMNITUNE_BENCH_WORKERS=1", *command("omnitune")]
-        base = ["env", "OMNITUNE_BENCH_WORKERS=0", *command("omnitune")]
+        ours = ["env", "OMNITUNE_BENCH_WORKERS=1", *extra, *command("omnitune")]
+        base = ["env", "OMNITUNE_BENCH_WORKERS=0", *extra, *command("omnitune")]
         rows.append(
             compare(
                 Comparison(

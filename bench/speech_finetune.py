@@ -31,6 +31,15 @@ CORPUS = REPO / "modalities" / "speech" / "corpus"
 BATCH, LR, SEED, RANK, WARMUP = 16, 3e-3, 0, 16, 10
 
 
+def augment() -> dict[str, Any]:
+    """No augmentation, as the reference recipe; bench.run's speech data_workers row sets
+    OMNITUNE_BENCH_AUGMENT=1 on both of its sides: noise and speed perturbation on half the
+    clips (each decoded and featurised again) and SpecAugment, a usual Whisper fine-tune."""
+    if os.environ.get("OMNITUNE_BENCH_AUGMENT") != "1":
+        return {}
+    return {"noise": {"p": 0.5}, "speed": {"p": 0.5}, "spec_augment": {"p": 0.5}}
+
+
 def run_config(model: str, steps: int, out: str, cache: str) -> Any:
     from omnitune.trainers.config import RunConfig
 
@@ -39,7 +48,7 @@ def run_config(model: str, steps: int, out: str, cache: str) -> Any:
             "model": {"name_or_path": model, "modality": "speech"},
             "data": {
                 "train": str(CORPUS / "shift" / "train.jsonl"),
-                "options": {"language": "en", "cache_dir": cache},
+                "options": {"language": "en", "cache_dir": cache, "augment": augment()},
             },
             "peft": {
                 "method": "lora",

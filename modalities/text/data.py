@@ -179,9 +179,11 @@ def read_prepared(source: str, config: Any, tokenizer: Any) -> Examples:
     dataset = prepared.dataset
     if dataset is None:  # every row skipped: the summary says why
         return Examples(items=[], source=source, skipped=prepared.skipped, origin=how)
-    lengths = dataset.with_format("numpy")["length"][:].astype(np.float64)
+    # Straight from the memory-mapped Arrow table: datasets' numpy formatting of a 10^6-row
+    # column took 0.5 s; this takes milliseconds.
+    lengths = dataset.data.column("length").to_numpy().astype(np.float64)
     if encoder.group_field:
-        groups: Any = dataset.with_format("numpy")["group"][:].astype(object)
+        groups: Any = np.asarray(dataset.data.column("group").to_pylist(), dtype=object)
     else:
         groups = np.full(len(dataset), None, dtype=object)
     items = dataset.remove_columns(["length", "group", "line"])
