@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Any, with_example: Any) -> None:
     dashboard = commands.add_parser(
         "dashboard", help="the Streamlit health dashboard over the monitor daemon"
     )
@@ -27,6 +27,10 @@ def add_commands(commands: Any) -> None:
     dashboard.add_argument("--runs", default="runs", help="folder of training runs")
     dashboard.add_argument("--port", type=int, default=8501)
     dashboard.add_argument("--host", default="127.0.0.1", help="bind address (loopback)")
+    with_example(
+        dashboard,
+        "omnitune dashboard --daemon http://127.0.0.1:9108 --prometheus http://127.0.0.1:9090",
+    )
     dashboard.set_defaults(handler=_dashboard)
 
 

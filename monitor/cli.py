@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 
-def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
+def add_commands(commands: Any, accept_overrides: Any, help_of: Any, with_example: Any) -> None:
     monitor = commands.add_parser("monitor", help="the post-deployment monitor daemon")
     actions = monitor.add_subparsers(dest="monitor_command", metavar="ACTION")
 
@@ -22,16 +22,17 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
     serve.add_argument("--config", required=True, help="monitor YAML config")
     serve.add_argument("--host", help="bind address (overrides server.host)")
     serve.add_argument("--port", type=int, help="port (overrides server.port; 0: any free)")
-    accept_overrides(serve)
+    accept_overrides(serve, "omnitune monitor serve --config configs/monitor.yaml server.port=9200")
     serve.set_defaults(handler=_serve)
 
     check = actions.add_parser(
         "check",
         help="validate a monitor config (exit 2 and the bad field's path if invalid)",
-        epilog="example: omnitune monitor check --config configs/monitor.yaml server.port=9200",
     )
     check.add_argument("--config", required=True, help="monitor YAML config")
-    accept_overrides(check)
+    accept_overrides(
+        check, "omnitune monitor check --config configs/monitor.yaml drift.alpha=0.001"
+    )
     check.set_defaults(handler=_check)
 
     proxy = actions.add_parser(
@@ -39,14 +40,16 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
         help="a recording reverse proxy in front of an OpenAI-compatible server",
         description="Forward every request to the upstream unchanged and record one event per "
         "chat completion, completion and transcription in the daemon.",
-        epilog="example: omnitune monitor proxy --config configs/monitor.yaml "
-        "--upstream http://127.0.0.1:8000 --port 9109",
     )
     proxy.add_argument("--config", required=True, help="monitor YAML config (its proxy section)")
     proxy.add_argument("--upstream", help="the upstream server's URL (overrides proxy.upstream)")
     proxy.add_argument("--host", help="bind address (overrides proxy.host)")
     proxy.add_argument("--port", type=int, help="port (overrides proxy.port; 0: any free)")
-    accept_overrides(proxy)
+    accept_overrides(
+        proxy,
+        "omnitune monitor proxy --config configs/monitor.yaml "
+        "--upstream http://127.0.0.1:8000 proxy.port=9109",
+    )
     proxy.set_defaults(handler=_proxy)
 
     calibrate = actions.add_parser(
@@ -55,14 +58,15 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
         description="Simulate each model's drift statistics from its reference and set their "
         "thresholds so that the model's false alarms come every drift.expected_run_events "
         "events; the result is cached next to the reference, where `monitor serve` finds it.",
-        epilog="example: omnitune monitor calibrate --config configs/monitor.yaml "
-        "drift.expected_run_events=50000",
     )
     calibrate.add_argument("--config", required=True, help="monitor YAML config")
     calibrate.add_argument(
         "--force", action="store_true", help="calibrate again even when a cached result fits"
     )
-    accept_overrides(calibrate)
+    accept_overrides(
+        calibrate,
+        "omnitune monitor calibrate --config configs/monitor.yaml drift.expected_run_events=50000",
+    )
     calibrate.set_defaults(handler=_calibrate)
 
     replay = actions.add_parser("replay", help="send recorded events (JSONL) to a daemon")
@@ -79,12 +83,14 @@ def add_commands(commands: Any, accept_overrides: Any, help_of: Any) -> None:
         help="stamp each event with the time it is sent instead of its recorded ts (a demo or "
         "load test that should look live on the dashboard)",
     )
+    with_example(replay, "omnitune monitor replay events.jsonl --rate 200 --now")
     replay.set_defaults(handler=_replay)
 
     status = actions.add_parser("status", help="a daemon's drift, safety and latency state")
     status.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
     status.add_argument("--token", help="bearer token, if the daemon wants one")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    with_example(status, "omnitune monitor status --url http://127.0.0.1:9108 --json")
     status.set_defaults(handler=_status)
     monitor.set_defaults(handler=help_of(monitor))
 

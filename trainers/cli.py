@@ -58,20 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate a config file (exit 2 and the bad field's path if invalid)"
     )
     check.add_argument("file", help="YAML config file")
-    _accept_overrides(check)
+    _accept_overrides(check, "omnitune config check configs/text-lora.yaml peft.r=16")
     check.set_defaults(handler=_config_check)
     show = config_commands.add_parser(
         "show", help="print the resolved config, defaults and overrides applied"
     )
     show.add_argument("file", help="YAML config file")
-    _accept_overrides(show)
+    _accept_overrides(
+        show, "omnitune config show configs/demo-speech-shift.yaml --json train.lr=1e-4"
+    )
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     show.set_defaults(handler=_config_show)
     config.set_defaults(handler=_help_of(config))
 
     train = commands.add_parser("train", help="fine-tune a model as a run config describes")
     train.add_argument("config", help="YAML run config")
-    _accept_overrides(train)
+    _accept_overrides(train, "omnitune train configs/text-lora.yaml train.max_steps=60")
     train.set_defaults(handler=_train, log_progress=True)
 
     evaluate = commands.add_parser(
@@ -80,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", help="run folder, model folder or hub id")
     evaluate.add_argument("--data", help="JSONL/CSV data (default: the run's data.eval)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    _accept_overrides(evaluate)
+    _accept_overrides(
+        evaluate, "omnitune eval runs/text-lora --data data/text/test.jsonl eval.batch_size=32"
+    )
     evaluate.set_defaults(handler=_eval)
 
     export = commands.add_parser(
@@ -91,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", action="store_true", help="merge the adapter into the base weights"
     )
     export.add_argument("--out", help="destination folder (default: RUN/merged or RUN/adapter)")
+    _with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
     export.set_defaults(handler=_export)
 
     data = commands.add_parser(
@@ -101,14 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("prepare", "tokenise/cache data.train and data.eval as `train` will read them"),
         ("info", "rows, skips by reason, length histogram and cache location"),
     ):
-        action = data_commands.add_parser(
-            name,
-            help=text,
-            epilog=f"example: omnitune data {name} configs/text-lora.yaml data.num_proc=2",
-        )
+        action = data_commands.add_parser(name, help=text)
         action.add_argument("config", help="YAML run config")
-        _accept_overrides(action)
+        _accept_overrides(action, f"omnitune data {name} configs/text-lora.yaml data.num_proc=2")
         action.set_defaults(handler=_data, data_action=name)
+    sample = data_commands.add_parser(
+        "sample",
+        help="write a small example dataset (digit chats or digit-image questions) to try a "
+        "config on",
+    )
+    sample.add_argument("kind", choices=("text", "vision_language"))
+    sample.add_argument("--out", required=True, help="folder to write (created if missing)")
+    sample.add_argument("--rows", type=int, default=512, help="training rows (held out: 1/8)")
+    sample.add_argument("--seed", type=int, default=0)
+    _with_example(sample, "omnitune data sample text --out data/text")
+    sample.set_defaults(handler=_data_sample)
     data.set_defaults(handler=_help_of(data))
 
     models = commands.add_parser("models", help="build tiny offline models")
@@ -123,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument(
         "--hidden-size", type=int, default=64, help="model width, a multiple of 16 up to 128"
     )
+    _with_example(tiny, "omnitune models build-tiny whisper --out models/tiny-whisper")
     tiny.set_defaults(handler=_models_build_tiny)
     check_model = model_commands.add_parser(
         "check",
@@ -135,27 +148,54 @@ def build_parser() -> argparse.ArgumentParser:
         default="Which digit is this?",
         help="the user message (text) or the question about a synthetic image (VLM)",
     )
+    _with_example(check_model, "omnitune models check models/tiny-whisper --max-new-tokens 4")
     check_model.set_defaults(handler=_models_check)
     models.set_defaults(handler=_help_of(models))
 
     from omnitune.monitor.cli import add_commands as add_monitor_commands
 
-    add_monitor_commands(commands, _accept_overrides, _help_of)
+    add_monitor_commands(commands, _accept_overrides, _help_of, _with_example)
 
     from omnitune.dashboard.cli import add_commands as add_dashboard_commands
 
-    add_dashboard_commands(commands)
+    add_dashboard_commands(commands, _with_example)
 
     parser.set_defaults(handler=_help_of(parser))
+    _show_overrides_in_usage(parser)
     return parser
 
 
-def _accept_overrides(command: argparse.ArgumentParser) -> None:
-    """Let `command` take `section.key=value` overrides anywhere on its command line."""
+#: What a command that takes overrides says about them under its example.
+OVERRIDES_NOTE = (
+    "Any key of the config can be set as section.key=value after the other arguments;\n"
+    "values are read as YAML: 20, 1e-4, [q_proj,v_proj], null."
+)
+
+
+def _with_example(command: argparse.ArgumentParser, example: str) -> None:
+    """End `command`'s help with a command line that works for it, as written."""
+    command.formatter_class = argparse.RawDescriptionHelpFormatter
+    command.epilog = f"example:\n  {example}"
+
+
+def _accept_overrides(command: argparse.ArgumentParser, example: str) -> None:
+    """Let `command` take `section.key=value` overrides anywhere on its command line; `example`
+    shows one with keys of the config that command reads."""
     command.set_defaults(overrides=[])
-    command.epilog = (
-        "Any config key can be overridden as section.key=value, e.g. train.max_steps=20."
-    )
+    _with_example(command, example)
+    command.epilog += "\n\n" + OVERRIDES_NOTE
+
+
+def _show_overrides_in_usage(parser: argparse.ArgumentParser) -> None:
+    """Append `[section.key=value ...]` to the usage line of every command that takes
+    overrides (argparse cannot declare them: they are the words it does not recognise)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _show_overrides_in_usage(command)
+    if parser.get_default("overrides") is not None:
+        usage = parser.format_usage().removeprefix("usage: ").rstrip()
+        parser.usage = f"{usage} [section.key=value ...]"
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -297,6 +337,31 @@ def _data(args: argparse.Namespace) -> int:
         print(describe(role, examples, unit))
     if args.data_action == "prepare":
         print(f"ready in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _data_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out, held_out = Path(args.out), max(1, args.rows // 8)
+    if args.kind == "text":
+        from omnitune.modalities.text.demo_data import write_digit_chat
+
+        paths = write_digit_chat(out, train=args.rows, test=held_out, seed=args.seed)
+        written = [paths["train"], paths["eval"]]
+    else:
+        from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+        from omnitune.trainers.errors import UsageError
+
+        if args.rows + held_out > 1797:  # scikit-learn's digits: 1,797 images
+            raise UsageError("--rows: at most 1,597 for vision_language (1,797 digit images)")
+        written = [
+            write_digit_vqa(out / "train", 0, args.rows),
+            write_digit_vqa(out / "test", args.rows, held_out),
+        ]
+    for path in written:
+        rows = sum(1 for line in path.open() if line.strip())
+        print(f"{path}: {rows} rows")
     return 0
 
 
