@@ -57,6 +57,39 @@ def shown(read: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return None
 
 
+#: Tick spacings a time axis may use, finest first: (Vega time unit, step, seconds).
+TICK_SPACINGS = [
+    *(("second", n, n) for n in (1, 2, 5, 10, 15, 30)),
+    *(("minute", n, 60 * n) for n in (1, 2, 5, 10, 15, 30)),
+    *(("hour", n, 3600 * n) for n in (1, 2, 3, 6, 12)),
+    *(("day", n, 86400 * n) for n in (1, 2, 7, 14)),
+    ("month", 1, 30 * 86400),
+    ("month", 3, 90 * 86400),
+    ("year", 1, 365 * 86400),
+]
+#: At most this many ticks on a time axis.
+MAX_TIME_TICKS = 8
+
+
+def time_axis(times: pd.Series) -> alt.Axis:
+    """A time axis whose ticks fall on whole seconds, minutes, hours or days and whose labels
+    say what changes across the range. Vega-Lite's own choice put ticks between seconds on a
+    short range (a demo's few seconds of drift history) and labelled every one `.500`."""
+    values = pd.to_datetime(times.dropna())
+    span = (values.max() - values.min()).total_seconds() if len(values) else 0.0
+    unit, step, seconds = next(
+        (spacing for spacing in TICK_SPACINGS if span / spacing[2] <= MAX_TIME_TICKS),
+        TICK_SPACINGS[-1],
+    )
+    if seconds < 60:
+        label = "%H:%M:%S"
+    elif seconds < 86400:
+        label = "%H:%M" if span < 86400 else "%b %d %H:%M"
+    else:
+        label = "%b %d" if span < 365 * 86400 else "%b %Y"
+    return alt.Axis(format=label, tickCount={"interval": unit, "step": step}, labelOverlap=True)
+
+
 def line_chart(
     frame: pd.DataFrame,
     y: str,
@@ -74,7 +107,7 @@ def line_chart(
         alt.Chart(frame, title=title)
         .mark_line(point=True)
         .encode(
-            x=alt.X("time:T", title=None),
+            x=alt.X("time:T", title=None, axis=time_axis(frame["time"])),
             y=alt.Y(
                 f"{y}:Q",
                 title=None,

@@ -51,6 +51,38 @@ def charts(at: AppTest) -> dict[str, pd.DataFrame]:
     return found
 
 
+def x_axis(at: AppTest, title: str) -> dict:
+    """The Vega-Lite x axis of the chart titled `title`."""
+    for chart in at.get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        for part in [spec, *spec.get("layer", [])]:
+            if part.get("title") == title:
+                return part["encoding"]["x"]["axis"]
+    raise AssertionError(f"no chart titled {title!r}")
+
+
+@pytest.mark.parametrize(
+    ("span_seconds", "label", "interval"),
+    [
+        (0, "%H:%M:%S", "second"),
+        (3, "%H:%M:%S", "second"),
+        (600, "%H:%M", "minute"),
+        (6 * 3600, "%H:%M", "hour"),
+        (3 * 86400, "%b %d %H:%M", "hour"),
+        (30 * 86400, "%b %d", "day"),
+        (400 * 86400, "%b %Y", "month"),
+    ],
+)
+def test_time_axes_tick_on_whole_units_with_labels_for_the_range(span_seconds, label, interval):
+    from omnitune.dashboard.views import MAX_TIME_TICKS, TICK_SPACINGS, time_axis
+
+    times = pd.Series(pd.to_datetime([1_796_000_000, 1_796_000_000 + span_seconds], unit="s"))
+    axis = time_axis(times).to_dict()
+    assert axis["format"] == label and axis["tickCount"]["interval"] == interval
+    step = next(s for u, n, s in TICK_SPACINGS if (u, n) == (interval, axis["tickCount"]["step"]))
+    assert span_seconds / step <= MAX_TIME_TICKS
+
+
 def select(at: AppTest, label: str, value: str) -> AppTest:
     next(box for box in at.selectbox if box.label == label).select(value)
     return at.run()
@@ -80,6 +112,9 @@ def test_drift_page_names_the_drifted_feature(app, live_daemon):
     history = charts(at)["Score ÷ threshold over time (drift at 1)"]
     last = history.sort_values("time").groupby("feature")["ratio"].last()
     assert last["upper_ratio"] >= 1 > last["chars"]
+    # Its time axis ticks on whole seconds (the test's history spans a few): no `.500` labels.
+    axis = x_axis(at, "Score ÷ threshold over time (drift at 1)")
+    assert axis["format"] == "%H:%M:%S" and axis["tickCount"]["interval"] == "second"
     # Reference vs current histogram of the first feature in the list, both samples present.
     shares = charts(at)["Reference vs current"]
     assert set(shares["sample"]) == {"reference", "current"}
