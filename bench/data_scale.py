@@ -10,7 +10,8 @@ Figures: `seconds_to_first_step` (process start to the end of step one, imports 
 included, as a user waits; omnitune: the step's time stamp in `metrics.jsonl`, TRL: a
 `TrainerCallback.on_step_end`), `data_ready_seconds` (omnitune: from the start of reading to the
 first collated batch, measured in-process on the same cache state; TRL: its dataset
-preparation, `SFTTrainer.__init__` minus the model's), and `peak_rss_mb`.
+preparation, `SFTTrainer.__init__` minus the model's), and `peak_rss_mb` (of the run, before
+omnitune's data path is measured again in the same process).
 
     python -m bench.data_scale --side omnitune|trl --rows N --phase first|cached --model DIR
 """
@@ -71,6 +72,7 @@ def omnitune_side(model: Path, data: Path, cache: Path, out: Path) -> dict[str, 
     step_one = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert step_one["step"] == 1
     first_step = step_one["time"] - STARTED_WALL
+    run_rss = peak_rss_mb()  # the run's own peak, before the data path is measured again below
     # The data path alone, on the same cache state the run found (for the first run: a new,
     # empty cache, so it is built again).
     from transformers import AutoTokenizer
@@ -85,7 +87,7 @@ def omnitune_side(model: Path, data: Path, cache: Path, out: Path) -> dict[str, 
     return {
         "seconds_to_first_step": first_step,
         "data_ready_seconds": ready,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": run_rss,
         "rows": len(examples),
     }
 
