@@ -120,10 +120,11 @@ class DataSection(Section):
     cache: bool = Field(
         True,
         description=(
-            "Text files (JSONL, CSV, Parquet): keep the tokenised dataset in Arrow under "
-            "$OMNITUNE_CACHE/prepared, keyed by the file's content, the tokenizer and these "
-            "settings, so the next run or resume opens it memory-mapped instead of reading "
-            "the file again (`omnitune data prepare` builds it ahead of time)."
+            "Local files: keep the read dataset in Arrow under $OMNITUNE_CACHE/prepared "
+            "(text tokenised; speech clips and images checked and measured), keyed by the "
+            "file's content, the tokenizer or processor and these settings, so the next run "
+            "or resume opens it memory-mapped instead of reading the file again (`omnitune "
+            "data prepare` builds it ahead of time). A changed audio or image file is noticed."
         ),
     )
     num_proc: int | None = Field(
@@ -131,8 +132,9 @@ class DataSection(Section):
         ge=1,
         le=256,
         description=(
-            "Processes that tokenise when a prepared dataset is built (None: the cores "
-            "available, one per 20,000 rows). The result is the same for any count."
+            "Processes that tokenise (text) or check media (speech, images) when a prepared "
+            "dataset is built (None: the cores available, one per 20,000 text rows or 200 "
+            "media rows). The result is the same for any count."
         ),
     )
     streaming: bool = Field(
@@ -320,6 +322,26 @@ class TrainSection(Section):
     )
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; None: torch's default."
+    )
+    report_to: list[
+        Literal[
+            "tensorboard",
+            "mlflow",
+            "wandb",
+            "comet_ml",
+            "aim",
+            "clearml",
+            "dvclive",
+            "swanlab",
+            "trackio",
+        ]
+    ] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description=(
+            "Experiment trackers that get the run's config, every logged metric and its final "
+            "summary, through accelerate's integrations (MLflow and W&B: pip install "
+            "'omnitune[trackers]'); [] for none. TensorBoard writes under OUTPUT_DIR/tensorboard."
+        ),
     )
     data_workers: int = Field(
         0,

@@ -47,6 +47,7 @@ from omnitune.trainers.peft_methods import (
 )
 from omnitune.trainers.runlog import RunLog, format_metrics
 from omnitune.trainers.sampling import BatchPlan, distribution_report, epoch_length, group_weights
+from omnitune.trainers.trackers import Trackers, accelerate_trackers
 
 log = logging.getLogger("omnitune.train")
 
@@ -139,7 +140,8 @@ class ProgressWindow:
 def train(config: RunConfig) -> RunResult:
     """Run (or resume) the training run `config` describes; returns where everything went."""
     accelerator = _accelerator(config)
-    runlog = RunLog(Path(config.output_dir), enabled=accelerator.is_main_process)
+    trackers = Trackers(accelerator, accelerate_trackers(config.train.report_to))
+    runlog = RunLog(Path(config.output_dir), accelerator.is_main_process, trackers)
     try:
         session = set_up(config, accelerator, runlog)
         if session.eval_set is not None and session.state.step == 0:
@@ -492,6 +494,7 @@ def finish(
             "eval_skipped": dict(s.eval_set.skipped) if s.eval_set is not None else {},
         }
         (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        s.runlog.finish(summary, s.state.step)
     accelerator.wait_for_everyone()
     return result
 
@@ -656,6 +659,8 @@ def _accelerator(config: RunConfig) -> Any:
     return Accelerator(
         mixed_precision=_mixed_precision(config.train.mixed_precision),
         cpu=several and not torch.cuda.is_available(),
+        log_with=accelerate_trackers(config.train.report_to) or None,
+        project_dir=config.output_dir,
     )
 
 

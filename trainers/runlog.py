@@ -1,4 +1,5 @@
-"""What a run leaves behind for people and tools: metrics.jsonl, TensorBoard, train.log, run.json.
+"""What a run leaves behind for people and tools: metrics.jsonl, TensorBoard, train.log, run.json,
+and what goes to the experiment trackers of `train.report_to` (trackers.py).
 
 Only the main process writes. On resume, metrics.jsonl is cut back to the checkpoint's step, so
 the file lists every optimizer step exactly once even when a killed run had logged past its last
@@ -15,7 +16,10 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnitune.trainers.trackers import Trackers
 
 log = logging.getLogger("omnitune.train")
 
@@ -23,9 +27,10 @@ TRACKED_PACKAGES = ("omnitune", "torch", "transformers", "peft", "accelerate", "
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, trackers: Trackers | None = None) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
+        self.trackers = trackers
         self._metrics = None
         self._tensorboard = None
         self._handler: logging.Handler | None = None
@@ -55,14 +60,17 @@ class RunLog:
             yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         )
         (self.run_dir / "run.json").write_text(json.dumps(run_metadata(resumed_step), indent=1))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in config.train.report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(
-                str(self.run_dir / "tensorboard"), purge_step=resumed_step + 1
-            )
-        except ImportError:
-            log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+                self._tensorboard = SummaryWriter(
+                    str(self.run_dir / "tensorboard"), purge_step=resumed_step + 1
+                )
+            except ImportError:
+                log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+        if self.trackers is not None:
+            self.trackers.start(config, self.run_dir)
 
     def metrics(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         if not self.enabled or self._metrics is None:
@@ -73,12 +81,21 @@ class RunLog:
         if self._tensorboard is not None:
             for name, value in values.items():
                 self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
+        if self.trackers is not None:
+            self.trackers.log(values, step, kind)
+
+    def finish(self, summary: dict[str, Any], step: int) -> None:
+        """The run's final summary, to the experiment trackers (summary.json has it too)."""
+        if self.enabled and self.trackers is not None:
+            self.trackers.finish(summary, step)
 
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self.trackers is not None:
+            self.trackers.close()
         if self._handler is not None:
             logging.getLogger("omnitune").removeHandler(self._handler)
             self._handler.close()
