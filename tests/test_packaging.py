@@ -33,6 +33,7 @@ def _packages_in_tree() -> set[str]:
         for init in (REPO / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(REPO).as_posix()
             found.add(f"omnitune/{relative}/__init__.py")
+    found.add("omnitune/__init__.py")  # the Python API, from the folder api/
     return found
 
 
@@ -63,7 +64,7 @@ def test_monitor_extra_installs_without_torch_and_the_cli_runs(wheel, tmp_path):
         [
             python,
             "-c",
-            "import importlib.util as u, omnitune.monitor, omnitune.trainers.config;"
+            "import importlib.util as u, omnitune, omnitune.monitor, omnitune.trainers.config;"
             "print([m for m in ('torch', 'transformers', 'streamlit') if u.find_spec(m)])",
         ],
         capture_output=True,

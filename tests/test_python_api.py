@@ -50,11 +50,11 @@ def test_train_from_a_dict_with_a_dataset_in_memory_then_evaluate_and_export(
     assert rows_of(Path(saved.data.train)) == train_rows
     assert omnitune.load_config(config, data={"train": train_rows}).data.train == saved.data.train
 
-    held_out = rows_of(text_data["test"])
+    held_out = rows_of(text_data["eval"])
     scores = omnitune.evaluate(result.run_dir, data=held_out)
     assert scores.examples == len(held_out) and scores.metrics["loss"] > 0
     assert scores.data.endswith(f": {len(held_out)} examples")
-    from_file = omnitune.evaluate(result.run_dir, data=text_data["test"])
+    from_file = omnitune.evaluate(result.run_dir, data=text_data["eval"])
     assert from_file.metrics["loss"] == pytest.approx(scores.metrics["loss"])
 
     merged = omnitune.export(result.run_dir, merge=True, out=tmp_path / "merged")
@@ -65,6 +65,7 @@ def test_bad_configs_raise_the_clis_errors_naming_the_field(tiny_model, text_dat
     config = {
         "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
         "data": {"train": str(text_data["train"])},
+        "train": {"max_steps": 1},
         "output_dir": str(tmp_path / "run"),
     }
     assert omnitune.load_config(config, train__max_steps=3).train.max_steps == 3

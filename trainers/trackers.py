@@ -30,8 +30,8 @@ TRACKER_MODULES = {
     "swanlab": "swanlab",
     "trackio": "trackio",
 }
-#: Names the project is known by in the trackers that group runs (W&B project, MLflow
-#: experiment) unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME say otherwise.
+#: The W&B project and MLflow experiment of a run, unless $WANDB_PROJECT names another
+#: (for both; accelerate's MLflow tracker lets $MLFLOW_EXPERIMENT_NAME win for MLflow).
 DEFAULT_PROJECT = "omnitune"
 
 
@@ -63,11 +63,17 @@ class Trackers:
             "mlflow": {"run_name": run_dir.name},
         }
         project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
-        self.accelerator.init_trackers(
-            project,
-            config=flat_config(config.model_dump(mode="json")),
-            init_kwargs={name: init[name] for name in self.names if name in init},
-        )
+        try:
+            self.accelerator.init_trackers(
+                project,
+                config=flat_config(config.model_dump(mode="json")),
+                init_kwargs={name: init[name] for name in self.names if name in init},
+            )
+        except Exception as error:  # the tracker's own complaint (store, credentials) is the news
+            raise ConfigError(
+                f"train.report_to: {', '.join(self.names)} could not start: "
+                f"{type(error).__name__}: {error}"
+            ) from None
         self.open = True
 
     def log(self, values: dict[str, float], step: int, kind: str) -> None:
