@@ -3,6 +3,8 @@ export, and a config error, through `import omnitune`. Run from the repository a
 `make demo` and `omnitune data sample text --out data/text`."""
 
 import json
+from pathlib import Path
+
 import omnitune
 
 # 1. A YAML config, with overrides as keyword arguments.
@@ -16,7 +18,7 @@ print(result.steps, round(result.train_loss, 4), result.output)
 print({k: round(v, 4) for k, v in result.eval_metrics.items()})
 
 # 2. A dict, with rows held in memory (a datasets.Dataset works the same way).
-rows = [json.loads(line) for line in open("data/text/train.jsonl")]
+rows = [json.loads(line) for line in Path("data/text/train.jsonl").read_text().splitlines()]
 config = {
     "model": {"name_or_path": "runs/models/tiny-text", "modality": "text"},
     "data": {"train": rows[:200], "max_length": 64},
