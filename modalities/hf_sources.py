@@ -61,6 +61,18 @@ def hf_plain_rows(source: str) -> Iterator[dict[str, Any]]:
     yield from _load(source)
 
 
+def hf_fingerprint(source: str) -> str:
+    """What identifies the dataset's content: `datasets`' own fingerprint of the loaded
+    dataset (from its cache files or its `save_to_disk` state), so an unchanged dataset keys
+    the same prepared cache entry and a new version of it another."""
+    return f"{source}@{_load(source)._fingerprint}"
+
+
+def load_hf(source: str) -> Any:
+    """The dataset of an `hf:NAME[:SPLIT]` source or a `save_to_disk` folder (memory-mapped)."""
+    return _load(source)
+
+
 def _load(source: str) -> Any:
     from datasets import load_dataset, load_from_disk
 

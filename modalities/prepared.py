@@ -202,6 +202,17 @@ def _write_entry(
     os.replace(staging, target)
 
 
+def single_threaded_torch() -> None:
+    """In a forked process, keep torch off OpenMP: a parent that ran a parallel torch op (model
+    loading, a feature extractor) leaves GNU OpenMP's thread pool unusable in its forks, and
+    the next parallel op there waits forever (seen: Whisper's STFT in a forked check). With one
+    thread, torch runs every op inline without entering OpenMP."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 def _build_in_child(work: Callable[[], None]) -> None:
     """Run `work` in a forked child process and wait for it; an OmnituneError it raises is
     raised here again (same type, same message), any other failure as a DataError.
@@ -221,6 +232,7 @@ def _build_in_child(work: Callable[[], None]) -> None:
 
     def child() -> None:
         try:
+            single_threaded_torch()
             work()
             send.send(None)
         except OmnituneError as error:

@@ -122,21 +122,24 @@ def read_prepared_media(
 
 
 def preparable(source: str) -> bool:
-    """Whether the Arrow path reads `source`: a local manifest file or folder (hub datasets and
-    `save_to_disk` folders are read row by row: they are Arrow already)."""
+    """Whether the Arrow path reads `source`: a local manifest file or folder, a hub dataset
+    (`hf:`) or a `save_to_disk` folder (a missing file is left to the reader, which names it)."""
     from omnitune.modalities.hf_sources import is_hf_source
 
-    return Path(source).exists() and not is_hf_source(source)
+    return is_hf_source(source) or Path(source).exists()
 
 
 def source_fingerprint(source: str) -> str:
     """A manifest file's content digest; for a folder, its files' names, sizes and mtimes
     (hashing every clip of a folder of audio would cost what the cache saves; the clips are
-    stamped row by row anyway)."""
+    stamped row by row anyway); for a hub dataset, `datasets`' own fingerprint of it."""
     import hashlib
 
+    from omnitune.modalities.hf_sources import hf_fingerprint, is_hf_source
     from omnitune.modalities.prepared import content_fingerprint
 
+    if is_hf_source(source):
+        return hf_fingerprint(source)
     path = Path(source)
     if not path.is_dir():
         return content_fingerprint(source)
@@ -231,8 +234,13 @@ class _CheckRows:
 
     def __init__(self, check: RowCheck, schema: ItemSchema, group_field: str | None) -> None:
         self.check, self.schema, self.group_field = check, schema, group_field
+        self.creator = os.getpid()
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if os.getpid() != self.creator:  # a forked map worker (data.num_proc > 1)
+            from omnitune.modalities.prepared import single_threaded_torch
+
+            single_threaded_torch()
         out: dict[str, list[Any]] = {name: [] for name in (*self.schema.features, *BOOKKEEPING)}
         for where, base, text in zip(batch["where"], batch["base"], batch["record"], strict=True):
             record = json.loads(text)

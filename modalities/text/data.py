@@ -25,9 +25,9 @@ PREPARED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 
 def read_text_dataset(source: str, config: Any, tokenizer: Any, training: bool) -> Examples:
-    """The examples of a text source: prepared in Arrow (cached) for local files when
-    `data.cache` is on, else read row by row into memory (hub datasets, `data.cache: false`)."""
-    if config.data.cache and not is_hf_source(source) and _prepared_kind(source) is not None:
+    """The examples of a text source: prepared in Arrow (cached) for files and hub datasets
+    when `data.cache` is on, else read row by row into memory (`data.cache: false`)."""
+    if config.data.cache and (is_hf_source(source) or _prepared_kind(source) is not None):
         return read_prepared(source, config, tokenizer)
     return read_rows(source, config, tokenizer)
 
@@ -152,9 +152,10 @@ def read_prepared(source: str, config: Any, tokenizer: Any) -> Examples:
         processor_fingerprint,
     )
 
-    if not Path(source).is_file():
+    hub = is_hf_source(source)
+    if not hub and not Path(source).is_file():
         raise DataError(f"{source}: no such data file")
-    kind = _prepared_kind(source)
+    kind = "hf" if hub else _prepared_kind(source)
     encoder = Encoder(
         assistant_only=config.objective.assistant_only_loss,
         limit=config.data.max_length,
@@ -163,9 +164,15 @@ def read_prepared(source: str, config: Any, tokenizer: Any) -> Examples:
         form=kind or "json-lines",
         tokenizer=tokenizer,
     )
+    if hub:
+        from omnitune.modalities.hf_sources import hf_fingerprint
+
+        content = hf_fingerprint(source)
+    else:
+        content = content_fingerprint(source)
     settings = {
         "kind": "text",
-        "content": content_fingerprint(source),
+        "content": content,
         "form": encoder.form,
         "tokenizer": processor_fingerprint(tokenizer),
         **encoder.settings(),
@@ -207,7 +214,11 @@ def _build(
     from omnitune.modalities.prepared import workers_for
 
     raw_cache = str(scratch / "raw")
-    if encoder.form == "csv":
+    if encoder.form == "hf":
+        from omnitune.modalities.hf_sources import load_hf
+
+        raw = load_hf(source)
+    elif encoder.form == "csv":
         # Every cell as text, blanks as "": what csv.DictReader gives the row-by-row reader.
         raw = datasets.load_dataset(
             "csv",
@@ -302,7 +313,7 @@ class Encoder:
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {name: [] for name in self.features()}
         columns = list(batch)
-        first_line = {"csv": 2}.get(self.form, 1)
+        first_line = {"csv": 2, "hf": 0}.get(self.form, 1)  # hub rows: their index
         for index, values in zip(indices, zip(*batch.values(), strict=True), strict=True):
             line = index + first_line
             record, problem = self._record(dict(zip(columns, values, strict=True)))

@@ -131,6 +131,34 @@ def test_any_num_proc_gives_the_ids_and_skips_of_the_row_reader(
         assert rows_read.truncated == 12
 
 
+def test_a_hub_dataset_is_prepared_like_a_file_and_rebuilt_when_a_new_version_is_saved(
+    tiny_model, text_data, tmp_path, monkeypatch
+):
+    import datasets
+    from transformers import AutoTokenizer
+
+    model = tiny_model("text")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    monkeypatch.setenv("OMNITUNE_CACHE", str(tmp_path / "cache"))
+    rows = [json.loads(line) for line in Path(text_data["train"]).read_text().splitlines()]
+    rows[4] = {"question": "no usable field"}
+    saved = tmp_path / "hub"
+    datasets.Dataset.from_list(rows[:100]).save_to_disk(str(saved))
+
+    rows_read = _read(_config(model, saved, cache=False), tokenizer)
+    first = _read(_config(model, saved), tokenizer)
+    assert first.origin.startswith("prepared in") and len(first) == len(rows_read) == 99
+    assert first.skipped == rows_read.skipped == {"no messages, prompt/completion or text field": 1}
+    assert list(first.items) == rows_read.items
+    assert _read(_config(model, saved), tokenizer).origin.startswith("from cache")
+
+    datasets.Dataset.from_list(rows[:120]).save_to_disk(str(tmp_path / "hub-v2"))
+    shutil.rmtree(saved)
+    (tmp_path / "hub-v2").rename(saved)
+    second = _read(_config(model, saved), tokenizer)
+    assert second.origin.startswith("prepared in") and len(second) == 119
+
+
 def test_a_dataset_without_usable_rows_and_a_missing_file_are_named(tiny_model, tmp_path):
     empty = tmp_path / "bad.jsonl"
     empty.write_text("not json\n[1]\n")
