@@ -78,6 +78,34 @@ def read_checked(
     return examples
 
 
+def read_media_dataset(
+    kind: str,
+    source: str,
+    config: Any,
+    records: Callable[[Examples], Records],
+    check: RowCheck,
+    schema: Callable[[], ItemSchema],
+    settings: dict[str, Any],
+    cache_dir: str | None = None,
+) -> Examples:
+    """A modality's rows of `source`: through the prepared cache when `data.cache` is on (and
+    the source exists), else checked row by row. `schema()` is asked only for the cache."""
+    group_field = config.data.balance.by
+    if not (config.data.cache and preparable(source)):
+        return read_checked(source, records, check, group_field)
+    return read_prepared_media(
+        kind,
+        source,
+        settings,
+        records,
+        check,
+        schema(),
+        group_field,
+        config.data.num_proc,
+        cache_dir=cache_dir,
+    )
+
+
 def read_prepared_media(
     kind: str,
     source: str,

@@ -18,13 +18,14 @@ into the on-disk cache and read back per batch, so memory does not grow with the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omnitune.modalities.base import Examples, default_cache_root
 from omnitune.modalities.hf_sources import hf_rows, is_hf_source
-from omnitune.modalities.prepared_media import Checked
+from omnitune.modalities.prepared_media import Checked, ItemSchema
 from omnitune.modalities.speech.audio import AudioProblem, check_clip
 from omnitune.modalities.speech.features import FeatureCache
 from omnitune.modalities.speech.options import SpeechOptions, speech_options
@@ -43,25 +44,29 @@ def read_speech_dataset(source: str, config: Any, processor: Any, training: bool
     """The usable clips of `source`: checked in `data.num_proc` processes and kept in the
     prepared (Arrow) cache for manifests and folders when `data.cache` is on, else row by row."""
     from omnitune.modalities.prepared import processor_fingerprint
-    from omnitune.modalities.prepared_media import (
-        ItemSchema,
-        preparable,
-        read_checked,
-        read_prepared_media,
-    )
+    from omnitune.modalities.prepared_media import read_media_dataset
 
     options = speech_options(config)
-    check = SpeechRowCheck(processor, options)
-    group_field = config.data.balance.by
+    return read_media_dataset(
+        "speech",
+        source,
+        config,
+        functools.partial(_records, source, options),
+        SpeechRowCheck(processor, options),
+        _schema,
+        {
+            "options": options.model_dump(exclude={"augment"}),
+            "processor": processor_fingerprint(processor.feature_extractor),
+        },
+        cache_dir=options.cache_dir,
+    )
 
-    def records(examples: Examples) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-        return _records(source, options, examples)
 
-    if not (config.data.cache and preparable(source)):
-        return read_checked(source, records, check, group_field)
+def _schema() -> ItemSchema:
+    """How a checked clip is stored in the prepared cache."""
     from datasets import Value
 
-    schema = ItemSchema(
+    return ItemSchema(
         {
             "audio": Value("string"),
             "text": Value("string"),
@@ -70,21 +75,6 @@ def read_speech_dataset(source: str, config: Any, processor: Any, training: bool
             "frames": Value("int64"),
             **{name: Value("string") for name in EXTRA_FIELDS},
         }
-    )
-    settings = {
-        "options": options.model_dump(exclude={"augment"}),
-        "processor": processor_fingerprint(processor.feature_extractor),
-    }
-    return read_prepared_media(
-        "speech",
-        source,
-        settings,
-        records,
-        check,
-        schema,
-        group_field,
-        config.data.num_proc,
-        cache_dir=options.cache_dir,
     )
 
 

@@ -10,13 +10,14 @@ error naming the line; an unreadable one is skipped and counted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omnitune.modalities.base import Examples, default_cache_root
 from omnitune.modalities.hf_sources import hf_rows, is_hf_source
-from omnitune.modalities.prepared_media import Checked
+from omnitune.modalities.prepared_media import Checked, ItemSchema
 from omnitune.modalities.vision_language.images import ImageProblem, open_image
 from omnitune.modalities.vision_language.options import vision_options
 from omnitune.trainers.errors import DataError
@@ -26,25 +27,29 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
     """The usable samples of `source`: checked in `data.num_proc` processes and kept in the
     prepared (Arrow) cache for local files when `data.cache` is on, else row by row."""
     from omnitune.modalities.prepared import processor_fingerprint
-    from omnitune.modalities.prepared_media import (
-        ItemSchema,
-        preparable,
-        read_checked,
-        read_prepared_media,
-    )
+    from omnitune.modalities.prepared_media import read_media_dataset
 
     options = vision_options(config)
-    check = VisionRowCheck(processor, options, config.data.max_length)
-    group_field = config.data.balance.by
+    return read_media_dataset(
+        "vision_language",
+        source,
+        config,
+        functools.partial(records, source, options),
+        VisionRowCheck(processor, options, config.data.max_length),
+        _schema,
+        {
+            "options": options.model_dump(),
+            "max_length": config.data.max_length,
+            "processor": processor_fingerprint(processor),
+        },
+    )
 
-    def rows(examples: Examples) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-        return records(source, options, examples)
 
-    if not (config.data.cache and preparable(source)):
-        return read_checked(source, rows, check, group_field)
+def _schema() -> ItemSchema:
+    """How a checked sample is stored in the prepared cache (messages as JSON text)."""
     from datasets import Sequence, Value
 
-    schema = ItemSchema(
+    return ItemSchema(
         {
             "messages": Value("string"),
             "images": Sequence(Value("string")),
@@ -52,21 +57,6 @@ def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -
             "prompt": Value("string"),
         },
         json_columns=("messages",),
-    )
-    settings = {
-        "options": options.model_dump(),
-        "max_length": config.data.max_length,
-        "processor": processor_fingerprint(processor),
-    }
-    return read_prepared_media(
-        "vision_language",
-        source,
-        settings,
-        rows,
-        check,
-        schema,
-        group_field,
-        config.data.num_proc,
     )
 
 
