@@ -51,18 +51,32 @@ def prepared(result) -> tuple[str, str]:
 
 
 def test_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(
-    tiny_model, chat_file, tmp_path
+    tiny_model, chat_file, tmp_path, monkeypatch
 ):
+    from transformers import AutoTokenizer
+
+    cache = tmp_path / "cache"
     config = config_file(tmp_path, tiny_model("text"), chat_file)
-    first = run_cli("data", "prepare", str(config))
+    first = run_cli("data", "prepare", str(config), OMNITUNE_CACHE=str(cache))
     how, path = prepared(first)
     assert how == "prepared"
     assert "253 examples; skipped 1 invalid JSON" in first.stdout
     assert "1 longer than data.max_length (64 tokens)" in first.stdout
     assert "1 no messages, prompt/completion or text field, 1 not a JSON object" in first.stdout
-    assert prepared(run_cli("data", "info", str(config))) == ("from cache", path)
+    again = run_cli("data", "info", str(config), OMNITUNE_CACHE=str(cache))
+    assert prepared(again) == ("from cache", path)
 
-    longer = prepared(run_cli("data", "info", str(config), "data.max_length=512"))
+    # The same cache from this process: what changes the ids changes the entry.
+    monkeypatch.setenv("OMNITUNE_CACHE", str(cache))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("text"))
+
+    def origin(tokenizer, **data_section) -> tuple[str, str]:
+        read = _read(_config(tiny_model("text"), chat_file, **data_section), tokenizer)
+        how, _, where = read.origin.partition(": ")
+        return how.split(" in")[0], where
+
+    assert origin(tokenizer) == ("from cache", path)
+    longer = origin(tokenizer, max_length=512)
     assert longer[0] == "prepared" and longer[1] != path
 
     model = tmp_path / "model-with-another-template"
@@ -75,14 +89,13 @@ def test_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(
         (model / "tokenizer_config.json").write_text(json.dumps(settings))
     else:
         (model / "chat_template.jinja").write_text(changed)
-    other = prepared(run_cli("data", "info", str(config), f"model.name_or_path={model}"))
+    other = origin(AutoTokenizer.from_pretrained(model))
     assert other[0] == "prepared" and other[1] not in (path, longer[1])
 
     with chat_file.open("a") as handle:
         handle.write(json.dumps({"prompt": "one more", "completion": "row"}) + "\n")
-    grown = run_cli("data", "info", str(config))
-    assert prepared(grown)[0] == "prepared" and "254 examples" in grown.stdout
-    assert "length (tokens): min" in grown.stdout
+    grown = _read(_config(tiny_model("text"), chat_file), tokenizer)
+    assert grown.origin.startswith("prepared in") and len(grown) == 254
 
 
 def _read(config: RunConfig, tokenizer):
