@@ -2,8 +2,7 @@
 and a store kept under its bound by retention over a long replay.
 
 The full disk is real: the daemon runs in its own mount namespace (`unshare -m`) with its store
-on a 16 MiB tmpfs (8 MiB was at times full before the filler: the WAL between
-checkpoints), which the test fills through `/proc/PID/root` and empties again.
+on an 8 MiB tmpfs, which the test fills through `/proc/PID/root` and empties again.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from tests.monitor.conftest import start_daemon
 pytestmark = pytest.mark.reliability
 
 
-def in_small_disk(disk: Path, size: str = "16m") -> tuple[str, ...]:
+def in_small_disk(disk: Path, size: str = "8m") -> tuple[str, ...]:
     """A command prefix running the daemon in a mount namespace where `disk` is a tmpfs of
     `size` (root: `unshare -m`; otherwise a user namespace, `unshare -rm`)."""
     unshare = shutil.which("unshare")
@@ -46,14 +45,15 @@ def batch(tag: str, number: int, size: int = 200) -> list[dict]:
 
 
 def fill(folder: Path) -> Path:
-    """Write zeros into `folder` until its file system is full; returns the filler file."""
+    """Write zeros into `folder` until its file system is full; returns the filler file.
+    Unbuffered: a buffered writer kept the bytes the full disk refused and raised ENOSPC
+    again when it was closed (how this test failed, depending on where the disk filled)."""
     filler = folder / "filler"
-    with filler.open("wb") as out:
+    with filler.open("wb", buffering=0) as out:
         chunk = b"\0" * (64 * 1024)
         try:
             while True:
                 out.write(chunk)
-                out.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler
@@ -114,7 +114,7 @@ def test_a_full_disk_is_answered_503_keeps_acknowledged_events_and_ingest_resume
     reliability.record(
         "disk-full",
         "Full disk",
-        "The daemon's store on a 16 MiB tmpfs in its own mount namespace; after 1,000 events "
+        "The daemon's store on an 8 MiB tmpfs in its own mount namespace; after 1,000 events "
         "the test fills the file system and keeps sending batches of 200, then deletes the "
         "filler and re-sends the refused batch.",
         [
