@@ -139,8 +139,9 @@ class ProgressWindow:
 
 def train(config: RunConfig) -> RunResult:
     """Run (or resume) the training run `config` describes; returns where everything went."""
-    accelerator = _accelerator(config)
-    trackers = Trackers(accelerator, accelerate_trackers(config.train.report_to))
+    tracker_names = accelerate_trackers(config.train.report_to)  # refuses missing packages
+    accelerator = _accelerator(config, tracker_names)
+    trackers = Trackers(accelerator, tracker_names)
     runlog = RunLog(Path(config.output_dir), accelerator.is_main_process, trackers)
     try:
         session = set_up(config, accelerator, runlog)
@@ -645,7 +646,7 @@ def _advance_progress_bar(progress: Any, session: Session, outcome: StepOutcome)
     progress.set_postfix(loss=f"{outcome.loss:.4f}", lr=f"{session.scheduler.get_last_lr()[0]:.2e}")
 
 
-def _accelerator(config: RunConfig) -> Any:
+def _accelerator(config: RunConfig, trackers: list[str] | None = None) -> Any:
     import torch
     from accelerate import Accelerator
 
@@ -659,7 +660,7 @@ def _accelerator(config: RunConfig) -> Any:
     return Accelerator(
         mixed_precision=_mixed_precision(config.train.mixed_precision),
         cpu=several and not torch.cuda.is_available(),
-        log_with=accelerate_trackers(config.train.report_to) or None,
+        log_with=trackers or None,
         project_dir=config.output_dir,
     )
 
