@@ -318,6 +318,11 @@ class ProxySection(Section):
     max_queue: int = Field(
         10_000, gt=0, description="calls waiting to be recorded; more are dropped and counted"
     )
+    media_dir: Path | None = Field(
+        None,
+        description="keep each request's image or audio here, named by its content, and give "
+        "the event its path, so that captured samples can be trained on (none: features only)",
+    )
     max_record_bytes: int = Field(
         32 * 1024 * 1024,
         gt=0,

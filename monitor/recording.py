@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("omnitune.monitor.recording")
@@ -131,7 +132,10 @@ class Recorder:
             event["adapter"] = adapter
         text = request.get("text", "")
         features = self._media_features(request, modality)
-        if modality == "text" or text:
+        kept = self._keep_media(request, modality) if features else None
+        if kept is not None:
+            event["input"] = {"text": self._clean(text), kept[0]: kept[1]}
+        elif modality == "text" or text:
             event["input"] = self._clean(text)
         if features:
             event["features"] = features
@@ -181,6 +185,28 @@ class Recorder:
             self.stats.unparsed += 1
         return {}
 
+    def _keep_media(self, request: dict[str, Any], modality: str) -> tuple[str, str] | None:
+        """("image_path" | "audio_path", path) of the request's media written under
+        `media_dir` (once per content), or None when no folder is set or the write fails."""
+        folder = self.section.media_dir
+        key = {"vision_language": "image", "speech": "audio"}.get(modality)
+        data = request.get(key) if key else None
+        if folder is None or not data:
+            return None
+        import hashlib
+
+        path = Path(folder).resolve() / (hashlib.sha256(data).hexdigest()[:32] + _suffix(data))
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+                partial.write_bytes(data)
+                partial.replace(path)  # readers never see half a file
+        except OSError:
+            logger.exception("could not keep a request's %s under %s", key, folder)
+            return None
+        return f"{key}_path", str(path)
+
     def _clean(self, text: str) -> str:
         if not self.section.redact or not text:
             return text
@@ -189,6 +215,24 @@ class Recorder:
         if self._scanners is None:
             self._scanners = build_scanners(["pii"], None)
         return redact(text, scan(text, self._scanners, "input"))
+
+
+MEDIA_SUFFIXES = (
+    (b"\x89PNG", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"GIF8", ".gif"),
+    (b"fLaC", ".flac"),
+    (b"OggS", ".ogg"),
+    (b"ID3", ".mp3"),
+)
+
+
+def _suffix(data: bytes) -> str:
+    """The file suffix of image or audio bytes, from their magic number (readers that pick a
+    decoder by suffix need it; unknown formats keep `.bin` and are sniffed by content)."""
+    if data[:4] == b"RIFF" and data[8:12] in (b"WAVE", b"WEBP"):
+        return ".wav" if data[8:12] == b"WAVE" else ".webp"
+    return next((suffix for magic, suffix in MEDIA_SUFFIXES if data.startswith(magic)), ".bin")
 
 
 def _status_class(status: int | None) -> str | None:

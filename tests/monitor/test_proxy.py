@@ -346,11 +346,14 @@ def test_a_streamed_completion_arrives_chunk_by_chunk(monitor_setup):
     assert len(times) == 3 and (gaps > 0.03).all(), gaps
 
 
-def test_an_image_part_and_an_audio_upload_become_features(monitor_setup):
+def test_an_image_part_and_an_audio_upload_become_features_and_kept_files(monitor_setup, tmp_path):
     import soundfile
     from PIL import Image
 
-    proxy = _proxy(monitor_setup, f"proxy.upstream={monitor_setup['stub']}")
+    media = tmp_path / "media"
+    proxy = _proxy(
+        monitor_setup, f"proxy.upstream={monitor_setup['stub']}", f"proxy.media_dir={media}"
+    )
     png = io.BytesIO()
     Image.new("RGB", (40, 24), (200, 30, 30)).save(png, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
@@ -369,7 +372,11 @@ def test_an_image_part_and_an_audio_upload_become_features(monitor_setup):
     features = event["features"]
     assert features["width"] == 40 and features["height"] == 24
     assert features["brightness"] == pytest.approx((0.299 * 200 + 0.587 * 30 + 0.114 * 30) / 255)
-    assert event["input"] == "Which digit is this?"
+    # The image is kept under proxy.media_dir, named by its content, for the capture to use.
+    assert event["input"]["text"] == "Which digit is this?"
+    kept = Path(event["input"]["image_path"])
+    assert kept.parent == media.resolve() and kept.suffix == ".png"
+    assert kept.read_bytes() == png.getvalue()
 
     wav = io.BytesIO()
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
@@ -383,6 +390,8 @@ def test_an_image_part_and_an_audio_upload_become_features(monitor_setup):
     [event] = _events(monitor_setup["daemon"], "voice", 1)
     assert event["output"] == upload.json()["text"]
     assert event["features"]["duration_s"] == pytest.approx(1.0, abs=0.01)
+    assert Path(event["input"]["audio_path"]).read_bytes() == wav.getvalue()
+    assert sorted(p.suffix for p in media.iterdir()) == [".png", ".wav"]
 
 
 def test_upstream_errors_reach_the_client_unchanged_and_are_counted_by_class(monitor_setup):
