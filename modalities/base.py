@@ -150,6 +150,9 @@ class Modality:
     - prompt_batch(processor, items, run_config) -> left-padded generation inputs (input_ids,
       attention_mask and the family's image fields) of each item's prompt, for the online
       objectives' rollouts (None: the modality has no prompts to sample from)
+    - adapt(model, processor, run_config) -> None: fits a freshly loaded model to the run's
+      options before training, so that what is saved behaves the same outside omnitune (None:
+      nothing to fit)
     """
 
     name: str
@@ -166,6 +169,7 @@ class Modality:
     pair_metrics: Callable[..., dict[str, float]] | None = None
     pair_metric_directions: dict[str, str] = field(default_factory=dict)
     prompt_batch: Callable[..., dict[str, Any]] | None = None
+    adapt: Callable[[Any, Any, Any], None] | None = None
 
 
 #: Rows drawn together by `sample_examples`: whole runs of neighbouring rows, so a sample of a

@@ -180,6 +180,8 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     objective = get_objective(config.objective.name)
     selection_metric, direction = _selection_metric(config, objective.metric_directions(modality))
     model, processor = modality.load(config.model, **load_options(config.peft.method))
+    if modality.adapt is not None:
+        modality.adapt(model, processor, config)
     train_set, eval_set = _read_data(objective, modality, config, processor)
 
     if config.train.gradient_checkpointing:

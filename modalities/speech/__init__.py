@@ -54,6 +54,19 @@ def profile(examples: Examples) -> dict[str, Any]:
     return build_profile("speech", rows, examples.source)
 
 
+def adapt(model: Any, processor: Any, config: Any) -> None:
+    """Write `data.options.language/task` into the model's generation config: a saved model
+    then transcribes in that language wherever it is served (`transformers serve` calls
+    generate() without a language, and a fine-tuned Whisper left to detect one can pick a
+    wrong language token and garble its first word)."""
+    from omnitune.modalities.speech.options import speech_options
+
+    options = speech_options(config)
+    if options.language:
+        model.generation_config.language = options.language
+    model.generation_config.task = options.task
+
+
 def targets(model: Any) -> Targets:
     """Attention q/v projections: encoder self-, decoder self- and cross-attention."""
     return Targets(
@@ -69,6 +82,7 @@ MODALITY = Modality(
     evaluate=evaluate,
     profile=profile,
     targets=targets,
+    adapt=adapt,
     metric_directions={"wer": "min", "cer": "min", "loss": "min"},
     # No peft task type: PeftModelForSeq2SeqLM passes input_ids, which Whisper does not take.
     task_type=None,
