@@ -85,6 +85,10 @@ def fingerprint(payload: dict[str, Any]) -> int | None:
     return hash(to_json(basis))
 
 
+#: Input keys that name a media file the capture turns into a training row.
+MEDIA_PATH_KEYS = frozenset({"image_path", "audio_path"})
+
+
 class Rejected(Exception):
     """A request the daemon refuses as a whole; `status` is the HTTP status (4xx, or 503 when
     the store's disk is full: the client should retry later)."""
@@ -357,8 +361,14 @@ class Monitor:
         clean = redact(text_in, found_in) if found_in else text_in
         stored_input: Any = event.input
         if isinstance(event.input, dict):
+            # Media paths (image_path, audio_path) are file names, not user text: a content
+            # hash in one can look like a card number, and a redacted path names no file.
             stored_input = {
-                k: clean if isinstance(v, str) and v == text_in else self._scrub(v)
+                k: v
+                if k in MEDIA_PATH_KEYS
+                else clean
+                if isinstance(v, str) and v == text_in
+                else self._scrub(v)
                 for k, v in event.input.items()
             }
         elif found_in:

@@ -248,3 +248,21 @@ def test_pii_is_redacted_in_the_store_the_api_and_the_captures(monitor_config, t
         for value in (secret, card, card.replace(" ", "")):
             assert value not in text, f"{value} in the {place}"
     assert capture.count("[PII_EMAIL]") >= 3
+
+
+def test_a_media_path_is_kept_as_given_while_the_text_beside_it_is_redacted(monitor_config):
+    # The recording proxy names kept media by a content hash; a run of hash digits can pass as
+    # a card number, and a redacted path would name no file for the capture to train on.
+    path = "/srv/media/7a3e4111111111111111f67e.png"
+    daemon = start_daemon(monitor_config())
+    try:
+        event = {
+            "model": "assistant",
+            "input": {"text": "card 4111 1111 1111 1111", "image_path": path},
+        }
+        code, _ = daemon.post([event])
+        assert code == 200
+        [stored] = daemon.request("GET", "/v1/events?model=assistant")[1]["events"]
+    finally:
+        daemon.stop()
+    assert stored["input"] == {"text": "card [PII_CARD]", "image_path": path}
