@@ -226,7 +226,7 @@ def serve_proxy(config: Any) -> int:
     from omnitune.monitor.server import bind
 
     app = build_proxy(config)
-    sock, url = bind(section.host, section.port)
+    sock, url = bind(section.host, section.port, "proxy.port")
     print(
         f"omnitune monitor proxy: listening on {url} -> {section.upstream} "
         f"(events to {daemon_url(config)})",

@@ -84,13 +84,23 @@ def build_app(config: MonitorConfig):  # -> Starlette
     return app
 
 
-def bind(host: str, port: int) -> tuple[socket.socket, str]:
+def bind(host: str, port: int, field: str = "server.port") -> tuple[socket.socket, str]:
     """A listening socket on (host, port; 0 picks a free one) and its URL. Connections queue
-    from here on, before uvicorn starts accepting, so the printed URL is ready at once."""
+    from here on, before uvicorn starts accepting, so the printed URL is ready at once. A port
+    already taken is a ConfigError naming `field` (exit 2), not a traceback."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        from omnitune.trainers.errors import ConfigError
+
+        raise ConfigError(
+            f"{field}: cannot listen on {host}:{port} ({exc.strerror}); is another process "
+            "using it? Stop it, or pick another port (--port, 0 for a free one)"
+        ) from None
     sock.listen(2048)
     bound, chosen = sock.getsockname()[:2]
     shown = f"[{bound}]" if family == socket.AF_INET6 else bound

@@ -316,3 +316,13 @@ def test_drift_history_and_samples_for_the_dashboard(daemon):
     ]:
         code, body = daemon.request("GET", path)
         assert code == status and says in body["error"], (path, body)
+
+
+def test_a_taken_port_is_refused_naming_the_field_not_with_a_traceback(daemon, monitor_config):
+    from tests.conftest import run_cli
+
+    port = daemon.url.rsplit(":", 1)[1]
+    second = run_cli("monitor", "serve", "--config", str(monitor_config()), "--port", port)
+    assert second.returncode == 2, second.stderr
+    assert f"server.port: cannot listen on 127.0.0.1:{port}" in second.stderr
+    assert "Traceback" not in second.stderr
