@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# SERVE=1 leaves the monitor daemon and the dashboard running; FORCE=1 re-runs every step.
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(SERVE),--serve) $(if $(FORCE),--force)
 
 # Installs the Debian packages above when one of their commands is missing (as root, as on CI
 # and the developers' machines; elsewhere it says what to install and stops).
@@ -38,8 +39,10 @@ system-deps:
 	  fi; \
 	fi
 
+# Two workers (the machine's 2 cores): a module's tests stay on one worker, the docs' console
+# sessions and the demo they follow on one (conftest.py).
 test: $(STAMP) system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Hostile inputs, crashes and faults; their figures are written into docs/reliability.md.
 reliability: $(STAMP) system-deps

@@ -1,54 +1,142 @@
 """`make demo`: the main omnitune job, offline, on the embedded defaults.
 
-Each step is an `omnitune` command printed before it runs, so everything the demo does can be
-repeated by hand. Today's path, about 6 minutes on 2 CPU cores:
+Each step is an `omnitune` command printed before it runs (as `+ omnitune ...`, the way a
+shell traces commands), so everything the demo does can be repeated by hand. About 8 minutes
+on 2 CPU cores the first time:
 1. check the shipped configs;
 2. build a tiny chat model and train it (configs/demo-text.yaml) to turn digit words into
    numerals, then ask it; then align it with DPO (configs/demo-text-dpo.yaml) on preference
    pairs whose rejected answers are its own mistakes, and with GRPO (configs/demo-text-grpo.yaml)
    on 3-4 digit prompts, rewarded by the exact match of its sampled numerals;
 3. build a tiny LLaVA and train it (configs/demo-llava.yaml) on scikit-learn's real
-   handwritten digits, evaluate it on held-out digits, run GRPO on it
-   (configs/demo-llava-grpo.yaml, vqa_match reward), then LoRA-adapt it
-   (configs/demo-llava-shift.yaml) to the same digits scanned by "another device";
+   handwritten digits, run GRPO on it (configs/demo-llava-grpo.yaml, vqa_match reward), then
+   LoRA-adapt it (configs/demo-llava-shift.yaml) to the same digits scanned by "another device";
 4. build a tiny Whisper, train it (configs/demo-speech-base.yaml) on the shipped espeak-ng
    `base` voices, then LoRA-adapt it (configs/demo-speech-shift.yaml) to two unseen voices in
-   background noise: the run log shows WER on `shift` before and after;
+   background noise;
 5. build the other tiny families (Idefics3, Qwen2-VL) and prove each loads and runs;
-6. serve the chat model of step 2 with `transformers serve`, put the monitor
-   (configs/monitor-demo.yaml) and its recording proxy in front of it, send prompts whose
-   users start typing longer numbers through the proxy, read the drift it reports, and
-   fine-tune on the prompts it captured, labelled: the loop from fine-tuning to monitoring
-   and back.
+6. serve the chat, LLaVA and Whisper models of steps 2-4 with `transformers serve`, put the
+   monitor (configs/monitor-demo.yaml) and its recording proxy in front of them, send traffic
+   that starts like the training data and then shifts (longer numbers; digits from the other
+   scanner; the unseen noisy voices), read the drift the monitor reports, label the samples
+   it captured and fine-tune each model on them: the loop from fine-tuning to monitoring and
+   back, for all three modalities;
+7. print one table: each task's metric before and after, trainable parameters, adapter size,
+   time, and the drift the monitor detected and when.
+
+A second `make demo` reuses every step whose inputs did not change (scripts/demo_steps.py) and
+takes seconds; `--force` re-runs everything. `make demo SERVE=1` (`--serve`) leaves the monitor
+daemon, over the demo's events, and the dashboard running, and prints their URLs.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from demo_steps import Steps
+from demo_summary import summary_table
+from demo_traffic import (
+    chat_prompts,
+    label_captured,
+    numerals,
+    send_chats,
+    send_clips,
+    send_digit_images,
+    start_listening,
+    start_model_server,
+    start_proxy,
+    stop,
+    write_long_number_test,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 OMNITUNE = str(Path(sys.executable).parent / "omnitune")
 MODELS = Path("runs/models")
 DATA = Path("runs/demo/data")
+MONITOR = Path("runs/demo/monitor")
+CAPTURE = MONITOR / "capture"
+SPEECH_CORPUS = Path("modalities/speech/corpus")
+MONITOR_CONFIG = "configs/monitor-demo.yaml"
+STEPS = Steps(REPO, REPO / "runs/demo/.steps")
+#: Progress bars (datasets', tqdm's) that a non-terminal run prints line by line, and blanks.
+PROGRESS = re.compile(r"^\s*$|(examples|it)/s\]$|\| \d+/\d+ \[|^Generating \w+ split")
+say = STEPS.say
 
 
 def omnitune(*args: str) -> str:
     shown = " ".join(shlex.quote(a) for a in ("omnitune", *args))
-    print(f"\n$ {shown}", flush=True)
+    say(f"\n+ {shown}")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run([OMNITUNE, *args], cwd=REPO, env=env, capture_output=True, text=True)
     lines = (result.stderr + result.stdout).strip().splitlines()
-    # Training logs every few steps; show the evaluations and the outcome.
-    shown_lines = [line for line in lines if "INFO omnitune.train: step " not in line]
-    print("\n".join(shown_lines), flush=True)
+    # Training logs every few steps; show the evaluations and the outcome, not the progress.
+    for line in lines:
+        if "INFO omnitune.train: step " not in line and not PROGRESS.search(line):
+            say(line)
     if result.returncode != 0:
         sys.exit(f"demo step failed with exit status {result.returncode}: {shown}")
     return result.stdout
+
+
+def train(config: str, *overrides: str) -> None:
+    omnitune("train", config, *overrides, "train.resume=never")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help="leave the daemon and dashboard up")
+    parser.add_argument("--force", action="store_true", help="re-run every step")
+    args = parser.parse_args(argv)
+    STEPS.force = args.force
+    start = time.perf_counter()
+    run_configs = sorted(
+        p.relative_to(REPO)
+        for p in (REPO / "configs").glob("*.yaml")
+        if not p.name.startswith("monitor")  # monitor daemon configs, not run configs
+    )
+    STEPS.run("check-configs", run_configs, [], lambda: check_configs(run_configs))
+    STEPS.run("data", [], [DATA / "text", DATA / "digits", DATA / "digits-shift"], write_demo_data)
+    text_steps()
+    vision_steps()
+    speech_steps()
+    STEPS.run("other-families", [], [MODELS / "tiny-idefics3", MODELS / "tiny-qwen2-vl"], families)
+    monitor_inputs = [
+        MONITOR_CONFIG,
+        "runs/demo/text/model",
+        "runs/demo/text/reference.json",
+        "runs/demo/llava/model",
+        "runs/demo/llava/reference.json",
+        "runs/demo/speech-base/model",
+        "runs/demo/speech-base/reference.json",
+        DATA / "digits",
+        DATA / "digits-shift",
+        SPEECH_CORPUS,
+    ]
+    captured = [CAPTURE / m / "data.jsonl" for m in ("digits-chat", "digits-vision", "speech-asr")]
+    drift = STEPS.run("monitor", monitor_inputs, [*captured, MONITOR / "events.sqlite"], monitor)
+    retune_steps()
+    say_table(drift)
+    say(
+        f"\ndemo finished in {time.perf_counter() - start:.0f} s ({len(STEPS.ran)} steps run, "
+        f"{len(STEPS.reused)} reused); runs are in runs/demo/"
+    )
+    if args.serve:
+        serve()
+
+
+def check_configs(configs: list[Path]) -> None:
+    for config in configs:
+        omnitune("config", "check", str(config))
 
 
 def write_demo_data() -> None:
@@ -60,48 +148,117 @@ def write_demo_data() -> None:
     write_digit_vqa(REPO / DATA / "digits" / "test", 1400, 200)
     write_digit_vqa(REPO / DATA / "digits-shift" / "train", 0, 600, domain="shift")
     write_digit_vqa(REPO / DATA / "digits-shift" / "test", 1400, 200, domain="shift")
-    print(
+    say(
         f"wrote demo data under {DATA}: digit chats, and 1,600 handwritten digits as PNG "
         "(plus 800 as scans from another device, the `shift` domain)"
     )
 
 
-def main() -> None:
-    start = time.perf_counter()
-    for config in sorted((REPO / "configs").glob("*.yaml")):
-        if not config.name.startswith("monitor"):  # monitor daemon configs, not run configs
-            omnitune("config", "check", str(config.relative_to(REPO)))
-    write_demo_data()
+# Training ----------------------------------------------------------------------------------
 
-    omnitune("models", "build-tiny", "text", "--out", str(MODELS / "tiny-text"))
-    omnitune("train", "configs/demo-text.yaml", "train.resume=never")
-    for words in ("four two seven", "nine", "one zero"):
-        omnitune("models", "check", "runs/demo/text/model", "--prompt", words)
-    preference_step()
-    grpo_step()
 
-    omnitune("models", "build-tiny", "llava", "--out", str(MODELS / "tiny-llava"))
-    omnitune("train", "configs/demo-llava.yaml", "train.resume=never")
-    omnitune("eval", "runs/demo/llava")
-    llava_grpo_step()
-    omnitune("train", "configs/demo-llava-shift.yaml", "train.resume=never")
+def text_steps() -> None:
+    tiny = MODELS / "tiny-text"
+    STEPS.run(
+        "tiny-text",
+        [],
+        [tiny],
+        lambda: omnitune("models", "build-tiny", "text", "--out", str(tiny)),
+    )
+    STEPS.run(
+        "text",
+        ["configs/demo-text.yaml", tiny, DATA / "text"],
+        ["runs/demo/text/model"],
+        lambda: train("configs/demo-text.yaml"),
+    )
 
-    omnitune("models", "build-tiny", "whisper", "--out", str(MODELS / "tiny-whisper"))
-    omnitune("train", "configs/demo-speech-base.yaml", "train.resume=never")
-    omnitune("train", "configs/demo-speech-shift.yaml", "train.resume=never")
-    omnitune("eval", "runs/demo/speech-shift")
+    def ask() -> None:
+        for words in ("four two seven", "nine", "one zero"):
+            omnitune("models", "check", "runs/demo/text/model", "--prompt", words)
 
+    STEPS.run("text-ask", ["runs/demo/text/model"], [], ask)
+    STEPS.run(
+        "text-dpo",
+        ["configs/demo-text-dpo.yaml", "runs/demo/text/model"],
+        ["runs/demo/text-dpo/adapter"],
+        preference_step,
+    )
+    STEPS.run(
+        "text-grpo",
+        ["configs/demo-text-grpo.yaml", "runs/demo/text/model"],
+        ["runs/demo/text-grpo/adapter"],
+        grpo_step,
+    )
+
+
+def vision_steps() -> None:
+    tiny = MODELS / "tiny-llava"
+    STEPS.run(
+        "tiny-llava",
+        [],
+        [tiny],
+        lambda: omnitune("models", "build-tiny", "llava", "--out", str(tiny)),
+    )
+
+    def base() -> None:
+        train("configs/demo-llava.yaml")
+        omnitune("eval", "runs/demo/llava")
+
+    STEPS.run(
+        "llava",
+        ["configs/demo-llava.yaml", tiny, DATA / "digits"],
+        ["runs/demo/llava/model"],
+        base,
+    )
+    STEPS.run(
+        "llava-grpo",
+        ["configs/demo-llava-grpo.yaml", "runs/demo/llava/model", DATA / "digits"],
+        ["runs/demo/llava-grpo/adapter"],
+        llava_grpo_step,
+    )
+    STEPS.run(
+        "llava-shift",
+        ["configs/demo-llava-shift.yaml", "runs/demo/llava/model", DATA / "digits-shift"],
+        ["runs/demo/llava-shift/adapter"],
+        lambda: train("configs/demo-llava-shift.yaml"),
+    )
+
+
+def speech_steps() -> None:
+    tiny = MODELS / "tiny-whisper"
+    STEPS.run(
+        "tiny-whisper",
+        [],
+        [tiny],
+        lambda: omnitune("models", "build-tiny", "whisper", "--out", str(tiny)),
+    )
+    STEPS.run(
+        "speech-base",
+        ["configs/demo-speech-base.yaml", tiny, SPEECH_CORPUS / "base"],
+        ["runs/demo/speech-base/model"],
+        lambda: train("configs/demo-speech-base.yaml"),
+    )
+
+    def shift() -> None:
+        train("configs/demo-speech-shift.yaml")
+        omnitune("eval", "runs/demo/speech-shift")
+
+    STEPS.run(
+        "speech-shift",
+        ["configs/demo-speech-shift.yaml", "runs/demo/speech-base/model", SPEECH_CORPUS / "shift"],
+        ["runs/demo/speech-shift/adapter"],
+        shift,
+    )
+
+
+def families() -> None:
     for family in ("idefics3", "qwen2-vl"):
         omnitune("models", "build-tiny", family, "--out", str(MODELS / f"tiny-{family}"))
         omnitune("models", "check", str(MODELS / f"tiny-{family}"))
-    monitor_loop()
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; runs are in runs/demo/")
 
 
 def first_and_last_eval(run: str) -> tuple[dict, dict]:
     """The first (step 0) and last evaluation records of `run`'s metrics.jsonl."""
-    import json
-
     rows = (REPO / run / "metrics.jsonl").read_text().splitlines()
     evals = [r for r in map(json.loads, rows) if r["kind"] == "eval"]
     return evals[0], evals[-1]
@@ -112,20 +269,18 @@ def preference_step() -> None:
     from omnitune.modalities.text.demo_data import write_model_pairs
 
     write_model_pairs(REPO / "runs/demo/text/model", REPO / DATA / "text-pairs")
-    print(
+    say(
         f"wrote preference pairs under {DATA / 'text-pairs'}: 1-5 digits, rejected = the "
-        "SFT model's own wrong answers",
-        flush=True,
+        "SFT model's own wrong answers"
     )
-    omnitune("train", "configs/demo-text-dpo.yaml", "train.resume=never")
+    train("configs/demo-text-dpo.yaml")
     before, after = first_and_last_eval("runs/demo/text-dpo")
-    print(
+    say(
         f"DPO: held-out reward accuracy {before['reward_accuracy']:.2f} -> "
         f"{after['reward_accuracy']:.2f}, exact match {before['exact_match']:.2f} -> "
         f"{after['exact_match']:.2f}: it now ranks the right numerals above its own mistakes, "
         "but preferences do not teach it numbers longer than it can write; the monitor loop "
-        "below captures such prompts and fine-tunes on them",
-        flush=True,
+        "below captures such prompts and fine-tunes on them"
     )
 
 
@@ -135,280 +290,319 @@ def grpo_step() -> None:
     from omnitune.modalities.text.demo_data import write_digit_chat
 
     write_digit_chat(REPO / DATA / "text-3-4-digits", train=512, test=64, seed=2, sizes=(3, 4))
-    print(f"wrote 3-4 digit prompts under {DATA / 'text-3-4-digits'}", flush=True)
-    omnitune("train", "configs/demo-text-grpo.yaml", "train.resume=never")
+    say(f"wrote 3-4 digit prompts under {DATA / 'text-3-4-digits'}")
+    train("configs/demo-text-grpo.yaml")
     before, after = first_and_last_eval("runs/demo/text-grpo")
-    print(
+    say(
         f"GRPO: held-out exact match {before['exact_match']:.2f} -> "
         f"{after['exact_match']:.2f} on 3-4 digit numbers (SFT showed it 1-3 digits; the "
-        "four-digit ones are learned from its own rare right samples)",
-        flush=True,
+        "four-digit ones are learned from its own rare right samples)"
     )
 
 
 def llava_grpo_step() -> None:
     """GRPO (LoRA) on the tiny LLaVA after its SFT: 8 sampled answers per digit image, the
     right digit rewarded (vqa_match)."""
-    omnitune("train", "configs/demo-llava-grpo.yaml", "train.resume=never")
+    train("configs/demo-llava-grpo.yaml")
     before, after = first_and_last_eval("runs/demo/llava-grpo")
-    print(
+    say(
         f"GRPO on LLaVA: held-out VQA accuracy {before['vqa_accuracy']:.3f} -> "
         f"{after['vqa_accuracy']:.3f} on 200 digits (small: most remaining errors are "
-        "digits the vision side misreads, which rewarding answers cannot show it)",
-        flush=True,
+        "digits the vision side misreads, which rewarding answers cannot show it)"
     )
 
 
-def write_long_number_test(path: Path, count: int = 64) -> Path:
-    """Held-out chats of 4-6 digits (prompt/completion), to score the re-trained model on."""
-    import json
-    import random
-
-    from omnitune.modalities.text.demo_data import WORDS
-
-    rng = random.Random(99)
-    rows = []
-    for _ in range(count):
-        digits = [rng.randrange(10) for _ in range(rng.randint(4, 6))]
-        prompt = " ".join(WORDS[d] for d in digits)
-        rows.append(json.dumps({"prompt": prompt, "completion": " ".join(map(str, digits))}))
-    path.write_text("\n".join(rows) + "\n")
-    return path
+# Monitoring --------------------------------------------------------------------------------
 
 
-def chat_prompts(count: int, shift_from: int, seed: int = 7) -> list[str]:
-    """Digit-word prompts for the chat model: 1-3 digits as in training, then 4-6 digits."""
-    import random
-
-    from omnitune.modalities.text.demo_data import WORDS
-
-    rng = random.Random(seed)
-    prompts = []
-    for index in range(count):
-        size = rng.randint(*((4, 6) if index >= shift_from else (1, 3)))
-        prompts.append(" ".join(WORDS[rng.randrange(10)] for _ in range(size)))
-    return prompts
-
-
-def send_chats(url: str, model: str, prompts: list[str], clients: int = 4) -> list[str]:
-    """POST each prompt to `url`/v1/chat/completions (OpenAI format) from `clients` threads,
-    in order within each thread; the answers."""
-    import json
-    import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
-
-    def ask(prompt: str) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
-        request = urllib.request.Request(
-            url + "/v1/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())["choices"][0]["message"]["content"]
-
-    with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(ask, prompts))
-
-
-def start_listening(command: list[str], shown: str) -> tuple[subprocess.Popen, str]:
-    """Start `omnitune COMMAND` in the background; its URL from its "listening on" line."""
-    import re
-
-    print(f"\n$ {shown} &", flush=True)
-    process = subprocess.Popen(
-        [OMNITUNE, *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    print(line.strip(), flush=True)
-    found = re.search(r"listening on (http://[\d.]+:\d+)", line)
-    if not found:
-        process.kill()
-        sys.exit(f"{shown} did not start:\n" + line + process.stdout.read())
-    return process, found.group(1)
-
-
-def start_proxy(config: str, upstream: str, daemon_url: str) -> tuple[subprocess.Popen, str]:
-    """`omnitune monitor proxy` in front of `upstream`, its events to the daemon at
-    `daemon_url`; the process and the proxy's URL."""
-    command = ["monitor", "proxy", "--config", config, "--upstream", upstream, "--port", "0"]
-    return start_listening(
-        [*command, f"proxy.daemon_url={daemon_url}"], "omnitune " + " ".join(command)
-    )
-
-
-def start_model_server(model: str, port: int) -> subprocess.Popen:
-    """`transformers serve MODEL` (transformers' own OpenAI-compatible server) on loopback."""
+def monitor() -> dict[str, Any]:
+    """The three models served by `transformers serve`, the monitor's recording proxy in front
+    of each, traffic that starts in-domain and then shifts; returns the daemon's drift
+    decisions per model (feature, delay in events and seconds)."""
     import urllib.request
 
-    shown = f"transformers serve {model} --host 127.0.0.1 --port {port} --device cpu"
-    print(f"\n$ {shown} &", flush=True)
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "transformers"), *shown.split()[1:]],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.3)
-    server.kill()
-    sys.exit(f"{shown} did not answer /health in 120 s")
-
-
-def numerals(prompt: str) -> str:
-    """The right answer to a digit-word prompt: "four two" -> "4 2"."""
-    from omnitune.modalities.text.demo_data import WORDS
-
-    digit_of = {word: str(digit) for digit, word in enumerate(WORDS)}
-    return " ".join(digit_of[word] for word in prompt.split())
-
-
-def send_digit_images(url: str, model: str, rows: list[dict], folder: Path) -> list[str]:
-    """Ask the served vision-language model about each row's image, sent as an OpenAI image
-    part (a PNG data URL), from 4 threads; the answers."""
-    import base64
-    import json
-    import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
-
-    def ask(row: dict) -> str:
-        data = base64.b64encode((folder / row["image"]).read_bytes()).decode()
-        content = [
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
-            {"type": "text", "text": row["question"]},
-        ]
-        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 3}
-        request = urllib.request.Request(
-            url + "/v1/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())["choices"][0]["message"]["content"]
-
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(ask, rows))
-
-
-def vision_traffic(config: str, daemon_url: str, port: int) -> None:
-    """The tiny LLaVA served the same way: 150 digits like its training images, then 150
-    scanned by "another device"; the image features of the data URLs drift."""
-    import json
-
-    model = "runs/demo/llava/model"
-    server = start_model_server(model, port)
-    proxy = None
-    try:
-        upstream = f"http://127.0.0.1:{port}"
-        proxy, proxy_url = start_proxy(config, upstream, daemon_url)
-        for domain, name in (("digits", "base"), ("digits-shift", "shift")):
-            folder = REPO / DATA / domain / "test"
-            rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
-            got = send_digit_images(proxy_url, model, rows[:150], folder)
-            right = sum(a.strip() == r["answer"] for a, r in zip(got, rows[:150], strict=True))
-            print(
-                f"sent 150 {name} digit images through the proxy as data URLs: {right} "
-                "answered right",
-                flush=True,
-            )
-    finally:
-        for process in (proxy, server):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
-
-
-def label_captured(path: Path) -> int:
-    """Give each captured prompt its right answer (the numerals of its digit words), as an
-    annotator would; the daemon captured the model's own, often wrong, answer."""
-    import json
-
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for row in rows:
-        row["completion"] = numerals(row["prompt"])
-        row["target_source"] = "label"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return len(rows)
-
-
-def monitor_loop() -> None:
-    """The chat model served by `transformers serve`, the monitor's recording proxy in front
-    of it, in-domain then longer prompts sent through the proxy: drift, latency and captured
-    samples from real generations; the captured prompts, labelled, fine-tune the model."""
-    import shutil
-    import socket
-
-    folder = REPO / "runs" / "demo" / "monitor"
+    folder = REPO / MONITOR
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        model_port = sock.getsockname()[1]
-    model = "runs/demo/text/model"
-    server = start_model_server(model, model_port)
-    config = "configs/monitor-demo.yaml"
     daemon, url = start_listening(
-        ["monitor", "serve", "--config", config, "--port", "0"],
-        f"omnitune monitor serve --config {config} --port 0",
+        OMNITUNE,
+        ["monitor", "serve", "--config", MONITOR_CONFIG, "--port", "0"],
+        f"omnitune monitor serve --config {MONITOR_CONFIG} --port 0",
+        REPO,
+        say,
     )
+    try:
+        chat_traffic(url)
+        vision_traffic(url)
+        speech_traffic(url)
+        time.sleep(2.0)  # the proxies' last batches, a few drift evaluations
+        omnitune("monitor", "status", "--url", url)
+        with urllib.request.urlopen(url + "/v1/status", timeout=10) as response:
+            status = json.loads(response.read())
+    finally:
+        stop(daemon)
+    return {
+        name: {
+            feature: {k: drift["decision"].get(k) for k in ("delay_events", "delay_s")}
+            for feature, drift in model["drift"].items()
+            if drift["decision"]["drifted"]
+        }
+        for name, model in status["models"].items()
+    }
+
+
+def served(model: str, traffic: Any, daemon_url: str) -> None:
+    """`transformers serve` and a recording proxy (media kept for the capture) around
+    `traffic(proxy_url)`."""
+    server, port = start_model_server(model, REPO, say)
     proxy = None
     try:
-        upstream = f"http://127.0.0.1:{model_port}"
-        proxy, proxy_url = start_proxy(config, upstream, url)
+        proxy, proxy_url = start_proxy(
+            OMNITUNE,
+            MONITOR_CONFIG,
+            f"http://127.0.0.1:{port}",
+            daemon_url,
+            REPO,
+            say,
+            f"proxy.media_dir={MONITOR / 'media'}",
+        )
+        traffic(proxy_url)
+    finally:
+        stop(proxy)
+        stop(server)
+
+
+def chat_traffic(daemon_url: str) -> None:
+    """600 chats: 1-3 digit numbers as in training, then 4-6 digits."""
+    model = "runs/demo/text/model"
+
+    def traffic(proxy_url: str) -> None:
         prompts = chat_prompts(600, shift_from=300)
         started = time.perf_counter()
         answers = send_chats(proxy_url, model, prompts)
         seconds = time.perf_counter() - started
         wrong = sum(
-            answer.strip() != numerals(prompt)
-            for answer, prompt in zip(answers[300:], prompts[300:], strict=True)
+            a.strip() != numerals(p) for a, p in zip(answers[300:], prompts[300:], strict=True)
         )
-        print(
+        say(
             f"sent {len(prompts)} chats through the proxy in {seconds:.1f} s "
             f"({len(prompts) / seconds:.0f}/s): 300 of 1-3 digits as in training, then 300 of "
-            f"4-6 digits (the model got {wrong} of those wrong)",
-            flush=True,
+            f"4-6 digits (the model got {wrong} of those wrong)"
         )
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            vision_port = sock.getsockname()[1]
-        vision_traffic(config, url, vision_port)
-        time.sleep(2.0)  # the client's last batch, a few evaluations
-        omnitune("monitor", "status", "--url", url)
-    finally:
-        for process in (proxy, daemon, server):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
-    captured = folder / "capture" / "digits-chat" / "data.jsonl"
-    count = label_captured(captured)
+
+    served(model, traffic, daemon_url)
+
+
+def vision_traffic(daemon_url: str) -> None:
+    """150 digits like the training images, then 300 scanned by "another device" (from the
+    `shift` training split: the held-out `shift` test stays unseen for the re-tuned model)."""
+    model = "runs/demo/llava/model"
+
+    def traffic(proxy_url: str) -> None:
+        for folder, count, name in (
+            (DATA / "digits/test", 150, "base"),
+            (DATA / "digits-shift/train", 300, "shift"),
+        ):
+            rows = _rows(REPO / folder / "data.jsonl")[:count]
+            got = send_digit_images(proxy_url, model, rows, REPO / folder)
+            right = sum(a.strip() == r["answer"] for a, r in zip(got, rows, strict=True))
+            say(
+                f"sent {count} {name} digit images through the proxy as data URLs: "
+                f"{right} answered right"
+            )
+
+    served(model, traffic, daemon_url)
+
+
+def speech_traffic(daemon_url: str) -> None:
+    """200 clips of the training voices (the detectors' largest window), then the 80 `shift`
+    training clips (unseen voices in noise), uploaded as OpenAI transcription requests."""
+    from jiwer import wer
+
+    model = "runs/demo/speech-base/model"
+
+    def traffic(proxy_url: str) -> None:
+        base = _rows(REPO / SPEECH_CORPUS / "base/test.jsonl") + _rows(
+            REPO / SPEECH_CORPUS / "base/train.jsonl"
+        )
+        phases = (
+            ("base", base[:200], SPEECH_CORPUS / "base"),
+            ("shift", _rows(REPO / SPEECH_CORPUS / "shift/train.jsonl"), SPEECH_CORPUS / "shift"),
+        )
+        for name, rows, folder in phases:
+            heard = send_clips(proxy_url, model, rows, REPO / folder)
+            score = wer([r["text"] for r in rows], [h.strip() or "-" for h in heard])
+            say(
+                f"sent {len(rows)} {name} clips through the proxy as transcription uploads: "
+                f"WER {score:.3f}"
+            )
+
+    served(model, traffic, daemon_url)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Re-tuning on what the monitor captured --------------------------------------------------
+
+
+def retune_steps() -> None:
+    chat = CAPTURE / "digits-chat/data.jsonl"
+    vision = CAPTURE / "digits-vision/data.jsonl"
+    speech = CAPTURE / "speech-asr/data.jsonl"
+    held_out = MONITOR / "long-numbers-test.jsonl"
+
+    def text() -> None:
+        count = label_captured(REPO / chat, "completion", _chat_truth)
+        say(
+            f"labelled the {count} captured prompts in {chat} with their right numerals (the "
+            "daemon captured the model's own answers; in production this is your annotators' step)"
+        )
+        write_long_number_test(REPO / held_out)
+        train(
+            "configs/demo-text.yaml",
+            "model.name_or_path=runs/demo/text/model",
+            f"data.train={chat}",
+            f"data.eval={held_out}",
+            "output_dir=runs/demo/text-recaptured",
+            "train.max_steps=60",
+            "train.warmup_steps=5",
+            "train.eval_steps=30",
+            "train.save_steps=60",
+        )
+
+    def vision_() -> None:
+        truth = _media_truth(DATA / "digits-shift/train", "image", "answer")
+        count = label_captured(REPO / vision, "answer", lambda row: truth[_digest(row["image"])])
+        say(f"labelled the {count} captured images in {vision} with their digits")
+        train(
+            "configs/demo-llava-shift.yaml",
+            f"data.train={vision}",
+            "output_dir=runs/demo/llava-recaptured",
+        )
+
+    def speech_() -> None:
+        truth = _media_truth(
+            SPEECH_CORPUS / "shift/train",
+            "audio",
+            "text",
+            manifest=SPEECH_CORPUS / "shift/train.jsonl",
+        )
+        count = label_captured(REPO / speech, "text", lambda row: truth[_digest(row["audio"])])
+        say(f"labelled the {count} captured clips in {speech} with their transcripts")
+        train(
+            "configs/demo-speech-shift.yaml",
+            f"data.train={speech}",
+            "output_dir=runs/demo/speech-recaptured",
+        )
+
+    STEPS.run(
+        "text-recaptured",
+        [chat, "configs/demo-text.yaml"],
+        ["runs/demo/text-recaptured/model"],
+        text,
+    )
+    STEPS.run(
+        "llava-recaptured",
+        [vision, "configs/demo-llava-shift.yaml"],
+        ["runs/demo/llava-recaptured/adapter"],
+        vision_,
+    )
+    STEPS.run(
+        "speech-recaptured",
+        [speech, "configs/demo-speech-shift.yaml"],
+        ["runs/demo/speech-recaptured/adapter"],
+        speech_,
+    )
+
+
+def _chat_truth(row: dict[str, Any]) -> str:
+    return numerals(row["prompt"])
+
+
+def _digest(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+
+
+def _media_truth(
+    folder: Path, media: str, answer: str, manifest: Path | None = None
+) -> dict[str, str]:
+    """content hash of each file the demo sent -> its right answer (what an annotator adds)."""
+    manifest = manifest or folder / "data.jsonl"
+    base = (REPO / manifest).parent
+    return {_digest(base / row[media]): row[answer] for row in _rows(REPO / manifest)}
+
+
+# The end -----------------------------------------------------------------------------------
+
+
+def say_table(drift: dict[str, Any]) -> None:
+    say("\n" + summary_table(REPO, STEPS, drift))
+
+
+def serve() -> None:
+    """The daemon (over the demo's events) and the dashboard, left running in the background
+    (and Prometheus scraping the daemon, where it is installed)."""
+    import urllib.request
+
+    folder = REPO / "runs/demo/serve"
+    folder.mkdir(parents=True, exist_ok=True)
+    daemon = "http://127.0.0.1:9108"
+    services = {
+        "monitor daemon": (
+            [OMNITUNE, "monitor", "serve", "--config", MONITOR_CONFIG],
+            daemon,
+            "/healthz",
+        ),
+        "dashboard": (
+            [OMNITUNE, "dashboard", "--daemon", daemon, "--runs", "runs/demo"],
+            "http://127.0.0.1:8501",
+            "/_stcore/health",
+        ),
+    }
+    prometheus = shutil.which("prometheus")
+    if prometheus:
+        services["Prometheus"] = (
+            [
+                prometheus,
+                "--config.file=configs/prometheus/prometheus.yml",
+                "--storage.tsdb.path=runs/demo/serve/prometheus",
+                "--web.listen-address=127.0.0.1:9090",
+            ],
+            "http://127.0.0.1:9090",
+            "/-/ready",
+        )
+        services["dashboard"][0].extend(["--prometheus", "http://127.0.0.1:9090"])
+    started = []
+    for name, (command, _, _) in services.items():
+        log = (folder / f"{name.split()[-1]}.log").open("w")
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        started.append(process)
+    (folder / "pids").write_text(" ".join(str(p.pid) for p in started) + "\n")
     print(
-        f"labelled the {count} captured prompts in {captured.relative_to(REPO)} with their "
-        "right numerals (the daemon captured the model's own answers; in production this is "
-        "your annotators' step)",
-        flush=True,
+        "\nleft running (logs in runs/demo/serve/; "
+        "stop them with kill $(cat runs/demo/serve/pids)):"
     )
-    held_out = write_long_number_test(folder / "long-numbers-test.jsonl").relative_to(REPO)
-    omnitune("eval", "runs/demo/text/model", "--data", str(held_out))
-    omnitune(
-        "train",
-        "configs/demo-text.yaml",
-        "model.name_or_path=runs/demo/text/model",
-        f"data.train={captured.relative_to(REPO)}",
-        f"data.eval={held_out}",
-        "output_dir=runs/demo/text-recaptured",
-        "train.max_steps=60",
-        "train.warmup_steps=5",
-        "train.eval_steps=30",
-        "train.save_steps=60",
-        "train.resume=never",
-    )
+    for (name, (_, url, health)), process in zip(services.items(), started, strict=True):
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + health, timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = folder / f"{name.split()[-1]}.log"
+                    sys.exit(
+                        f"{name} did not start (is its port taken?); "
+                        f"{log}:\n{log.read_text()[-2000:]}"
+                    )
+                time.sleep(0.3)
+        print(f"  {name:<15} {url}", flush=True)
 
 
 if __name__ == "__main__":

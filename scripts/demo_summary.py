@@ -1,0 +1,130 @@
+"""The table that ends `make demo`: every training run of the demo, read back from its folder.
+
+Before and after are the run's first (step 0) and last evaluations in metrics.jsonl; the
+trainable parameters are the count its train.log states; the size is the adapter's folder (or
+the whole model's, for full fine-tuning); the time is the demo step's wall time (loading,
+training, evaluations and saving); drift is what the monitor daemon decided about the model
+that the run re-tunes: the features that alarmed and how many events and seconds after the
+estimated change the first alarm came.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from demo_steps import Steps
+
+
+@dataclass(frozen=True)
+class Row:
+    task: str
+    run: str
+    step: str
+    metric: str
+    monitored: str | None = None  # the monitor's model name, for the re-tuning rows
+
+
+ROWS = (
+    Row("text: digits chat, SFT full", "runs/demo/text", "text", "perplexity"),
+    Row("text: DPO on its own mistakes, LoRA", "runs/demo/text-dpo", "text-dpo", "reward_accuracy"),
+    Row("text: GRPO on 3-4 digits, LoRA", "runs/demo/text-grpo", "text-grpo", "exact_match"),
+    Row(
+        "text: re-tuned on captured prompts",
+        "runs/demo/text-recaptured",
+        "text-recaptured",
+        "perplexity",
+        "digits-chat",
+    ),
+    Row("vision: LLaVA digits, SFT full", "runs/demo/llava", "llava", "vqa_accuracy"),
+    Row("vision: GRPO, LoRA", "runs/demo/llava-grpo", "llava-grpo", "vqa_accuracy"),
+    Row("vision: other scanner, LoRA", "runs/demo/llava-shift", "llava-shift", "vqa_accuracy"),
+    Row(
+        "vision: re-tuned on captured images",
+        "runs/demo/llava-recaptured",
+        "llava-recaptured",
+        "vqa_accuracy",
+        "digits-vision",
+    ),
+    Row("speech: Whisper base voices, full", "runs/demo/speech-base", "speech-base", "wer"),
+    Row("speech: noisy unseen voices, LoRA", "runs/demo/speech-shift", "speech-shift", "wer"),
+    Row(
+        "speech: re-tuned on captured clips",
+        "runs/demo/speech-recaptured",
+        "speech-recaptured",
+        "wer",
+        "speech-asr",
+    ),
+)
+HEADER = ("task", "metric", "before -> after", "trainable", "size", "time", "drift detected")
+
+
+def summary_table(repo: Path, steps: Steps, drift: dict[str, dict[str, Any]]) -> str:
+    """The demo's runs as an aligned text table (a row per run found)."""
+    body = [_cells(repo, steps, row, drift) for row in ROWS if (repo / row.run).is_dir()]
+    widths = [max(len(r[i]) for r in [HEADER, *body]) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
+    rule = "  ".join("-" * w for w in widths)
+    head = "  ".join(c.ljust(w) for c, w in zip(HEADER, widths, strict=True)).rstrip()
+    return "\n".join(["summary (runs/demo):", head, rule, *lines])
+
+
+def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[str, ...]:
+    run = repo / row.run
+    before, after = _first_and_last(run / "metrics.jsonl", row.metric)
+    seconds = steps.seconds(row.step)
+    return (
+        row.task,
+        row.metric,
+        f"{_number(before)} -> {_number(after)}",
+        _trainable(run / "train.log"),
+        _size(run / "adapter" if (run / "adapter").is_dir() else run / "model"),
+        "-" if seconds is None else f"{seconds:.0f} s",
+        _drift(drift.get(row.monitored)) if row.monitored else "",
+    )
+
+
+def _first_and_last(path: Path, metric: str) -> tuple[float | None, float | None]:
+    if not path.is_file():
+        return None, None
+    values = [
+        record[metric]
+        for record in map(json.loads, path.read_text().splitlines())
+        if record.get("kind") == "eval" and metric in record
+    ]
+    return (values[0], values[-1]) if values else (None, None)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _trainable(log: Path) -> str:
+    text = log.read_text() if log.is_file() else ""
+    found = re.findall(r"trainable parameters: ([\d,]+) of [\d,]+ \(([\d.]+)%\)", text)
+    return f"{found[-1][0]} ({found[-1][1]}%)" if found else "-"
+
+
+def _size(folder: Path) -> str:
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
+def _drift(features: dict[str, Any] | None) -> str:
+    """'chars +2: 40 events / 0.86 s after the change': the feature that alarmed first, how many
+    others did, and how soon after the estimated change the first alarm came; or 'none'."""
+    if not features:
+        return "none"
+    timed = sorted(
+        (f for f in features.items() if f[1].get("delay_events") is not None),
+        key=lambda item: (item[1]["delay_events"], item[0]),
+    )
+    others = f" +{len(features) - 1}" if len(features) > 1 else ""
+    if not timed:
+        return sorted(features)[0] + others
+    name, first = timed[0]
+    when = f"{first['delay_events']} events / {first['delay_s']:.2g} s"
+    return f"{name}{others}: {when} after the change"
