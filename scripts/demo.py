@@ -157,14 +157,16 @@ def write_demo_data() -> None:
 # Training ----------------------------------------------------------------------------------
 
 
+def build_tiny(family: str) -> Path:
+    """The step that builds the tiny `family` model; its folder."""
+    folder = MODELS / f"tiny-{family}"
+    command = ("models", "build-tiny", family, "--out", str(folder))
+    STEPS.run(f"tiny-{family}", [], [folder], lambda: omnitune(*command))
+    return folder
+
+
 def text_steps() -> None:
-    tiny = MODELS / "tiny-text"
-    STEPS.run(
-        "tiny-text",
-        [],
-        [tiny],
-        lambda: omnitune("models", "build-tiny", "text", "--out", str(tiny)),
-    )
+    tiny = build_tiny("text")
     STEPS.run(
         "text",
         ["configs/demo-text.yaml", tiny, DATA / "text"],
@@ -192,13 +194,7 @@ def text_steps() -> None:
 
 
 def vision_steps() -> None:
-    tiny = MODELS / "tiny-llava"
-    STEPS.run(
-        "tiny-llava",
-        [],
-        [tiny],
-        lambda: omnitune("models", "build-tiny", "llava", "--out", str(tiny)),
-    )
+    tiny = build_tiny("llava")
 
     def base() -> None:
         train("configs/demo-llava.yaml")
@@ -225,13 +221,7 @@ def vision_steps() -> None:
 
 
 def speech_steps() -> None:
-    tiny = MODELS / "tiny-whisper"
-    STEPS.run(
-        "tiny-whisper",
-        [],
-        [tiny],
-        lambda: omnitune("models", "build-tiny", "whisper", "--out", str(tiny)),
-    )
+    tiny = build_tiny("whisper")
     STEPS.run(
         "speech-base",
         ["configs/demo-speech-base.yaml", tiny, SPEECH_CORPUS / "base"],

@@ -22,42 +22,27 @@ from demo_steps import Steps
 @dataclass(frozen=True)
 class Row:
     task: str
-    run: str
-    step: str
+    step: str  # the demo step; its run folder is runs/demo/STEP
     metric: str
     monitored: str | None = None  # the monitor's model name, for the re-tuning rows
 
+    @property
+    def run(self) -> str:
+        return f"runs/demo/{self.step}"
+
 
 ROWS = (
-    Row("text: digits chat, SFT full", "runs/demo/text", "text", "perplexity"),
-    Row("text: DPO on its own mistakes, LoRA", "runs/demo/text-dpo", "text-dpo", "reward_accuracy"),
-    Row("text: GRPO on 3-4 digits, LoRA", "runs/demo/text-grpo", "text-grpo", "exact_match"),
-    Row(
-        "text: re-tuned on captured prompts",
-        "runs/demo/text-recaptured",
-        "text-recaptured",
-        "perplexity",
-        "digits-chat",
-    ),
-    Row("vision: LLaVA digits, SFT full", "runs/demo/llava", "llava", "vqa_accuracy"),
-    Row("vision: GRPO, LoRA", "runs/demo/llava-grpo", "llava-grpo", "vqa_accuracy"),
-    Row("vision: other scanner, LoRA", "runs/demo/llava-shift", "llava-shift", "vqa_accuracy"),
-    Row(
-        "vision: re-tuned on captured images",
-        "runs/demo/llava-recaptured",
-        "llava-recaptured",
-        "vqa_accuracy",
-        "digits-vision",
-    ),
-    Row("speech: Whisper base voices, full", "runs/demo/speech-base", "speech-base", "wer"),
-    Row("speech: noisy unseen voices, LoRA", "runs/demo/speech-shift", "speech-shift", "wer"),
-    Row(
-        "speech: re-tuned on captured clips",
-        "runs/demo/speech-recaptured",
-        "speech-recaptured",
-        "wer",
-        "speech-asr",
-    ),
+    Row("text: digits chat, SFT full", "text", "perplexity"),
+    Row("text: DPO on its own mistakes, LoRA", "text-dpo", "reward_accuracy"),
+    Row("text: GRPO on 3-4 digits, LoRA", "text-grpo", "exact_match"),
+    Row("text: re-tuned on captured prompts", "text-recaptured", "perplexity", "digits-chat"),
+    Row("vision: LLaVA digits, SFT full", "llava", "vqa_accuracy"),
+    Row("vision: GRPO, LoRA", "llava-grpo", "vqa_accuracy"),
+    Row("vision: other scanner, LoRA", "llava-shift", "vqa_accuracy"),
+    Row("vision: re-tuned on captured images", "llava-recaptured", "vqa_accuracy", "digits-vision"),
+    Row("speech: Whisper base voices, full", "speech-base", "wer"),
+    Row("speech: noisy unseen voices, LoRA", "speech-shift", "wer"),
+    Row("speech: re-tuned on captured clips", "speech-recaptured", "wer", "speech-asr"),
 )
 HEADER = ("task", "metric", "before -> after", "trainable", "size", "time", "drift detected")
 
