@@ -438,22 +438,22 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def retune_steps() -> None:
-    chat = CAPTURE / "digits-chat/data.jsonl"
-    vision = CAPTURE / "digits-vision/data.jsonl"
-    speech = CAPTURE / "speech-asr/data.jsonl"
+    """Each captured set labelled into runs/demo/monitor/labelled/ (the capture stays as the
+    daemon wrote it), then a fine-tune on it, scored on held-out data of the shifted kind."""
     held_out = MONITOR / "long-numbers-test.jsonl"
 
-    def text() -> None:
-        count = label_captured(REPO / chat, "completion", _chat_truth)
+    def text(captured: Path, labelled: Path) -> None:
+        count = label_captured(REPO / captured, REPO / labelled, "completion", _chat_truth)
         say(
-            f"labelled the {count} captured prompts in {chat} with their right numerals (the "
-            "daemon captured the model's own answers; in production this is your annotators' step)"
+            f"labelled the {count} prompts captured in {captured} with their right numerals "
+            f"into {labelled} (the daemon captured the model's own answers; in production "
+            "this is your annotators' step)"
         )
         write_long_number_test(REPO / held_out)
         train(
             "configs/demo-text.yaml",
             "model.name_or_path=runs/demo/text/model",
-            f"data.train={chat}",
+            f"data.train={labelled}",
             f"data.eval={held_out}",
             "output_dir=runs/demo/text-recaptured",
             "train.max_steps=60",
@@ -462,49 +462,46 @@ def retune_steps() -> None:
             "train.save_steps=60",
         )
 
-    def vision_() -> None:
+    def vision(captured: Path, labelled: Path) -> None:
         truth = _media_truth(DATA / "digits-shift/train", "image", "answer")
-        count = label_captured(REPO / vision, "answer", lambda row: truth[_digest(row["image"])])
-        say(f"labelled the {count} captured images in {vision} with their digits")
+        count = label_captured(
+            REPO / captured, REPO / labelled, "answer", lambda row: truth[_digest(row["image"])]
+        )
+        say(f"labelled the {count} images captured in {captured} with their digits into {labelled}")
         train(
             "configs/demo-llava-shift.yaml",
-            f"data.train={vision}",
+            f"data.train={labelled}",
             "output_dir=runs/demo/llava-recaptured",
         )
 
-    def speech_() -> None:
-        truth = _media_truth(
-            SPEECH_CORPUS / "shift/train",
-            "audio",
-            "text",
-            manifest=SPEECH_CORPUS / "shift/train.jsonl",
+    def speech(captured: Path, labelled: Path) -> None:
+        manifest = SPEECH_CORPUS / "shift/train.jsonl"
+        truth = _media_truth(SPEECH_CORPUS / "shift/train", "audio", "text", manifest=manifest)
+        count = label_captured(
+            REPO / captured, REPO / labelled, "text", lambda row: truth[_digest(row["audio"])]
         )
-        count = label_captured(REPO / speech, "text", lambda row: truth[_digest(row["audio"])])
-        say(f"labelled the {count} captured clips in {speech} with their transcripts")
+        say(
+            f"labelled the {count} clips captured in {captured} with their transcripts "
+            f"into {labelled}"
+        )
         train(
             "configs/demo-speech-shift.yaml",
-            f"data.train={speech}",
+            f"data.train={labelled}",
             "output_dir=runs/demo/speech-recaptured",
         )
 
-    STEPS.run(
-        "text-recaptured",
-        [chat, "configs/demo-text.yaml"],
-        ["runs/demo/text-recaptured/model"],
-        text,
-    )
-    STEPS.run(
-        "llava-recaptured",
-        [vision, "configs/demo-llava-shift.yaml"],
-        ["runs/demo/llava-recaptured/adapter"],
-        vision_,
-    )
-    STEPS.run(
-        "speech-recaptured",
-        [speech, "configs/demo-speech-shift.yaml"],
-        ["runs/demo/speech-recaptured/adapter"],
-        speech_,
-    )
+    for step, model, config, output, retune in (
+        ("text-recaptured", "digits-chat", "configs/demo-text.yaml", "model", text),
+        ("llava-recaptured", "digits-vision", "configs/demo-llava-shift.yaml", "adapter", vision),
+        ("speech-recaptured", "speech-asr", "configs/demo-speech-shift.yaml", "adapter", speech),
+    ):
+        captured, labelled = CAPTURE / model / "data.jsonl", MONITOR / "labelled" / f"{model}.jsonl"
+        STEPS.run(
+            step,
+            [captured, config],
+            [f"runs/demo/{step}/{output}", labelled],
+            lambda retune=retune, captured=captured, labelled=labelled: retune(captured, labelled),
+        )
 
 
 def _chat_truth(row: dict[str, Any]) -> str:

@@ -188,12 +188,15 @@ def send_clips(url: str, model: str, rows: list[dict], folder: Path) -> list[str
         return list(pool.map(ask, rows))
 
 
-def label_captured(path: Path, field: str, truth: Callable[[dict[str, Any]], str]) -> int:
-    """Give each captured sample its right answer in `field`, as an annotator would (the
-    daemon captured the model's own, often wrong, answer); the number of samples."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def label_captured(
+    captured: Path, labelled: Path, field: str, truth: Callable[[dict[str, Any]], str]
+) -> int:
+    """Write the captured samples to `labelled` with their right answer in `field`, as an
+    annotator would (the daemon captured the model's own, often wrong, answer); how many."""
+    rows = [json.loads(line) for line in captured.read_text().splitlines() if line.strip()]
     for row in rows:
         row[field] = truth(row)
         row["target_source"] = "label"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    labelled.parent.mkdir(parents=True, exist_ok=True)
+    labelled.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return len(rows)

@@ -1,0 +1,123 @@
+"""`make demo` as a user runs it, in a fresh copy of the repository: the whole job (training
+of all three modalities, serving, monitoring, re-tuning on the captured samples), its
+summary table, a second run that reuses every finished step, and `--serve`.
+
+The demo's tree is a session fixture: the console sessions of the docs that say they follow
+`make demo` run on a copy of its artefacts (tests/console_docs.py), so the demo runs once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.console_docs import run_demo
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs-and-demo")]
+
+
+def _demo(tree: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_demo(tree, *args)
+
+
+def _table(output: str) -> dict[str, list[str]]:
+    """task -> cells of the summary table the demo printed last."""
+    lines = output[output.rindex("summary (runs/demo):") :].splitlines()
+    rule = lines[2]
+    starts = [m.start() for m in re.finditer(r"-+", rule)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    rows = {}
+    for line in lines[3:]:
+        if not line.strip() or line.startswith("demo finished"):
+            break
+        cells = [line[a:b].strip() for a, b in bounds]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _before_after(cell: str) -> tuple[float, float]:
+    before, after = cell.split(" -> ")
+    return float(before), float(after)
+
+
+def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
+    output = (demo_tree / "demo-first-run.log").read_text()
+    rows = _table(output)
+    assert len(rows) == 11, output[-4000:]
+    # Each modality's re-tuning on what the monitor captured improves its held-out metric.
+    text = rows["text: re-tuned on captured prompts"]
+    vision = rows["vision: re-tuned on captured images"]
+    speech = rows["speech: re-tuned on captured clips"]
+    ppl_before, ppl_after = _before_after(text[1])
+    assert ppl_after < ppl_before / 2, text
+    acc_before, acc_after = _before_after(vision[1])
+    assert acc_after > acc_before + 0.15, vision
+    wer_before, wer_after = _before_after(speech[1])
+    assert wer_after < wer_before - 0.1, speech
+    # ... after the monitor saw each model's inputs drift.
+    for cells in (text, vision, speech):
+        assert "after the change" in cells[-1], cells
+    # The shift LoRAs, as in their docs; the base Whisper learned its voices. Both shift voices
+    # get their own WER (the worst one is where a deployment fails).
+    before, after = _before_after(rows["speech: noisy unseen voices, LoRA"][1])
+    assert after < before - 0.1
+    metrics = (demo_tree / "runs/demo/speech-shift/metrics.jsonl").read_text().splitlines()
+    last_eval = [r for r in map(json.loads, metrics) if r["kind"] == "eval"][-1]
+    assert {k for k in last_eval if k.startswith("wer/speaker=")} == {
+        "wer/speaker=en-us-nyc+croak",
+        "wer/speaker=en-gb-x-gbcwmd+f5",
+    }
+    before, after = _before_after(rows["vision: other scanner, LoRA"][1])
+    assert after > before + 0.2
+    assert _before_after(rows["speech: Whisper base voices, full"][1])[1] < 0.5
+    # Trainable parameters and sizes: LoRA is a fraction of the full model.
+    assert rows["speech: noisy unseen voices, LoRA"][2].endswith("%)")
+    assert rows["text: digits chat, SFT full"][2].endswith("(100.00%)")
+    # The served Whisper transcribes its training voices (it keeps its language when served).
+    served = re.search(r"sent 200 base clips .*: WER ([\d.]+)", output)
+    assert served and float(served.group(1)) < 0.5, output[-4000:]
+    # Captured samples point at the media the proxy kept, with the model's own answer; the
+    # labelled copy the re-tuning trained on has the right one.
+    monitor = demo_tree / "runs/demo/monitor"
+    captured = json.loads((monitor / "capture/digits-vision/data.jsonl").read_text().split("\n")[0])
+    labelled = json.loads((monitor / "labelled/digits-vision.jsonl").read_text().split("\n")[0])
+    assert Path(captured["image"]).is_file() and captured["target_source"] == "model"
+    assert labelled["image"] == captured["image"] and labelled["target_source"] == "label"
+
+
+def test_a_second_demo_reuses_every_step_in_under_a_minute(demo_tree):
+    started = time.perf_counter()
+    again = _demo(demo_tree)
+    seconds = time.perf_counter() - started
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert seconds < 60, seconds
+    assert re.search(r"\(0 steps run, \d+ reused\)", again.stdout), again.stdout[-2000:]
+    first = (demo_tree / "demo-first-run.log").read_text()
+    assert _table(again.stdout) == _table(first)
+
+
+def test_serve_leaves_the_daemon_and_the_dashboard_running(demo_tree):
+    served = _demo(demo_tree, "--serve")
+    assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
+    pids = [int(p) for p in (demo_tree / "runs/demo/serve/pids").read_text().split()]
+    try:
+        assert "http://127.0.0.1:9108" in served.stdout and "http://127.0.0.1:8501" in served.stdout
+        with urllib.request.urlopen("http://127.0.0.1:9108/v1/status", timeout=10) as response:
+            status = json.loads(response.read())
+        assert set(status["models"]) == {"digits-chat", "digits-vision", "speech-asr"}
+        assert status["store"]["events"] > 1000  # the demo's traffic, from its store
+        with urllib.request.urlopen("http://127.0.0.1:8501/_stcore/health", timeout=10) as r:
+            assert r.read() == b"ok"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
