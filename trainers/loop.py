@@ -814,5 +814,5 @@ def _write_rank_fingerprint(
         "step": step,
         "weights_sha256": digest.hexdigest(),
     }
-    (folder / f"rank-{accelerator.process_index}.json").write_text(json.dumps(record))
+    (folder / f"rank-{accelerator.process_index}.json").write_text(json.dumps(record) + "\n")
     accelerator.wait_for_everyone()
