@@ -39,10 +39,17 @@ system-deps:
 	  fi; \
 	fi
 
-# Two workers (the machine's 2 cores): a module's tests stay on one worker, the docs' console
-# sessions and the demo they follow on one (conftest.py).
+# Two pytest processes side by side (the machine's 2 cores): the unit and integration tests,
+# and the docs' console sessions with the demo they follow (their servers use the docs' fixed
+# ports, so they run one after another). Both must pass; the docs' report is printed last.
 test: $(STAMP) system-deps
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	@$(PY) -m pytest README.md docs tests/test_demo.py $(PYTEST_ARGS) > .pytest-docs.log 2>&1 & \
+	docs=$$!; \
+	$(PY) -m pytest tests --ignore=tests/test_demo.py $(PYTEST_ARGS); unit=$$?; \
+	wait $$docs; docs_status=$$?; \
+	echo "=== README.md, docs/ and make demo (pytest README.md docs tests/test_demo.py) ==="; \
+	cat .pytest-docs.log; \
+	test $$unit -eq 0 && test $$docs_status -eq 0
 
 # Hostile inputs, crashes and faults; their figures are written into docs/reliability.md.
 reliability: $(STAMP) system-deps

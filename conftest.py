@@ -26,14 +26,10 @@ pytest_collect_file = Sybil(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Doc sessions are slow (they run commands) and run on the xdist worker that ran the demo;
-    every other module keeps its tests on one worker (its module fixtures are built once)."""
+    """Doc sessions run commands for minutes: `slow` (make test-fast leaves them out)."""
     for item in items:
         if item.path.suffix == ".md":
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("docs-and-demo"))
-        elif not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(REPO))))
 
 
 @pytest.fixture(scope="session")

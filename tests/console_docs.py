@@ -302,7 +302,7 @@ def copy_repository(source: Path, destination: Path) -> None:
             shutil.copy2(path, target)
 
 
-def run_demo(tree: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+def run_demo(tree: Path, *args: str, timeout: float = 2700) -> subprocess.CompletedProcess:
     """`make demo`'s script in `tree` (a copy of the repository) with the project's Python."""
     return subprocess.run(
         [sys.executable, "scripts/demo.py", *args],

@@ -22,7 +22,7 @@ import pytest
 
 from tests.console_docs import run_demo
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs-and-demo")]
+pytestmark = pytest.mark.slow
 
 
 def _demo(tree: Path, *args: str) -> subprocess.CompletedProcess:
