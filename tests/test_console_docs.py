@@ -47,6 +47,7 @@ def test_a_session_splits_into_commands_with_their_shown_output():
             "listening on http://127.0.0.1:9108 (store x)",
             "listening on http://127.0.0.1:41233 (store x)",
         ),
+        ("+ transformers serve m --port 42565 &", "+ transformers serve m --port 39211 &"),
         (
             "from cache: /c/prepared/text/919527af5c7c99d5b32941b8",
             "from cache: /c/prepared/text/0a1b2c3d4e5f60718293a4b5",
