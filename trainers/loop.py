@@ -179,14 +179,8 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     modality = get_modality(config.model.modality)
     objective = get_objective(config.objective.name)
     selection_metric, direction = _selection_metric(config, objective.metric_directions(modality))
-    model, processor = modality.load(config.model, **load_options(config.peft.method))
-    if modality.adapt is not None:
-        modality.adapt(model, processor, config)
+    model, processor = _load_model(config, modality)
     train_set, eval_set = _read_data(objective, modality, config, processor)
-
-    if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
     prepared = prepare_model(
         model, config.peft, modality.targets(model), modality.task_type, config.train.seed
     )
@@ -205,37 +199,14 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         num_training_steps=total_steps,
     )
     collate = objective.collator(modality, processor, config, True)
-    reference = None
-    if objective.needs_reference:
-        # Before a checkpoint is loaded: the reference is the model as it starts.
-        from omnitune.trainers.objectives.reference import build_reference
-
-        model.to(accelerator.device)
-        eval_collate = objective.collator(modality, processor, config, False)
-        reference = build_reference(
-            config,
-            model,
-            prepared.is_peft,
-            {"train": train_set, "eval": eval_set},
-            eval_collate,
-            run_dir,
-        )
-
+    # Before a checkpoint is loaded: the reference is the model as it starts.
+    datasets = (train_set, eval_set)
+    reference = _reference(config, objective, modality, processor, prepared, datasets, accelerator)
     initial_adapter = run_dir / "initial-adapter"
-    state = TrainState()
     resume_from = _resume_point(run_dir, config.train.resume, main)
-    if resume_from is not None:
-        state = load_checkpoint(
-            resume_from,
-            model,
-            optimizer,
-            scheduler,
-            accelerator.process_index,
-            _head_tensors(heads),
-        )
-        log.info("resumed from %s (step %d)", resume_from, state.step)
-    elif main and prepared.is_peft and config.peft.method in MUTATING_INIT:
-        _save_initial_adapter(model, initial_adapter)
+    state = _start_state(
+        resume_from, config, prepared, optimizer, scheduler, heads, accelerator, initial_adapter
+    )
     runlog.start(config, state.step)
 
     if _optimizer_needs_accelerate(accelerator):
@@ -294,6 +265,74 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
         )
     )
     return session
+
+
+def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:
+    """The model and processor, fitted to the run's options (`Modality.adapt`) and with
+    gradient checkpointing when asked."""
+    model, processor = modality.load(config.model, **load_options(config.peft.method))
+    if modality.adapt is not None:
+        modality.adapt(model, processor, config)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return model, processor
+
+
+def _reference(
+    config: RunConfig,
+    objective: Any,
+    modality: Any,
+    processor: Any,
+    prepared: Any,
+    datasets: tuple[Any, Any],
+    accelerator: Any,
+) -> Any:
+    """The reference policy of a preference objective, from the model as it starts (None for
+    objectives that have none)."""
+    if not objective.needs_reference:
+        return None
+    from omnitune.trainers.objectives.reference import build_reference
+
+    prepared.model.to(accelerator.device)
+    eval_collate = objective.collator(modality, processor, config, False)
+    train_set, eval_set = datasets
+    return build_reference(
+        config,
+        prepared.model,
+        prepared.is_peft,
+        {"train": train_set, "eval": eval_set},
+        eval_collate,
+        Path(config.output_dir),
+    )
+
+
+def _start_state(
+    resume_from: Path | None,
+    config: RunConfig,
+    prepared: Any,
+    optimizer: Any,
+    scheduler: Any,
+    heads: dict[str, Any],
+    accelerator: Any,
+    initial_adapter: Path,
+) -> TrainState:
+    """The checkpoint's state when resuming; else a fresh one (saving the initial adapter of
+    a method whose initialisation changes the base weights, for export)."""
+    if resume_from is not None:
+        state = load_checkpoint(
+            resume_from,
+            prepared.model,
+            optimizer,
+            scheduler,
+            accelerator.process_index,
+            _head_tensors(heads),
+        )
+        log.info("resumed from %s (step %d)", resume_from, state.step)
+        return state
+    if accelerator.is_main_process and prepared.is_peft and config.peft.method in MUTATING_INIT:
+        _save_initial_adapter(prepared.model, initial_adapter)
+    return TrainState()
 
 
 def train_step(session: Session) -> StepOutcome:
