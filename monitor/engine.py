@@ -341,6 +341,16 @@ class Monitor:
             captured=captured,
         )
 
+    def _stored(self, key: str, value: Any, text_in: str, clean: str) -> Any:
+        """One field of a dict input as stored: the input text redacted as scanned, other
+        strings scrubbed, media paths as given (file names, not user text: a content hash can
+        look like a card number, and a redacted path names no file)."""
+        if key in MEDIA_PATH_KEYS:
+            return value
+        if isinstance(value, str) and value == text_in:
+            return clean
+        return self._scrub(value)
+
     def _prepare(
         self, event: Event, arrival: float
     ) -> tuple[Row, dict[str, Any], tuple[tuple[str, str], ...], dict[str, Any]]:
@@ -361,16 +371,7 @@ class Monitor:
         clean = redact(text_in, found_in) if found_in else text_in
         stored_input: Any = event.input
         if isinstance(event.input, dict):
-            # Media paths (image_path, audio_path) are file names, not user text: a content
-            # hash in one can look like a card number, and a redacted path names no file.
-            stored_input = {
-                k: v
-                if k in MEDIA_PATH_KEYS
-                else clean
-                if isinstance(v, str) and v == text_in
-                else self._scrub(v)
-                for k, v in event.input.items()
-            }
+            stored_input = {k: self._stored(k, v, text_in, clean) for k, v in event.input.items()}
         elif found_in:
             stored_input = clean
         output = redact(event.output, found_out) if event.output and found_out else event.output
