@@ -33,6 +33,7 @@ ran `make demo` first has them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -178,6 +179,7 @@ class ConsoleSession:
             "OMNITUNE_CACHE": str(self.root.parent / "cache"),
         }
         self.jobs: dict[int, subprocess.Popen] = {}  # as a shell numbers them: %1, %2, ...
+        self.started = itertools.count(1)  # every background command gets its own log
 
     def run_block(self, block: str) -> None:
         for command in parse_session(block):
@@ -222,7 +224,7 @@ class ConsoleSession:
         self._check(command, output)
 
     def _start(self, command: Command) -> None:
-        log = self.root.parent / f"background-{process_count()}.log"
+        log = self.root.parent / f"background-{next(self.started)}.log"
         foreground = re.sub(r"&\s*(#.*)?$", "", command.text).strip()
         process = subprocess.Popen(
             ["bash", "-c", f"exec {foreground}"],
@@ -271,13 +273,6 @@ class ConsoleSession:
         for number in sorted(self.jobs, reverse=True):
             self._stop(self.jobs.pop(number))
         shutil.rmtree(self.root.parent, ignore_errors=True)
-
-
-_started = iter(range(1, 1_000_000))
-
-
-def process_count() -> int:
-    return next(_started)
 
 
 def _accepts(port: int) -> bool:
