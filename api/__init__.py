@@ -21,6 +21,9 @@ serving process.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,11 +60,13 @@ DATA_FIELDS = ("train", "eval")
 @dataclass(frozen=True)
 class Evaluation:
     """What `evaluate` measured: the data's summary line (rows and skips), the number of
-    examples scored, and the metrics (`wer`, `exact_match`, `loss`, per-group `wer/speaker=a`)."""
+    examples scored, the metrics (`wer`, `exact_match`, `loss`, per-group `wer/speaker=a`), and
+    for a run which checkpoint was scored (`best checkpoint, step 40 of 60 (wer 0.2790)`)."""
 
     data: str
     examples: int
     metrics: dict[str, float]
+    checkpoint: str | None = None
 
 
 def load_config(config: str | Path | dict[str, Any] | RunConfig, /, **overrides: Any) -> RunConfig:
@@ -100,28 +105,57 @@ def train(config: str | Path | dict[str, Any] | RunConfig, /, **overrides: Any) 
     starts over)."""
     from omnitune.trainers.loop import train as run
 
-    return run(load_config(config, **overrides))
+    config = load_config(config, **overrides)
+    _log_to_stderr()
+    with _in_memory_names():
+        return run(config)
 
 
-def evaluate(target: str | Path, /, data: Any = None, **overrides: Any) -> Evaluation:
-    """Score a run folder (its best checkpoint) or a model (a local folder or hub id) on `data`
-    (a path, a `datasets.Dataset` or a list of dicts; default: the run's `data.eval`), as
-    `omnitune eval` does."""
+def evaluate(
+    target: str | Path, /, data: Any = None, checkpoint: str = "best", **overrides: Any
+) -> Evaluation:
+    """Score a run folder (its best checkpoint, or `checkpoint`: "last", "step-N") or a model
+    (a local folder or hub id) on `data` (a path, a `datasets.Dataset` or a list of dicts;
+    default: the run's `data.eval`), as `omnitune eval` does."""
     from omnitune.trainers.evaluation import evaluate_target
 
     source = None if data is None else as_data_file(data, "data")
-    summary, count, metrics = evaluate_target(str(target), source, override_strings(overrides))
-    return Evaluation(data=summary, examples=count, metrics=metrics)
+    with _in_memory_names():
+        result = evaluate_target(str(target), source, override_strings(overrides), checkpoint)
+    return Evaluation(
+        data=result.data,
+        examples=result.examples,
+        metrics=result.metrics,
+        checkpoint=result.checkpoint.describe() if result.checkpoint else None,
+    )
 
 
 def export(
     run: str | Path, /, out: str | Path | None = None, merge: bool = False, which: str = "best"
 ) -> Path:
     """Write a run's adapter (or, with `merge`, the model with the adapter merged in) from its
-    best checkpoint (`which`: "best", "last" or a checkpoint folder); returns the folder."""
+    best checkpoint (`which`: "best", "last", "step-N" or a checkpoint folder); returns the
+    folder written (RUN/exported-adapter, RUN/merged or `out`)."""
     from omnitune.trainers.export import export_run
 
-    return export_run(run, merge=merge, out=out, which=which)
+    return export_run(run, merge=merge, out=out, which=which).folder
+
+
+def _log_to_stderr() -> None:
+    """omnitune's progress lines (data read, evaluations, steps) to standard error at INFO, as
+    the CLI shows them, unless the program configured logging itself (a handler on the root or
+    the `omnitune` logger): then its configuration decides."""
+    import logging
+    import sys
+
+    library = logging.getLogger("omnitune")
+    if logging.getLogger().handlers or library.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    library.addHandler(handler)
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.INFO)
 
 
 def override_strings(overrides: dict[str, Any]) -> list[str]:
@@ -148,11 +182,53 @@ def override_strings(overrides: dict[str, Any]) -> list[str]:
     return strings
 
 
+#: File endings of media that rows name (audio clips, images).
+MEDIA_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".png", ".jpg", ".jpeg")
+MEDIA_SUFFIXES += (".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def _absolute_media(value: Any) -> Any:
+    """A relative media path (or a list of them) made absolute against the current directory:
+    the JSONL the rows are written to lives in the cache, where a relative path means nothing."""
+    if isinstance(value, list):
+        return [_absolute_media(item) for item in value]
+    if (
+        isinstance(value, str)
+        and value.lower().endswith(MEDIA_SUFFIXES)
+        and "://" not in value
+        and not Path(value).is_absolute()
+    ):
+        return str(Path(value).resolve())
+    return value
+
+
+#: The JSONL files written for in-memory data -> the argument they stand for ("data.train").
+_IN_MEMORY: dict[str, str] = {}
+
+
+@contextmanager
+def _in_memory_names() -> Iterator[None]:
+    """Errors about in-memory rows name the argument and row the caller gave, not the JSONL
+    file in the cache that holds them (`data.train (in memory), row 3: ...`)."""
+    try:
+        yield
+    except OmnituneError as error:
+        message = str(error)
+        for path, field in _IN_MEMORY.items():
+            row = rf"{field} (in memory), row \1:"
+            message = re.sub(re.escape(path) + r":(\d+):", row, message)
+            message = message.replace(path, f"{field} (in memory)")
+        if message == str(error):
+            raise
+        raise type(error)(message) from error
+
+
 def as_data_file(value: Any, field: str) -> Any:
     """A path for data given in memory: a `datasets.Dataset` or a list of dicts is written once
     as JSONL under $OMNITUNE_CACHE/in-memory/, named by its content, and read from there like
     any file (so the prepared cache and the run's config refer to it). Paths and None pass
-    through. Media in such rows (audio, images) must be absolute paths."""
+    through. Relative media paths in such rows (audio clips, images) are taken from the current
+    directory, as the caller meant them, and written as absolute paths."""
     import hashlib
     import json
     import os
@@ -169,6 +245,7 @@ def as_data_file(value: Any, field: str) -> Any:
         )
     if not rows:
         raise ConfigError(f"{field}: the in-memory dataset has no rows")
+    rows = [{key: _absolute_media(value) for key, value in row.items()} for row in rows]
     try:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     except TypeError as error:
@@ -182,4 +259,5 @@ def as_data_file(value: Any, field: str) -> Any:
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
+    _IN_MEMORY[str(path)] = field
     return str(path)

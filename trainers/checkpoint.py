@@ -34,6 +34,8 @@ class TrainState:
     samples_seen: int = 0
     best_metric: float | None = None
     best_step: int | None = None
+    #: the metric best_metric is a value of (eval.early_stopping_metric or the objective's)
+    selection_metric: str | None = None
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     #: data.streaming: the stream's position (trainers/streaming.py), None otherwise

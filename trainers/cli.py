@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,6 +29,16 @@ EXTRA_PROVIDING = {
 
 #: Families `omnitune models build-tiny` knows; the builders live with their modality.
 TINY_FAMILIES = ("text", "whisper", "llava", "idefics3", "qwen2-vl")
+
+
+def _accept_checkpoint(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="WHICH",
+        help="which of a run's checkpoints: best (default: the best evaluation by the run's "
+        "selection metric), last, or step-N",
+    )
 
 
 def _version() -> str:
@@ -82,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", help="run folder, model folder or hub id")
     evaluate.add_argument("--data", help="JSONL/CSV data (default: the run's data.eval)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="write each generated example (input, reference, prediction, score) as JSONL",
+    )
+    _accept_checkpoint(evaluate)
     _accept_overrides(
         evaluate, "omnitune eval runs/text-lora --data data/text/test.jsonl eval.batch_size=32"
     )
@@ -94,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--merge", action="store_true", help="merge the adapter into the base weights"
     )
-    export.add_argument("--out", help="destination folder (default: RUN/merged or RUN/adapter)")
+    export.add_argument(
+        "--out",
+        help="destination folder (default: RUN/merged, RUN/exported-adapter or "
+        "RUN/exported-model; never the run's own adapter/ or model/)",
+    )
+    _accept_checkpoint(export)
     _with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
     export.set_defaults(handler=_export)
 
@@ -294,33 +316,79 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config)
     if not result.main_process:
         return 0
-    overall = {k: v for k, v in result.eval_metrics.items() if "/" not in k}
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items())
     # A run resumed from its last checkpoint trains no step here, so it has no train loss.
     loss = (
         "none (no step left to train)" if result.train_loss is None else f"{result.train_loss:.4f}"
     )
-    print(
-        f"{result.run_dir}: {result.steps} steps, train loss {loss}"
-        + (f", eval {metrics}" if metrics else "")
-        + f"; saved {result.output}"
-    )
+    print(f"{result.run_dir}: {result.steps} steps, train loss {loss}; {_saved(result)}")
     return 0
+
+
+def _saved(result: Any) -> str:
+    """`saved RUN/adapter: best checkpoint, step 40 of 60 (wer 0.2790); eval loss ..., wer ...`:
+    the folder, which checkpoint it holds, and that checkpoint's evaluation."""
+    from omnitune.trainers.run_weights import ChosenCheckpoint
+
+    text = f"saved {result.output}"
+    if result.checkpoint:
+        chosen = dict(result.checkpoint)
+        metrics = chosen.pop("metrics")
+        text += f": {ChosenCheckpoint(path=result.output, metrics=metrics, **chosen).describe()}"
+        overall = {k: v for k, v in metrics.items() if "/" not in k}
+        if overall:
+            text += "; eval " + ", ".join(f"{k} {v:.4f}" for k, v in overall.items())
+    return text
 
 
 def _eval(args: argparse.Namespace) -> int:
     from omnitune.trainers.evaluation import evaluate_target
 
-    summary, count, metrics = evaluate_target(args.target, args.data, args.overrides)
+    result = evaluate_target(args.target, args.data, args.overrides, args.checkpoint)
     if args.json:
         import json
 
-        print(json.dumps({"data": summary, "examples": count, **metrics}))
+        chosen = result.checkpoint.as_dict() if result.checkpoint else None
+        if chosen:
+            chosen.pop("metrics")
+        print(
+            json.dumps(
+                {
+                    "data": result.data,
+                    "examples": result.examples,
+                    "checkpoint": chosen,
+                    **result.metrics,
+                }
+            )
+        )
     else:
         from omnitune.trainers.runlog import format_metrics
 
-        print(f"{summary}: {format_metrics(metrics)}")
+        if result.checkpoint is not None:
+            print(f"{args.target}: {result.checkpoint.describe()}")
+        print(f"{result.data}: {format_metrics(result.metrics)}")
+    if args.predictions:
+        _write_predictions(args.predictions, result.predictions)
     return 0
+
+
+def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
+    import json
+    from pathlib import Path
+
+    from omnitune.trainers.errors import UsageError
+
+    if not rows:
+        raise UsageError(
+            "--predictions: this evaluation generated nothing to write (loss only); for text, "
+            "add exact_match to eval.metrics (eval.metrics=[perplexity,exact_match])"
+        )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    right = sum(1 for row in rows if row["score"] == 1.0)
+    print(f"{target}: {len(rows)} predictions ({right} scored 1.0)", file=sys.stderr)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -368,7 +436,7 @@ def _data_sample(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from omnitune.trainers.export import export_run
 
-    print(export_run(args.run, merge=args.merge, out=args.out))
+    print(export_run(args.run, merge=args.merge, out=args.out, which=args.checkpoint))
     return 0
 
 

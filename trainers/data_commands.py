@@ -35,6 +35,7 @@ def describe(role: str, examples: Examples, unit: str) -> str:
     lines = [f"{role}: {examples.summary()}"]
     if examples.origin:
         lines.append(f"  {examples.origin}")
+    lines.extend(f"  skipped {line}" for line in examples.skipped_listing(first=5))
     lengths = np.asarray(examples.lengths, dtype=np.float64)
     if len(lengths):
         quantiles = np.quantile(lengths, [0.0, 0.5, 0.9, 0.99, 1.0])

@@ -1,6 +1,8 @@
-"""`omnitune eval RUN_OR_MODEL [--data FILE]`: the modality's metrics on a dataset.
+"""`omnitune eval RUN_OR_MODEL [--data FILE] [--checkpoint best|last|step-N]`: the modality's
+metrics on a dataset.
 
-RUN_OR_MODEL is a run folder (its config and exported adapter or model are used), or a model
+RUN_OR_MODEL is a run folder (its config and one of its checkpoints: the best by the run's
+selection metric unless asked otherwise, the rule of trainers/run_weights.py), or a model
 folder or hub id (its modality is read from its config). Data defaults to the run's eval set.
 The run's objective reads and scores the data: a DPO run's eval set is preference pairs, scored
 against the same reference policy as in training (the adapter disabled, or the base model
@@ -9,6 +11,7 @@ for full fine-tuning), so the reward accuracy matches the training log's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +20,41 @@ from omnitune.trainers.config import RunConfig, load_run_config
 from omnitune.trainers.configio import apply_overrides, validate
 from omnitune.trainers.errors import ConfigError
 from omnitune.trainers.objectives import get_objective
+from omnitune.trainers.run_weights import (
+    ChosenCheckpoint,
+    choose_checkpoint,
+    load_checkpoint_model,
+    saved_checkpoint_step,
+)
+
+
+@dataclass
+class Evaluated:
+    """What `omnitune eval` reports: the data, its size, the metrics, and for a run the
+    checkpoint scored (None for a model folder or hub id)."""
+
+    data: str
+    examples: int
+    metrics: dict[str, float]
+    checkpoint: ChosenCheckpoint | None = None
+    #: per generated example: input, reference, prediction, score (empty when nothing was
+    #: generated: a loss-only evaluation)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate_target(
-    target: str, data: str | None, overrides: list[str] | None = None
-) -> tuple[str, int, dict[str, float]]:
-    """Returns (data source, number of examples, metrics)."""
+    target: str,
+    data: str | None,
+    overrides: list[str] | None = None,
+    checkpoint: str = "best",
+) -> Evaluated:
+    """Score a run's checkpoint (`checkpoint`: best, last, step-N) or a model on `data`."""
     run_dir = Path(target)
-    base = None
+    base, chosen = None, None
     if (run_dir / "config.yaml").is_file():
         config = load_run_config(run_dir / "config.yaml", overrides)
         base = config.model.model_copy()  # before _load_run_model points it at RUN/model
-        model, processor = _load_run_model(run_dir, config)
+        model, processor, chosen = _load_run_model(run_dir, config, checkpoint)
     else:
         config = _config_for_model(target, data, overrides or [])
         model, processor = get_modality(config.model.modality).load(config.model)
@@ -44,8 +70,11 @@ def evaluate_target(
         )
     model.eval()
     reference = _reference(model, modality, base) if objective.needs_reference else None
-    metrics = objective.evaluate(modality, model, processor, examples, config, reference)
-    return examples.summary(), len(examples), metrics
+    from omnitune.modalities.evaluation import record_predictions
+
+    with record_predictions() as predictions:
+        metrics = objective.evaluate(modality, model, processor, examples, config, reference)
+    return Evaluated(examples.summary(), len(examples), metrics, chosen, predictions)
 
 
 def _reference(model: Any, modality: Any, base: Any) -> Any:
@@ -61,10 +90,31 @@ def _reference(model: Any, modality: Any, base: Any) -> Any:
     return Reference(model, load_frozen=lambda: modality.load(base)[0])
 
 
-def _load_run_model(run_dir: Path, config: RunConfig) -> tuple[Any, Any]:
+def _load_run_model(
+    run_dir: Path, config: RunConfig, which: str
+) -> tuple[Any, Any, ChosenCheckpoint | None]:
+    """The run's weights by the checkpoint rule: the saved adapter/model folder when it holds
+    the chosen checkpoint (what train saved), else the checkpoint rebuilt on the base; a run
+    folder without checkpoints (copied without them) is scored by its saved folder."""
+    from omnitune.trainers.checkpoint import list_checkpoints
+
+    if list_checkpoints(run_dir):
+        chosen = choose_checkpoint(run_dir, which)
+        if chosen.step != saved_checkpoint_step(run_dir):
+            model, processor, _ = load_checkpoint_model(config, chosen.path)
+            return model, processor, chosen
+        return (*_load_saved_folder(run_dir, config), chosen)
+    if which != "best":
+        raise ConfigError(f"--checkpoint: {run_dir} has no checkpoints to choose from")
+    return (*_load_saved_folder(run_dir, config), None)
+
+
+def _load_saved_folder(run_dir: Path, config: RunConfig) -> tuple[Any, Any]:
     modality = get_modality(config.model.modality)
     if (run_dir / "adapter").is_dir():
         from peft import PeftModel
+
+        import omnitune.trainers.peft_methods  # noqa: F401  (quiets peft's deprecated read)
 
         base, processor = modality.load(config.model)
         return PeftModel.from_pretrained(base, str(run_dir / "adapter")), processor

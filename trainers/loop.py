@@ -69,6 +69,9 @@ class RunResult:
     main_process: bool = True
     loop_seconds: float = 0.0
     loop_cpu_seconds: float = 0.0
+    #: which checkpoint `output` holds (trainers/run_weights.py): the best unless none was
+    #: evaluated; as a dict (rule, step, last_step, metric, value, metrics)
+    checkpoint: dict[str, Any] | None = None
 
 
 @dataclass
@@ -501,7 +504,9 @@ def finish(
         )
     _write_rank_fingerprint(s.run_dir, accelerator, s.checkpoint_tensors, s.state.step)
     output = s.run_dir / ("adapter" if s.prepared.is_peft else "model")
+    chosen = None
     if main:
+        chosen = _restore_best(s)
         _export_final(s.unwrapped, s.processor, output, s.initial_adapter)
         _export_heads(s.heads, s.run_dir / "heads")
         if s.config.data.streaming:
@@ -525,6 +530,7 @@ def finish(
         main_process=main,
         loop_seconds=loop_seconds,
         loop_cpu_seconds=loop_cpu_seconds,
+        checkpoint=chosen.as_dict() if chosen is not None else None,
     )
     if main:
         summary = {
@@ -534,6 +540,8 @@ def finish(
             "objective": s.objective.name,
             "train_skipped": dict(s.train_set.skipped),
             "eval_skipped": dict(s.eval_set.skipped) if s.eval_set is not None else {},
+            "train_skipped_files": getattr(s.train_set, "skipped_files", {}),
+            "eval_skipped_files": getattr(s.eval_set, "skipped_files", {}),
         }
         (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         s.runlog.finish(summary, s.state.step)
@@ -566,13 +574,17 @@ def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:
                 "add it to eval.metrics"
             )
         value = metrics[s.selection_metric]
-        better = state.best_metric is None or (
-            value < state.best_metric if s.direction == "min" else value > state.best_metric
+        # Step 0 is the "before" value, not a candidate: only trained checkpoints can be best
+        # (there is no checkpoint of the untouched weights to return to).
+        better = state.step > 0 and (
+            state.best_metric is None
+            or (value < state.best_metric if s.direction == "min" else value > state.best_metric)
         )
         if better:
             state.best_metric, state.best_step = value, state.step
+            state.selection_metric = s.selection_metric
             state.evals_without_improvement = 0
-        else:
+        elif state.step > 0:
             state.evals_without_improvement += 1
         state.history.append({"step": state.step, **metrics})
         stop = (
@@ -608,6 +620,8 @@ def _read_data(objective: Any, modality: Any, config: RunConfig, processor: Any)
         log.info("data %s", examples.summary())
         if getattr(examples, "origin", None):
             log.info("data %s %s", examples.source, examples.origin)
+        for line in getattr(examples, "skipped_listing", list)():
+            log.info("data %s skipped %s", examples.source, line)
     if not config.data.streaming and len(train_set) == 0:
         raise DataError(
             f"{config.data.train}: no usable training {objective.reads} ({train_set.summary()})"
@@ -810,6 +824,37 @@ def _save_initial_adapter(model: Any, folder: Path) -> None:
     config.init_lora_weights = True
     model.save_pretrained(folder)
     config.init_lora_weights = init
+
+
+def _restore_best(session: Session) -> Any:
+    """Put the best checkpoint's weights back into the model before it is saved, so that the
+    run's adapter/model folder holds what `omnitune eval` and `export` choose by default;
+    returns the ChosenCheckpoint (the last one when no evaluation chose a best)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from omnitune.trainers.run_weights import choose_checkpoint
+
+    chosen = choose_checkpoint(session.run_dir, "best")
+    before = next((r for r in session.state.history if r["step"] == 0), None)
+    if before is not None and chosen.value is not None and chosen.metric in before:
+        start = before[chosen.metric]
+        worse = chosen.value > start if session.direction == "min" else chosen.value < start
+        if worse:
+            log.warning(
+                "training made %s worse than before it (step 0: %.4f, best checkpoint: %.4f); "
+                "check train.lr and the data",
+                chosen.metric,
+                start,
+                chosen.value,
+            )
+    if chosen.step != session.state.step:
+        tensors = load_file(chosen.path / "trainable.safetensors")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                session.checkpoint_tensors[name].copy_(value)
+        log.info("saving the %s", chosen.describe())
+    return chosen
 
 
 def _export_final(model: Any, processor: Any, output: Path, initial_adapter: Path) -> None:
