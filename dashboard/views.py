@@ -57,37 +57,44 @@ def shown(read: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return None
 
 
-#: Tick spacings a time axis may use, finest first: (Vega time unit, step, seconds).
-TICK_SPACINGS = [
-    *(("second", n, n) for n in (1, 2, 5, 10, 15, 30)),
-    *(("minute", n, 60 * n) for n in (1, 2, 5, 10, 15, 30)),
-    *(("hour", n, 3600 * n) for n in (1, 2, 3, 6, 12)),
-    *(("day", n, 86400 * n) for n in (1, 2, 7, 14)),
-    ("month", 1, 30 * 86400),
-    ("month", 3, 90 * 86400),
-    ("year", 1, 365 * 86400),
-]
 #: At most this many ticks on a time axis.
 MAX_TIME_TICKS = 8
 
 
 def time_axis(times: pd.Series) -> alt.Axis:
-    """A time axis whose ticks fall on whole seconds, minutes, hours or days and whose labels
-    say what changes across the range. Vega-Lite's own choice put ticks between seconds on a
-    short range (a demo's few seconds of drift history) and labelled every one `.500`."""
+    """A time axis with at most MAX_TIME_TICKS ticks, never closer than a second apart, whose
+    labels say what changes across the range. Vega-Lite's own choice put ticks between seconds
+    on a short range (a demo's few seconds of drift history) and labelled every one `.500`.
+
+    The tick count is a plain number with a minimum step (in milliseconds, the unit of a time
+    scale): a `{"interval": ..., "step": ...}` tick count made the Vega build in Streamlit
+    throw (`Cannot read properties of undefined (reading 'every')`) and draw no line at all."""
     values = pd.to_datetime(times.dropna())
     span = (values.max() - values.min()).total_seconds() if len(values) else 0.0
-    unit, step, seconds = next(
-        (spacing for spacing in TICK_SPACINGS if span / spacing[2] <= MAX_TIME_TICKS),
-        TICK_SPACINGS[-1],
-    )
-    if seconds < 60:
+    if span < 60:
         label = "%H:%M:%S"
-    elif seconds < 86400:
-        label = "%H:%M" if span < 86400 else "%b %d %H:%M"
+    elif span < 86400:
+        label = "%H:%M"
+    elif span < 365 * 86400:
+        label = "%b %d %H:%M" if span < 7 * 86400 else "%b %d"
     else:
-        label = "%b %d" if span < 365 * 86400 else "%b %Y"
-    return alt.Axis(format=label, tickCount={"interval": unit, "step": step}, labelOverlap=True)
+        label = "%b %Y"
+    return alt.Axis(format=label, tickCount=MAX_TIME_TICKS, tickMinStep=1000, labelOverlap=True)
+
+
+def table(frame: pd.DataFrame) -> None:
+    """`st.dataframe` with empty cells shown empty (Streamlit writes a missing value as
+    `None`: an alarm's delay before any alarm, an event without output). A column with a gap
+    becomes text (numbers to 4 significant digits), since Arrow takes no column of "" mixed
+    with numbers or times."""
+    shown = frame.copy()
+    for column in shown.columns:
+        if shown[column].isna().any():
+            shown[column] = [
+                "" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                for v in shown[column]
+            ]
+    st.dataframe(shown, hide_index=True)
 
 
 def line_chart(
@@ -97,9 +104,11 @@ def line_chart(
     color: str = "series",
     rule: float | None = None,
     axis_format: str | None = None,
+    y_scale: str | None = None,
 ) -> None:
     """A line per `color` over time; `rule` draws a horizontal line (a threshold) at that y;
-    `axis_format` is a d3 format for the y axis (".0%" for shares)."""
+    `axis_format` is a d3 format for the y axis (".0%" for shares); `y_scale` a Vega scale
+    type ("symlog" where one series is thousands of times the others)."""
     if frame.empty or frame[y].isna().all():
         st.caption(f"{title}: no data in this time range yet")
         return
@@ -112,8 +121,11 @@ def line_chart(
                 f"{y}:Q",
                 title=None,
                 axis=alt.Axis(format=axis_format) if axis_format else alt.Undefined,
+                scale=alt.Scale(type=y_scale) if y_scale else alt.Undefined,
             ),
-            color=f"{color}:N",
+            # Legend under the plot, untitled: a titled legend at the right overlapped the
+            # next chart's title when the series names were long.
+            color=alt.Color(f"{color}:N", title=None, legend=alt.Legend(orient="bottom")),
             tooltip=["time:T", f"{color}:N", alt.Tooltip(f"{y}:Q", format=".3g")],
         )
     )

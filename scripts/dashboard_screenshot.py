@@ -21,7 +21,13 @@ from pathlib import Path
 
 import yaml
 
-from omnitune.dashboard.browser import headless_chromium, wait_for_overview, wait_for_page
+from omnitune.dashboard.browser import (
+    console_errors,
+    headless_chromium,
+    open_from_sidebar,
+    wait_for_marks,
+    wait_for_overview,
+)
 from omnitune.monitor import traffic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,11 +92,9 @@ def main() -> None:
         try:
             IMAGES.mkdir(parents=True, exist_ok=True)
             wait_for_overview(browser, f"http://127.0.0.1:{port}/")
-            time.sleep(2)  # let the charts finish drawing
-            browser.save_screenshot(str(IMAGES / "dashboard-overview.png"))
-            wait_for_page(browser, f"http://127.0.0.1:{port}/drift", "Features drifting", 3)
-            time.sleep(2)
-            browser.save_screenshot(str(IMAGES / "dashboard-drift.png"))
+            show(browser, wait_for_marks(browser, 3), "dashboard-overview.png")
+            open_from_sidebar(browser, "Drift", "Features drifting", 3)
+            show(browser, wait_for_marks(browser, 3), "dashboard-drift.png")
         finally:
             browser.quit()
         print(IMAGES / "dashboard-overview.png", IMAGES / "dashboard-drift.png")
@@ -98,6 +102,21 @@ def main() -> None:
         if app is not None:
             app.terminate()
         daemon.terminate()
+
+
+def show(browser, marks: list[dict], name: str) -> None:
+    """Save the screenshot once every chart drew its marks; refuse an empty chart (the
+    screenshots once showed grid lines and no data)."""
+    from selenium.webdriver.common.by import By
+
+    empty = [chart["title"] for chart in marks if not sum(chart["marks"].values())]
+    if empty:
+        sys.exit(f"{name}: these charts drew nothing: {empty}")
+    raised = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+    if raised:
+        sys.exit(f"{name}: the page raised: {[e.text for e in raised]}")
+    browser.save_screenshot(str(IMAGES / name))
+    print(name, {chart["title"]: chart["marks"] for chart in marks}, console_errors(browser))
 
 
 if __name__ == "__main__":

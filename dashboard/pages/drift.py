@@ -63,7 +63,9 @@ def distribution(sample: dict) -> alt.Chart | None:
         .transform_calculate(share="datum.count / datum.total")
         .mark_bar(opacity=0.5)
         .encode(
+            # A binned x needs the bin's end too: without x2, Vega drew no bar at all.
             x=alt.X("bin:Q", title=None, bin="binned"),
+            x2="bin_end:Q",
             y=alt.Y("share:Q", stack=None, title="share of sample"),
             color="sample:N",
         )
@@ -95,7 +97,7 @@ def drift_page() -> None:
     if onsets is not None and not onsets.empty:
         first = onsets.iloc[0]
         st.warning(f"First to drift: {first['model']} / {first['feature']} since {first['since']}")
-    st.dataframe(table, hide_index=True)
+    views.table(table)
     st.caption(
         "delay_events / delay_s: from the estimated change point to the calibrated alarm. "
         "warning: an alarm whose shift is below the model's materiality gate (drift.material)."
@@ -105,7 +107,15 @@ def drift_page() -> None:
         history["series"] = (
             history["model"] + " " + history["feature"] + " (" + history["test"] + ")"
         )
-        views.line_chart(history, "ratio", "Score ÷ threshold over time (drift at 1)", rule=1.0)
+        # symlog: an alarmed feature sits thousands of times over its threshold while the
+        # others stay under 1, which a linear axis flattens onto the zero line.
+        views.line_chart(
+            history,
+            "ratio",
+            "Score ÷ threshold over time (drift at 1)",
+            rule=1.0,
+            y_scale="symlog",
+        )
 
     st.subheader("Reference vs current")
     model = st.selectbox("Model", sorted(features["model"].unique()))

@@ -48,7 +48,7 @@ def overview() -> None:
     if alerts is not None:
         st.subheader(f"Active alerts: {len(alerts)}")
         if not alerts.empty:
-            st.dataframe(alerts, hide_index=True)
+            views.table(alerts)
     traffic = views.shown(series.traffic, sources, views.time_range())
     if traffic is None:
         return

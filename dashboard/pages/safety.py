@@ -19,7 +19,7 @@ def safety_page() -> None:
         return
     st.metric("Flagged events (all time)", f"{totals['count'].sum():,.0f}")
     if not totals.empty:
-        st.dataframe(totals, hide_index=True)
+        views.table(totals)
     rates = views.shown(series.safety, sources, views.time_range())
     if rates is not None:
         rates["series"] = rates["model"] + " " + rates["flag"]
@@ -44,7 +44,7 @@ def safety_page() -> None:
         }
         for e in reversed(flagged)
     ]
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    views.table(pd.DataFrame(rows))
 
 
 safety_page()

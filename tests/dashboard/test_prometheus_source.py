@@ -104,3 +104,44 @@ def test_a_stopped_prometheus_gives_a_banner(app, live_daemon):  # noqa: F811
     assert not at.exception
     assert metrics(at)["Prometheus"] == "down" and metrics(at)["Daemon"] == "up"
     assert any(e.value.startswith("Prometheus unavailable") for e in at.error)
+
+
+@pytest.mark.browser
+def test_charts_drawn_from_prometheus_show_their_points_in_chromium(scraped, tmp_path):
+    """The same pages over Prometheus alone, in headless Chromium: each chart drew a line and
+    a point per sample Prometheus returned, and the console has no error."""
+    from omnitune.dashboard import series
+    from omnitune.dashboard.browser import (
+        BrowserMissing,
+        console_errors,
+        headless_chromium,
+        wait_for_marks,
+        wait_for_page,
+    )
+    from omnitune.dashboard.sources import Prometheus as PrometheusSource
+    from tests.dashboard.conftest import start_dashboard
+
+    _, prometheus, _ = scraped
+    port = free_port()
+    dashboard = start_dashboard("--prometheus", prometheus.url, "--runs", str(tmp_path), port=port)
+    try:
+        browser = headless_chromium(tmp_path / "chromium")
+    except BrowserMissing as exc:
+        dashboard.terminate()
+        pytest.fail(f"{exc} (`make test` installs them)")
+    try:
+        wait_for_page(browser, f"http://127.0.0.1:{port}/", "Requests (all models)", 3)
+        marks = {c["title"]: c["marks"] for c in wait_for_marks(browser, 3)}
+        assert not console_errors(browser)
+        traffic = series.traffic(
+            series.Sources(None, PrometheusSource(prometheus.url)), series.TimeRange(15)
+        )
+        requests = marks["Requests per second"]
+        assert requests["line"] == 1
+        # Prometheus gains a sample per scrape while the page is open: at least what we read.
+        assert requests["symbol"] >= int(traffic["requests_per_s"].notna().sum()) - 2 > 0
+        assert marks["Latency (s): p50, p95, p99"]["line"] == 3
+    finally:
+        browser.quit()
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
