@@ -72,6 +72,8 @@ class Examples:
     noun: str = "examples"
     #: where a prepared dataset came from ("from cache: PATH", "prepared in 3.1 s: PATH")
     origin: str | None = None
+    #: reason -> the files (or rows) skipped for it, in source order, for the log and summary
+    skipped_files: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -106,6 +108,20 @@ class Examples:
         self.groups.append(
             str(record[group_field]) if group_field and group_field in record else None
         )
+
+    def skip(self, reason: str, where: str | None = None) -> None:
+        """Count a skipped row under `reason`, remembering its file (or row) when known."""
+        self.skipped[reason] += 1
+        if where:
+            self.skipped_files.setdefault(reason, []).append(where)
+
+    def skipped_listing(self, first: int = 3) -> list[str]:
+        """`longer than 2 s: a.wav, b.wav, c.wav (+2 more)`: a line per reason with files."""
+        lines = []
+        for reason, files in sorted(self.skipped_files.items()):
+            more = f" (+{len(files) - first} more)" if len(files) > first else ""
+            lines.append(f"{reason}: {', '.join(files[:first])}{more}")
+        return lines
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))

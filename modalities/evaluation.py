@@ -1,8 +1,12 @@
-"""Evaluation helpers every modality shares: token-weighted loss over a dataset."""
+"""Evaluation helpers every modality shares: token-weighted loss over a dataset, generations
+with their loss, the check that generation is long enough to score, and per-example
+predictions for `omnitune eval --predictions`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 
@@ -61,3 +65,62 @@ def loss_and_generations(
     finally:
         model.train(was_training)
     return subset, loss, outputs
+
+
+#: (max_new_tokens, longest reference) pairs already warned about in this process: a run
+#: evaluates many times, and the warning says the same each time.
+_WARNED: set[tuple[int, int, int]] = set()
+
+
+def warn_if_generation_too_short(tokenizer: Any, references: list[str], config: Any) -> None:
+    """Warn when `eval.generation.max_new_tokens` is shorter than some reference answers: those
+    can never be generated whole, so they can never score (a VQA answer of 4 tokens under a
+    cap of 3 is always wrong, whatever the model learned)."""
+    import logging
+
+    limit = config.eval.generation.max_new_tokens
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references if r]
+    longer = [n for n in lengths if n > limit]
+    if not longer:
+        return
+    key = (limit, max(longer), len(longer))
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    logging.getLogger("omnitune.eval").warning(
+        "eval.generation.max_new_tokens is %d, but %d of %d reference answers are longer (up to "
+        "%d tokens): they cannot be generated whole and always score as wrong; raise it to at "
+        "least %d",
+        limit,
+        len(longer),
+        len(lengths),
+        max(longer),
+        max(longer),
+    )
+
+
+#: Where `record_predictions` collects per-example rows; None: nobody asked (the usual case).
+_PREDICTIONS: ContextVar[list[dict[str, Any]] | None] = ContextVar("predictions", default=None)
+
+
+@contextmanager
+def record_predictions() -> Iterator[list[dict[str, Any]]]:
+    """Collect, while the block runs, one row per generated example: its input, reference,
+    prediction and score (what `omnitune eval --predictions FILE` writes)."""
+    rows: list[dict[str, Any]] = []
+    token = _PREDICTIONS.set(rows)
+    try:
+        yield rows
+    finally:
+        _PREDICTIONS.reset(token)
+
+
+def log_predictions(
+    inputs: list[Any], references: list[str], predictions: list[str], scores: list[float]
+) -> None:
+    """Hand a modality's generated examples to `record_predictions`, when it is collecting."""
+    rows = _PREDICTIONS.get()
+    if rows is None:
+        return
+    for row in zip(inputs, references, predictions, scores, strict=True):
+        rows.append(dict(zip(("input", "reference", "prediction", "score"), row, strict=True)))

@@ -72,7 +72,7 @@ def read_checked(
     for where, base, record in records(examples):
         verdict = check(where, base, record)
         if verdict.item is None:
-            examples.skipped[verdict.reason] += 1
+            examples.skip(verdict.reason, verdict.media[0] if verdict.media else where)
             continue
         examples.add(verdict.item, record, group_field, length=verdict.length)
     return examples
@@ -134,9 +134,13 @@ def read_prepared_media(
         return Examples(items=[], source=source, skipped=prepared.skipped, origin=how)
     full = prepared.dataset
     table = full.data  # pyarrow, read as stored (datasets' numpy format gives float32)
-    rows = np.flatnonzero(np.asarray(table.column("skip").to_pylist(), dtype=object) == "")
+    reasons = np.asarray(table.column("skip").to_pylist(), dtype=object)
+    rows = np.flatnonzero(reasons == "")
+    files = _skipped_files(table, reasons)
     if not len(rows):
-        return Examples(items=[], source=source, skipped=prepared.skipped, origin=how)
+        return Examples(
+            items=[], source=source, skipped=prepared.skipped, origin=how, skipped_files=files
+        )
     kept = full.select(rows)
     groups = np.asarray(table.column("group").to_pylist(), dtype=object)[rows]
     return Examples(
@@ -146,7 +150,24 @@ def read_prepared_media(
         groups=groups if group_field else np.full(len(rows), None, dtype=object),
         lengths=table.column("length").to_numpy()[rows],
         origin=f"{how}: {prepared.path}",
+        skipped_files=files,
     )
+
+
+def _skipped_files(table: Any, reasons: Any) -> dict[str, list[str]]:
+    """reason -> the media files of the rows skipped for it (rows that named none are left
+    out: their count is in `skipped`)."""
+    import numpy as np
+
+    files: dict[str, list[str]] = {}
+    skipped = np.flatnonzero(reasons != "")
+    if not len(skipped):
+        return files
+    media = table.column("media").take(skipped).to_pylist()
+    for index, named in zip(skipped, media, strict=True):
+        if named:
+            files.setdefault(str(reasons[index]), []).append(named[0])
+    return files
 
 
 def preparable(source: str) -> bool:

@@ -257,9 +257,14 @@ def format_status(status: dict[str, Any]) -> str:
             state = "  DRIFT" if decision["drifted"] else ""
             if decision.get("warning") and not decision["drifted"]:
                 state = "  warning (below the materiality gate)"
+            if state and decision.get("fired_score") is not None:
+                state += (
+                    f": fired at {decision['test']} {decision['fired_score']:.4g} > "
+                    f"{decision['fired_threshold']:.4g}"
+                )
             if state and decision.get("delay_events") is not None:
                 state += (
-                    f", detected {decision['delay_events']} events / {decision['delay_s']:.3g} s"
+                    f", {decision['delay_events']} events / {decision['delay_s']:.3g} s"
                     " after the change"
                 )
             lines.append(

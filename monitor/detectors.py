@@ -36,6 +36,10 @@ class DriftResult:
     #: sequential detectors: events and seconds from the estimated change point to the alarm.
     delay_events: int | None = None
     delay_s: float | None = None
+    #: sequential detectors: the statistic and threshold that fired the (latched) alarm, and when
+    fired_score: float | None = None
+    fired_threshold: float | None = None
+    fired_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,11 @@ def describe(result: DriftResult) -> dict[str, Any]:
         "p_value": None if result.p_value is None else float(f"{result.p_value:.6g}"),
         "delay_events": result.delay_events,
         "delay_s": None if result.delay_s is None else round(result.delay_s, 3),
+        "fired_score": None if result.fired_score is None else round(result.fired_score, 6),
+        "fired_threshold": (
+            None if result.fired_threshold is None else round(result.fired_threshold, 6)
+        ),
+        "fired_at": result.fired_at,
     }
 
 

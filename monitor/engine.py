@@ -515,18 +515,11 @@ class Monitor:
             self.gauges.drift_detected.labels(state.name, name).set(int(decided.drifted))
             self.gauges.drift_warning.labels(state.name, name).set(int(decided.warning))
             self._delay_gauges(state.name, name, decided)
-            delay = (
-                ""
-                if decided.delay_events is None
-                else f"; {decided.delay_events} events, {decided.delay_s:.3g} s after the "
-                "estimated change"
-            )
             self._alert(
                 (state.name, "drift", name),
                 decided.drifted,
                 now,
-                f"{name} drifted ({decided.test} {decided.score:.3g} >= "
-                f"{decided.threshold:.3g}{delay})",
+                drift_message(name, decided),
                 decided.score,
                 decided.threshold,
             )
@@ -575,6 +568,9 @@ class Monitor:
                 warning=alarm is not None and not material,
                 delay_events=None if alarm is None else alarm.delay_events,
                 delay_s=None if alarm is None else alarm.delay_s,
+                fired_score=None if alarm is None else alarm.score,
+                fired_threshold=None if alarm is None else alarm.threshold,
+                fired_at=None if alarm is None else alarm.since_ts,
             )
             results[name] = {decided.test: decided, **tests}
             deciding[name] = decided
@@ -906,3 +902,17 @@ class Monitor:
                 raise
             logger.warning("disk full: retention could not run (%s); it retries", exc)
             return 0
+
+
+def drift_message(name: str, decided: detectors.DriftResult) -> str:
+    """The alert's line. A sequential alarm is latched: it names the statistic that fired it
+    and when, then the value now (which may have fallen back under the threshold); a windowed
+    test decides on the current value."""
+    if decided.fired_score is None or decided.fired_at is None:
+        return f"{name} drifted ({decided.test} {decided.score:.3g} >= {decided.threshold:.3g})"
+    fired = time.strftime("%H:%M:%S", time.gmtime(decided.fired_at))
+    return (
+        f"{name} drifted ({decided.test} {decided.fired_score:.3g} > "
+        f"{decided.fired_threshold:.3g} at {fired} UTC, {decided.delay_events} events / "
+        f"{decided.delay_s:.3g} s after the estimated change; now {decided.score:.3g})"
+    )

@@ -36,6 +36,10 @@ class FeatureAlarm:
     delay_events: int
     delay_s: float
     events_since_change: int
+    #: the statistic and threshold of the window that crossed when the alarm fired (the alarm
+    #: stays latched while later windows fall back under their thresholds)
+    score: float = float("nan")
+    threshold: float = float("nan")
 
 
 @dataclass
@@ -164,7 +168,10 @@ class SequentialDrift:
             if crossings[j]:
                 stream.quiet_blocks = 0
                 if stream.alarm is None:
+                    crossed = int(np.argmax(scores[j] / stream.thresholds))
                     stream.alarm = self._alarm(stream, timestamps[int(ends[j]) - 1])
+                    stream.alarm.score = float(scores[j][crossed])
+                    stream.alarm.threshold = float(stream.thresholds[crossed])
                     stream.alarms += 1
                     raised = stream.alarm
                     continue

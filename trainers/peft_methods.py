@@ -9,11 +9,19 @@ what `peft` has: LoRA and its variants, IA3 and prompt tuning are `peft` configs
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from omnitune.trainers.errors import ConfigError
+
+# peft 0.21's PeftModel reads `model.is_gradient_checkpointing`, which transformers 5 deprecated
+# with a FutureWarning on every wrap (three copies of it in one Python API session). The
+# warning is theirs to fix and says nothing to our users; only that message is silenced.
+warnings.filterwarnings(
+    "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 #: method -> extra LoraConfig arguments (the LoRA family differs only in these).
 LORA_VARIANTS: dict[str, dict[str, Any]] = {

@@ -22,8 +22,12 @@ collator = lazy("omnitune.modalities.speech.collate:make_speech_collator")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
-    from omnitune.modalities.evaluation import loss_and_generations
-    from omnitune.modalities.speech.metrics import error_rates_by_field, transcribe
+    from omnitune.modalities.evaluation import (
+        log_predictions,
+        loss_and_generations,
+        warn_if_generation_too_short,
+    )
+    from omnitune.modalities.speech.metrics import error_rates, error_rates_by_field, transcribe
 
     subset, loss, transcripts = loss_and_generations(
         model,
@@ -31,6 +35,14 @@ def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dic
         config,
         collator(processor, config, False),
         lambda chosen: transcribe(model, processor, chosen, config),
+    )
+    references = [e["text"] for e in subset]
+    warn_if_generation_too_short(processor.tokenizer, references, config)
+    log_predictions(
+        [e["audio"] for e in subset],
+        references,
+        transcripts,
+        [error_rates([r], [t])["wer"] for r, t in zip(references, transcripts, strict=True)],
     )
     return {**error_rates_by_field(subset, transcripts), "loss": loss}
 

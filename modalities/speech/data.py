@@ -29,7 +29,7 @@ from omnitune.modalities.prepared_media import Checked, ItemSchema
 from omnitune.modalities.speech.audio import AudioProblem, check_clip
 from omnitune.modalities.speech.features import FeatureCache
 from omnitune.modalities.speech.options import SpeechOptions, speech_options
-from omnitune.trainers.errors import DataError
+from omnitune.trainers.errors import ConfigError, DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 EXTRA_FIELDS = ("speaker", "language", "domain")
@@ -85,7 +85,15 @@ class SpeechRowCheck:
     def __init__(self, processor: Any, options: SpeechOptions) -> None:
         extractor = processor.feature_extractor
         self.options = options
-        self.max_seconds = options.max_seconds or float(extractor.chunk_length)
+        window = float(extractor.chunk_length)
+        if options.max_seconds is not None and options.max_seconds > window:
+            raise ConfigError(
+                f"data.options.max_seconds: {options.max_seconds:g} s is longer than this "
+                f"model's input window of {window:g} s (its feature extractor's chunk_length); "
+                f"use at most {window:g}, or a model with a longer window (Whisper checkpoints "
+                "take 30 s)"
+            )
+        self.max_seconds = options.max_seconds or window
         self.cache = feature_cache(processor, options)
 
     def __call__(self, where: str, base: Path, record: dict[str, Any]) -> Checked:

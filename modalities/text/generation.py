@@ -77,5 +77,15 @@ def exact_match_of(model: Any, tokenizer: Any, items: list[dict[str, Any]], conf
     usable = [i for i in items if "prompt_messages" in i]
     limit = config.data.max_eval_samples or len(usable)
     usable = usable[:limit]
+    from omnitune.modalities.evaluation import log_predictions, warn_if_generation_too_short
+
+    warn_if_generation_too_short(tokenizer, [i["answer"] for i in usable], config)
     answers = answer_prompts(model, tokenizer, [i["prompt_messages"] for i in usable], config)
-    return exact_match([i["answer"] for i in usable], answers)
+    references = [i["answer"] for i in usable]
+    log_predictions(
+        [i["prompt_messages"][-1]["content"] for i in usable],
+        references,
+        answers,
+        [exact_match([r], [a]) for r, a in zip(references, answers, strict=True)],
+    )
+    return exact_match(references, answers)

@@ -31,7 +31,11 @@ prompt_batch = lazy("omnitune.modalities.vision_language.metrics:prompt_batch")
 
 
 def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
-    from omnitune.modalities.evaluation import loss_and_generations
+    from omnitune.modalities.evaluation import (
+        log_predictions,
+        loss_and_generations,
+        warn_if_generation_too_short,
+    )
     from omnitune.modalities.vision_language.metrics import answer_questions, vqa_accuracy
 
     subset, loss, answers = loss_and_generations(
@@ -41,7 +45,24 @@ def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dic
         collator(processor, config, False),
         lambda chosen: answer_questions(model, processor, chosen, config),
     )
-    return {"vqa_accuracy": vqa_accuracy([e["answer"] for e in subset], answers), "loss": loss}
+    references = [e["answer"] for e in subset]
+    warn_if_generation_too_short(processor.tokenizer, references, config)
+    log_predictions(
+        [{"images": e["images"], "question": _question(e)} for e in subset],
+        references,
+        answers,
+        [vqa_accuracy([r], [a]) for r, a in zip(references, answers, strict=True)],
+    )
+    return {"vqa_accuracy": vqa_accuracy(references, answers), "loss": loss}
+
+
+def _question(example: dict[str, Any]) -> str:
+    """The text of the example's last user turn (the question its answer replies to)."""
+    user = [m for m in example["messages"] if m["role"] == "user"][-1]
+    content = user["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", "") for p in content if p.get("type") == "text").strip()
 
 
 def profile(examples: Examples) -> dict[str, Any]:

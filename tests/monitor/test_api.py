@@ -162,10 +162,19 @@ def test_cli_replay_and_status(daemon, tmp_path):
         "upper_ratio" in status.stdout
     )
     assert re.search(
-        r"upper_ratio +cvm [\d.]+ \(threshold [\d.]+\)  DRIFT, detected \d+ events", status.stdout
+        r"upper_ratio +cvm [\d.]+ \(threshold [\d.]+\)  DRIFT: fired at cvm [\d.]+ > [\d.]+, "
+        r"\d+ events",
+        status.stdout,
     )
     assert f"pii_card@output {planted.pii['pii_card']}" in status.stdout
-    assert "[drift] assistant: upper_ratio drifted" in status.stdout
+    # The alert names the statistic that fired the (latched) alarm, and it is true as written.
+    fired = re.search(
+        r"\[drift\] assistant: upper_ratio drifted \(cvm ([\d.e+-]+) > ([\d.e+-]+) at "
+        r"\d\d:\d\d:\d\d UTC, \d+ events / [\d.]+ s after the estimated change; now [\d.e+-]+\)",
+        status.stdout,
+    )
+    assert fired, status.stdout
+    assert float(fired.group(1)) > float(fired.group(2))
     down = subprocess.run(
         [str(OMNITUNE), "monitor", "status", "--url", "http://127.0.0.1:9"],
         capture_output=True,
