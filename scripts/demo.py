@@ -67,25 +67,38 @@ MONITOR = Path("runs/demo/monitor")
 CAPTURE = MONITOR / "capture"
 SPEECH_CORPUS = Path("modalities/speech/corpus")
 MONITOR_CONFIG = "configs/monitor-demo.yaml"
-STEPS = Steps(REPO, REPO / "runs/demo/.steps")
+#: Every step a whole demo runs, in order (the "[k/19]" counter).
+STEPS = Steps(REPO, REPO / "runs/demo/.steps", total=19)
 #: Progress bars (datasets', tqdm's) that a non-terminal run prints line by line, and blanks.
 PROGRESS = re.compile(r"^\s*$|(examples|it)/s\]$|\| \d+/\d+ \[|^Generating \w+ split")
 say = STEPS.say
 
 
-def omnitune(*args: str) -> str:
+def omnitune(*args: str) -> None:
+    """Run `omnitune ARGS` as the demo's next command: its output streams as it comes (training
+    shows its progress lines live; they are not kept in the step's transcript, which a reused
+    step prints again), and a failure stops the demo."""
     shown = " ".join(shlex.quote(a) for a in ("omnitune", *args))
     say(f"\n+ {shown}")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([OMNITUNE, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    lines = (result.stderr + result.stdout).strip().splitlines()
-    # Training logs every few steps; show the evaluations and the outcome, not the progress.
-    for line in lines:
-        if "INFO omnitune.train: step " not in line and not PROGRESS.search(line):
-            say(line)
-    if result.returncode != 0:
-        sys.exit(f"demo step failed with exit status {result.returncode}: {shown}")
-    return result.stdout
+    with subprocess.Popen(
+        [OMNITUNE, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            if "INFO omnitune.train: step " in line:
+                print(f"  {line}", flush=True)  # progress: live, not part of the transcript
+            elif not PROGRESS.search(line):
+                say(line)
+    if process.returncode != 0:
+        sys.exit(f"demo step failed with exit status {process.returncode}: {shown}")
 
 
 def train(config: str, *overrides: str) -> None:
@@ -98,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="re-run every step")
     args = parser.parse_args(argv)
     STEPS.force = args.force
+    # Weight-loading bars of the in-process model loads and of `transformers serve`.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     start = time.perf_counter()
     run_configs = sorted(
         p.relative_to(REPO)
@@ -247,11 +262,13 @@ def families() -> None:
         omnitune("models", "check", str(MODELS / f"tiny-{family}"))
 
 
-def first_and_last_eval(run: str) -> tuple[dict, dict]:
-    """The first (step 0) and last evaluation records of `run`'s metrics.jsonl."""
+def before_and_saved(run: str) -> tuple[dict, dict]:
+    """The step-0 evaluation of `run`, and the evaluation of the checkpoint it saved (its
+    best: the weights that `omnitune eval` scores and the demo serves)."""
     rows = (REPO / run / "metrics.jsonl").read_text().splitlines()
     evals = [r for r in map(json.loads, rows) if r["kind"] == "eval"]
-    return evals[0], evals[-1]
+    saved = json.loads((REPO / run / "summary.json").read_text())["checkpoint"]["metrics"]
+    return evals[0], saved
 
 
 def preference_step() -> None:
@@ -264,7 +281,7 @@ def preference_step() -> None:
         "SFT model's own wrong answers"
     )
     train("configs/demo-text-dpo.yaml")
-    before, after = first_and_last_eval("runs/demo/text-dpo")
+    before, after = before_and_saved("runs/demo/text-dpo")
     say(
         f"DPO: held-out reward accuracy {before['reward_accuracy']:.2f} -> "
         f"{after['reward_accuracy']:.2f}, exact match {before['exact_match']:.2f} -> "
@@ -282,7 +299,7 @@ def grpo_step() -> None:
     write_digit_chat(REPO / DATA / "text-3-4-digits", train=512, test=64, seed=2, sizes=(3, 4))
     say(f"wrote 3-4 digit prompts under {DATA / 'text-3-4-digits'}")
     train("configs/demo-text-grpo.yaml")
-    before, after = first_and_last_eval("runs/demo/text-grpo")
+    before, after = before_and_saved("runs/demo/text-grpo")
     say(
         f"GRPO: held-out exact match {before['exact_match']:.2f} -> "
         f"{after['exact_match']:.2f} on 3-4 digit numbers (SFT showed it 1-3 digits; the "
@@ -294,7 +311,7 @@ def llava_grpo_step() -> None:
     """GRPO (LoRA) on the tiny LLaVA after its SFT: 8 sampled answers per digit image, the
     right digit rewarded (vqa_match)."""
     train("configs/demo-llava-grpo.yaml")
-    before, after = first_and_last_eval("runs/demo/llava-grpo")
+    before, after = before_and_saved("runs/demo/llava-grpo")
     say(
         f"GRPO on LLaVA: held-out VQA accuracy {before['vqa_accuracy']:.3f} -> "
         f"{after['vqa_accuracy']:.3f} on 200 digits (small: most remaining errors are "

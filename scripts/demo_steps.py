@@ -42,6 +42,7 @@ class Steps:
 
     repo: Path
     folder: Path
+    total: int  # how many steps a whole demo runs: the k of "[k/total]"
     force: bool = False
     reused: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
@@ -63,6 +64,7 @@ class Steps:
     ) -> dict[str, Any]:
         """`action()`'s result, from this run or from the last one with the same key."""
         key = self.key(name, inputs)
+        number = f"[{len(self.ran) + len(self.reused) + 1}/{self.total}] {name}"
         record_path = self.folder / f"{name}.json"
         record = self._load(record_path)
         outputs = [self.repo / path for path in outputs]
@@ -74,8 +76,8 @@ class Steps:
         ):
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.finished_unix))
             print(
-                f"\n[{name}: reused, inputs unchanged since {when}; "
-                f"it took {record.seconds:.0f} s]",
+                f"\n{number}: reused, inputs unchanged since {when} (it took "
+                f"{record.seconds:.0f} s)",
                 flush=True,
             )
             for line in record.lines:
@@ -83,13 +85,16 @@ class Steps:
             self.reused.append(name)
             return record.result
         record_path.unlink(missing_ok=True)  # a step that fails leaves no stale record
+        print(f"\n{number} ...", flush=True)
         self._lines = []
         started = time.perf_counter()
         try:
             result = action() or {}
         finally:
             lines, self._lines = self._lines, None
-        record = StepRecord(key, lines, result, time.perf_counter() - started, time.time())
+        seconds = time.perf_counter() - started
+        print(f"{number}: done in {seconds:.0f} s", flush=True)
+        record = StepRecord(key, lines, result, seconds, time.time())
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = record_path.with_suffix(".partial")
         partial.write_text(json.dumps(record.__dict__, indent=1))

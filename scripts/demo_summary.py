@@ -1,6 +1,8 @@
 """The table that ends `make demo`: every training run of the demo, read back from its folder.
 
-Before and after are the run's first (step 0) and last evaluations in metrics.jsonl; the
+Before is the run's step-0 evaluation in metrics.jsonl; after is the evaluation of the checkpoint
+the run saved (its best by the selection metric, summary.json: the weights that `omnitune eval`
+scores and the demo serves), and the checkpoint column says which step that was; the
 trainable parameters are the count its train.log states; the size is the adapter's folder (or
 the whole model's, for full fine-tuning); the time is the demo step's wall time (loading,
 training, evaluations and saving); drift is what the monitor daemon decided about the model
@@ -44,7 +46,16 @@ ROWS = (
     Row("speech: noisy unseen voices, LoRA", "speech-shift", "wer"),
     Row("speech: re-tuned on captured clips", "speech-recaptured", "wer", "speech-asr"),
 )
-HEADER = ("task", "metric", "before -> after", "trainable", "size", "time", "drift detected")
+HEADER = (
+    "task",
+    "metric",
+    "before -> after",
+    "checkpoint",
+    "trainable",
+    "size",
+    "time",
+    "drift detected",
+)
 
 
 def summary_table(repo: Path, steps: Steps, drift: dict[str, dict[str, Any]]) -> str:
@@ -59,12 +70,14 @@ def summary_table(repo: Path, steps: Steps, drift: dict[str, dict[str, Any]]) ->
 
 def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[str, ...]:
     run = repo / row.run
-    before, after = _first_and_last(run / "metrics.jsonl", row.metric)
+    before = _before(run / "metrics.jsonl", row.metric)
+    after, checkpoint = _saved(run / "summary.json", row.metric)
     seconds = steps.seconds(row.step)
     return (
         row.task,
         row.metric,
         f"{_number(before)} -> {_number(after)}",
+        checkpoint,
         _trainable(run / "train.log"),
         _size(run / "adapter" if (run / "adapter").is_dir() else run / "model"),
         "-" if seconds is None else f"{seconds:.0f} s",
@@ -72,15 +85,27 @@ def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[s
     )
 
 
-def _first_and_last(path: Path, metric: str) -> tuple[float | None, float | None]:
+def _before(path: Path, metric: str) -> float | None:
+    """The step-0 evaluation's value of `metric`."""
     if not path.is_file():
-        return None, None
+        return None
     values = [
         record[metric]
         for record in map(json.loads, path.read_text().splitlines())
         if record.get("kind") == "eval" and metric in record
     ]
-    return (values[0], values[-1]) if values else (None, None)
+    return values[0] if values else None
+
+
+def _saved(path: Path, metric: str) -> tuple[float | None, str]:
+    """The saved checkpoint's value of `metric`, and `best, step 800/1000`."""
+    if not path.is_file():
+        return None, "-"
+    chosen = json.loads(path.read_text()).get("checkpoint") or {}
+    if not chosen:
+        return None, "-"
+    where = f"{chosen['rule']}, step {chosen['step']}/{chosen['last_step']}"
+    return chosen.get("metrics", {}).get(metric), where
 
 
 def _number(value: float | None) -> str:
@@ -99,17 +124,20 @@ def _size(folder: Path) -> str:
 
 
 def _drift(features: dict[str, Any] | None) -> str:
-    """'chars +2: 40 events / 0.86 s after the change': the feature that alarmed first, how many
-    others did, and how soon after the estimated change the first alarm came; or 'none'."""
+    """'chars (then digits, words): 40 events / 0.86 s after the change': the feature that
+    alarmed first, the others that alarmed after it, and how soon after the estimated change
+    the first alarm came; or 'none'."""
     if not features:
         return "none"
     timed = sorted(
         (f for f in features.items() if f[1].get("delay_events") is not None),
         key=lambda item: (item[1]["delay_events"], item[0]),
     )
-    others = f" +{len(features) - 1}" if len(features) > 1 else ""
+    first_name = timed[0][0] if timed else sorted(features)[0]
+    others = sorted(set(features) - {first_name})
+    named = f"{first_name} (then {', '.join(others)})" if others else first_name
     if not timed:
-        return sorted(features)[0] + others
-    name, first = timed[0]
+        return named
+    first = timed[0][1]
     when = f"{first['delay_events']} events / {first['delay_s']:.2g} s"
-    return f"{name}{others}: {when} after the change"
+    return f"{named}: {when} after the change"

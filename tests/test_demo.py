@@ -80,8 +80,17 @@ def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
     assert after > before + 0.2
     assert _before_after(rows["speech: Whisper base voices, full"][1])[1] < 0.5
     # Trainable parameters and sizes: LoRA is a fraction of the full model.
-    assert rows["speech: noisy unseen voices, LoRA"][2].endswith("%)")
-    assert rows["text: digits chat, SFT full"][2].endswith("(100.00%)")
+    assert rows["speech: noisy unseen voices, LoRA"][3].endswith("%)")
+    assert rows["text: digits chat, SFT full"][3].endswith("(100.00%)")
+    # "after" is the checkpoint each run saved (its best), the one `omnitune eval` scores.
+    summary = json.loads((demo_tree / "runs/demo/speech-base/summary.json").read_text())
+    chosen = summary["checkpoint"]
+    assert rows["speech: Whisper base voices, full"][2] == (
+        f"best, step {chosen['step']}/{chosen['last_step']}"
+    )
+    assert _before_after(rows["speech: Whisper base voices, full"][1])[1] == pytest.approx(
+        chosen["metrics"]["wer"], abs=5e-4
+    )
     # The served Whisper transcribes its training voices (it keeps its language when served).
     served = re.search(r"sent 200 base clips .*: WER ([\d.]+)", output)
     assert served and float(served.group(1)) < 0.5, output[-4000:]
@@ -92,6 +101,18 @@ def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
     labelled = json.loads((monitor / "labelled/digits-vision.jsonl").read_text().split("\n")[0])
     assert Path(captured["image"]).is_file() and captured["target_source"] == "model"
     assert labelled["image"] == captured["image"] and labelled["target_source"] == "label"
+
+
+def test_the_demo_shows_its_progress_and_no_stray_output(demo_tree):
+    output = (demo_tree / "demo-first-run.log").read_text()
+    started = re.findall(r"^\[(\d+)/19\] [\w-]+ \.\.\.$", output, flags=re.MULTILINE)
+    assert [int(k) for k in started] == list(range(1, 20)), started
+    assert re.search(r"^\[13/19\] speech-base: done in \d+ s$", output, flags=re.MULTILINE)
+    # Training progress streams while a long step runs (the CLI's own step lines).
+    base = output[output.index("[13/19] speech-base ...") : output.index("[13/19] speech-base:")]
+    assert len(re.findall(r"INFO omnitune\.train: step \d+/1000 loss", base)) >= 10, base[:3000]
+    assert "Loading weights" not in output
+    assert "Warning" not in output, [line for line in output.splitlines() if "Warning" in line]
 
 
 def test_a_second_demo_reuses_every_step_in_under_a_minute(demo_tree):
