@@ -19,6 +19,9 @@ What is checked, line by line:
 - numbers are compared with a tolerance: integers within 10% (so small counts are exact),
   decimals within 10% or 0.05; numbers that measure the machine rather than the software
   (seconds, rates, ports, timestamps, hashes, ids) are not compared;
+- a range `0.26–0.35` (an en dash) stands for a figure that comes out of training and so
+  depends on the CPU's kernels (AVX-512 or AVX2 sum in another order, and a tiny model's run
+  drifts from there): the printed number must lie within it, bounds included;
 - a command that exits non-zero fails the test unless the doc shows its error.
 
 A block fenced as ```yaml file=NAME is written to NAME in the copy when the doc reaches it (the
@@ -51,6 +54,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT_S = 600
 BACKGROUND_TIMEOUT_S = 120
+#: Record mode (for measuring the docs' figures, not for CI): OMNITUNE_DOCS_RECORD=FILE runs
+#: every session without failing on what it prints and appends each command's shown lines and
+#: actual output to FILE as JSON lines; scripts/docs_figures.py compares such recordings.
+RECORD = os.environ.get("OMNITUNE_DOCS_RECORD")
 
 #: Whole tokens that vary from run to run, replaced by a wildcard before comparing.
 VOLATILE = [
@@ -64,6 +71,9 @@ VOLATILE = [
     r"(?<=\()\d[\d,]*(?=/s\))",  # "(972/s)"
 ]
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+#: `0.26–0.35` (an en dash between two numbers): a figure that comes out of training, whose
+#: value depends on the CPU's kernels; the output's number must lie within the range.
+RANGE = re.compile(NUMBER.pattern + "–" + NUMBER.pattern)
 WILDCARD = "\x00"
 
 
@@ -104,10 +114,14 @@ def _pattern(line: str) -> tuple[re.Pattern[str], list[str]]:
     for volatile in VOLATILE:
         masked = re.sub(volatile, WILDCARD, masked)
     parts, numbers, position = [], [], 0
-    for token in re.finditer(r"\.\.\.|" + WILDCARD + "|" + NUMBER.pattern, masked):
+    tokens = r"\.\.\.|" + WILDCARD + "|" + RANGE.pattern + "|" + NUMBER.pattern
+    for token in re.finditer(tokens, masked):
         parts.append(re.escape(masked[position : token.start()]))
         if token.group() in ("...", WILDCARD):
             parts.append(".*?")
+        elif "–" in token.group():
+            parts.append(f"({NUMBER.pattern}|nan|inf)")
+            numbers.append(token.group())
         else:
             parts.append(f"({NUMBER.pattern}|nan|inf)")
             numbers.append(token.group())
@@ -117,9 +131,15 @@ def _pattern(line: str) -> tuple[re.Pattern[str], list[str]]:
 
 
 def _close(shown: str, got: str) -> bool:
-    value, expected = float(got.replace(",", "")), float(shown.replace(",", ""))
+    value = float(got.replace(",", ""))
     if math.isnan(value):
         return False
+    if RECORD:  # any figure will do: the recording is what is compared
+        return True
+    if "–" in shown:
+        low, high = (float(n.replace(",", "")) for n in shown.split("–"))
+        return low <= value <= high
+    expected = float(shown.replace(",", ""))
     if "." in shown or "e" in shown:
         return abs(value - expected) <= max(0.1 * abs(expected), 0.05)
     return abs(value - expected) <= 0.1 * abs(expected)
@@ -217,6 +237,9 @@ class ConsoleSession:
         )
         output = result.stdout
         shows_error = any("error" in line for line in command.expected)
+        if RECORD:
+            self._record(command, output, result.returncode)
+            return
         if result.returncode != 0 and not shows_error:
             raise AssertionError(
                 f"{self.document}: `{command.text}` exited {result.returncode}:\n{output[-4000:]}"
@@ -243,12 +266,30 @@ class ConsoleSession:
             if ready and port is not None:
                 ready = _accepts(int(port.group(1)))
             if ready:
+                if RECORD:
+                    self._record(command, output, None)
                 return
             if process.poll() is not None:
                 break
             time.sleep(0.2)
+        if RECORD:
+            self._record(command, log.read_text(errors="replace"), process.poll())
+            return
         self._check(command, log.read_text(errors="replace"))
         raise AssertionError(f"{self.document}: `{command.text}` did not get ready:\n{output}")
+
+    def _record(self, command: Command, output: str, returncode: int | None) -> None:
+        import json
+
+        with open(RECORD, "a") as out:
+            row = {
+                "document": self.document,
+                "command": command.text,
+                "expected": command.expected,
+                "output": output,
+                "returncode": returncode,
+            }
+            out.write(json.dumps(row) + "\n")
 
     def _check(self, command: Command, output: str) -> None:
         missing = missing_lines(command.expected, output)

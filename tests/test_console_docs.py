@@ -96,3 +96,25 @@ def test_log_lines_match_without_their_time_stamp():
     output = "2026-12-04 10:59:12,046 INFO omnitune.train: data x.jsonl: 64 pairs\n"
     assert missing_lines(["INFO omnitune.train: data x.jsonl: 64 pairs"], output) == []
     assert missing_lines(["INFO omnitune.train: data x.jsonl: 80 pairs"], output) != []
+
+
+@pytest.mark.parametrize(
+    ("printed", "matches"),
+    [
+        ("wer 0.2900, cer 0.2100", True),
+        ("wer 0.2600, cer 0.2100", True),  # bounds included
+        ("wer 0.3500, cer 0.2100", True),
+        ("wer 0.2599, cer 0.2100", False),
+        ("wer 0.3501, cer 0.2100", False),
+        ("wer 0.3000, cer 0.3000", False),  # the other figure is still compared as before
+    ],
+)
+def test_a_range_is_a_figure_from_training_that_must_lie_within_it(printed, matches):
+    """`0.26–0.35`: measured across CPU kernels (AVX-512, AVX2) and runs; exact bounds."""
+    assert line_matches("wer 0.26–0.35, cer 0.2100", printed) is matches
+
+
+def test_ranges_of_counts_and_in_tables():
+    assert line_matches("got 120–150 of those wrong", "got 133 of those wrong")
+    assert not line_matches("got 120–150 of those wrong", "got 151 of those wrong")
+    assert line_matches("speech  wer  0.61–0.66 -> 0.30–0.42", "speech wer 0.640 -> 0.414")
