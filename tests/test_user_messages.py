@@ -18,6 +18,18 @@ from tests.speech_data import write_tone_corpus
 pytestmark = pytest.mark.slow
 
 
+def run_script(code: str, folder: Path) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter started in `folder`, as a user's script runs."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=folder,
+        env=offline_env(OMNITUNE_CACHE=str(folder / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def speech_config(tmp_path: Path, whisper: Path, manifest: Path, **options) -> Path:
     config = {
         "model": {"name_or_path": str(whisper), "modality": "speech"},
@@ -137,14 +149,7 @@ def test_in_memory_rows_with_relative_media_name_the_users_path(tiny_model, tmp_
         "except omnitune.DataError as error:\n"
         "    print(error)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=offline_env(OMNITUNE_CACHE=str(tmp_path / "cache")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(code, tmp_path)
     assert f"audio file {tmp_path / 'clips/clip00.wav'} does not exist" in result.stdout, (
         result.stdout + result.stderr[-2000:]
     )
@@ -162,14 +167,7 @@ def test_the_python_api_logs_progress_to_stderr_without_library_warnings(
         "'train': {'max_steps': 4, 'eval_steps': 4, 'num_threads': 1}, "
         f"'output_dir': {str(tmp_path / 'api-run')!r}}})\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=offline_env(OMNITUNE_CACHE=str(tmp_path / "cache")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "INFO omnitune.train: eval at step 0:" in result.stderr
     assert "INFO omnitune.train: eval at step 4:" in result.stderr

@@ -436,7 +436,10 @@ def _data_sample(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from omnitune.trainers.export import export_run
 
-    print(export_run(args.run, merge=args.merge, out=args.out, which=args.checkpoint))
+    exported = export_run(args.run, merge=args.merge, out=args.out, which=args.checkpoint)
+    # The folder alone on stdout, as `models build-tiny` prints it: `$(omnitune export RUN)`.
+    print(f"omnitune export: from the {exported.checkpoint.describe()}", file=sys.stderr)
+    print(exported.folder)
     return 0
 
 

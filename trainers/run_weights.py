@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,9 @@ class ChosenCheckpoint:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "step": self.step,
-            "last_step": self.last_step,
-            "metric": self.metric,
-            "value": self.value,
-            "metrics": self.metrics or {},
-        }
+        """What summary.json and `eval --json` record (the folder is the run's to know)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "path"}
+        return {**fields, "metrics": self.metrics or {}}
 
 
 def choose_checkpoint(run_dir: str | Path, which: str = "best") -> ChosenCheckpoint:

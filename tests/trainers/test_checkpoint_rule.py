@@ -85,7 +85,8 @@ def test_eval_export_and_the_summary_name_the_same_best_checkpoint(overfit_run):
 
     exported = run_cli("export", str(run))
     assert exported.returncode == 0, exported.stderr[-2000:]
-    assert exported.stdout.strip() == f"{run}/exported-model: {described}"
+    assert exported.stdout.strip() == f"{run}/exported-model"
+    assert f"omnitune export: from the {described}" in exported.stderr
     unchanged = {k: v for k, v in tree_digest(run).items() if not k.startswith("exported-model/")}
     assert unchanged == before, "eval and export left the run's folder as training wrote it"
     # The exported model scores what eval scored.
