@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class Examples:
         """Count a skipped row under `reason`, remembering its file (or row) when known."""
         self.skipped[reason] += 1
         if where:
-            self.skipped_files.setdefault(reason, []).append(where)
+            self.skipped_files.setdefault(reason, []).append(os.path.normpath(where))
 
     def skipped_listing(self, first: int = 3) -> list[str]:
         """`longer than 2 s: a.wav, b.wav, c.wav (+2 more)`: a line per reason with files."""

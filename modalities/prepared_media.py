@@ -166,7 +166,7 @@ def _skipped_files(table: Any, reasons: Any) -> dict[str, list[str]]:
     media = table.column("media").take(skipped).to_pylist()
     for index, named in zip(skipped, media, strict=True):
         if named:
-            files.setdefault(str(reasons[index]), []).append(named[0])
+            files.setdefault(str(reasons[index]), []).append(os.path.normpath(named[0]))
     return files
 
 

@@ -8,7 +8,10 @@ figures vary and by how much, record the docs' sessions once per capability:
     OMNITUNE_DOCS_RECORD=/tmp/rec-default.jsonl .venv/bin/python -m pytest README.md docs
     ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \\
         OMNITUNE_DOCS_RECORD=/tmp/rec-avx2.jsonl .venv/bin/python -m pytest README.md docs
-    .venv/bin/python scripts/docs_figures.py /tmp/rec-default.jsonl /tmp/rec-avx2.jsonl
+    .venv/bin/python scripts/docs_figures.py /tmp/rec-default.jsonl /tmp/rec-avx2.jsonl [--docs]
+
+(`--docs`: compare the lines the docs show now, after editing them, instead of the lines they
+showed when recorded.)
 
 For every shown line whose figures disagree beyond the docs' tolerance, between the doc and
 the recordings, it prints the doc's line, each recording's line, and a proposed line: the
@@ -34,20 +37,34 @@ NUMBER = console_docs.NUMBER
 
 
 def aligned(expected: list[str], output: str) -> list[tuple[str, str | None]]:
-    """Each shown line with the output line it matches (figures ignored), in order."""
+    """Each shown line with the output line it stands for, in order: the first later line
+    whose whole numbers (steps, counts) are the same, else the first of the same shape."""
     actual = [console_docs.LOG_TIME.sub("", line) for line in output.splitlines()]
     pairs, position = [], 0
     for line in expected:
         if not line.strip() or line.strip() == "...":
             continue
-        for index in range(position, len(actual)):
-            if console_docs.line_matches(line, actual[index]):
-                pairs.append((line, actual[index]))
-                position = index + 1
-                break
-        else:
-            pairs.append((line, None))
+        candidates = [
+            i for i in range(position, len(actual)) if console_docs.line_matches(line, actual[i])
+        ]
+        same_counts = [i for i in candidates if _same_whole_numbers(line, actual[i])]
+        chosen = (same_counts or candidates or [None])[0]
+        pairs.append((line, None if chosen is None else actual[chosen]))
+        if chosen is not None:
+            position = chosen + 1
     return pairs
+
+
+def _same_whole_numbers(shown: str, line: str) -> bool:
+    pattern, numbers = console_docs._pattern(re.sub(r"(?<=\S) {2,}", " ", shown))
+    found = pattern.fullmatch(re.sub(r"(?<=\S) {2,}", " ", line.rstrip()))
+    if found is None:
+        return False
+    return all(
+        n == g
+        for n, g in zip(numbers, found.groups(), strict=True)
+        if "." not in n and "–" not in n
+    )
 
 
 def figures(line: str) -> list[str]:
@@ -120,16 +137,36 @@ def keyed(path: str) -> dict[tuple[str, str, int], dict]:
     return found
 
 
+def shown_now() -> dict[tuple[str, str, int], list[str]]:
+    """The lines each command of README.md and docs/*.md shows today, keyed like a recording
+    (so that docs edited after the recordings are compared with them)."""
+    from tests.console_docs import parse_session
+
+    root = Path(__file__).resolve().parent.parent
+    found: dict[tuple[str, str, int], list[str]] = {}
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        blocks = re.findall(r"```console\n(.*?)```", path.read_text(), flags=re.S)
+        for block in blocks:
+            for command in parse_session(block):
+                seen = sum(1 for k in found if k[:2] == (path.name, command.text))
+                found[(path.name, command.text, seen)] = command.expected
+    return found
+
+
 def main(paths: list[str]) -> None:
+    current = "--docs" in paths
+    paths = [p for p in paths if p != "--docs"]
     recordings = [keyed(p) for p in paths]
+    today = shown_now() if current else {}
     for key, first in recordings[0].items():
         commands = [r.get(key) for r in recordings]
-        if any(c is None for c in commands):
-            print(f"\n{key[0]}: $ {key[1][:120]}: not in every recording")
+        if any(c is None for c in commands) or (current and key not in today):
+            print(f"\n{key[0]}: $ {key[1][:120]}: not in every recording (or not in the docs)")
             continue
+        expected = today[key] if current else first["expected"]
         reports = []
-        matched = [dict(aligned(first["expected"], c["output"])) for c in commands]
-        for shown in first["expected"]:
+        matched = [dict(aligned(expected, c["output"])) for c in commands]
+        for shown in expected:
             if not shown.strip() or shown.strip() == "...":
                 continue
             lines = [m.get(shown) for m in matched]
