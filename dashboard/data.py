@@ -6,6 +6,7 @@ Pure pandas: no Streamlit here, so each function is tested on its own.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,14 @@ def events_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def traffic_over_time(frame: pd.DataFrame, bucket: str = "10s") -> pd.DataFrame:
-    """Per model/adapter and time bucket: requests/s, error rate, latency p50/p95/p99."""
+def traffic_over_time(
+    frame: pd.DataFrame, bucket: str = "10s", now: float | None = None
+) -> pd.DataFrame:
+    """Per model/adapter and time bucket: requests/s, error rate, latency p50/p95/p99.
+
+    The newest bucket is still filling: its requests are divided by the seconds it has
+    covered up to `now` (default: the clock), not by the whole bucket, or every chart of live
+    traffic would end in a dip to a fraction of the real rate."""
     if frame.empty:
         return pd.DataFrame(
             columns=[
@@ -46,7 +53,12 @@ def traffic_over_time(frame: pd.DataFrame, bucket: str = "10s") -> pd.DataFrame:
         p95=("latency_s", lambda s: s.quantile(0.95)),
         p99=("latency_s", lambda s: s.quantile(0.99)),
     ).reset_index()
-    table["requests_per_s"] = table["requests"] / seconds
+    current = pd.Timestamp(time.time() if now is None else now, unit="s")
+    ends = (table["time"] + pd.Timedelta(bucket)).clip(upper=current)
+    covered = (ends - table["time"]).dt.total_seconds()
+    # Events stamped after `now` (a clock ahead of this one) count over the whole bucket.
+    covered = covered.where(covered > 0, seconds).clip(lower=1.0)
+    table["requests_per_s"] = table["requests"] / covered
     table["error_rate"] = table["errors"] / table["requests"]
     return table
 

@@ -197,3 +197,24 @@ def test_drift_page_projects_embeddings_and_shows_the_moved_cloud(app, monitor_c
         assert moved > 2.0  # the +2 shift on two of eight dimensions is √8 ≈ 2.8 away
     finally:
         daemon.stop()
+
+
+def test_the_newest_traffic_bucket_is_a_rate_over_the_seconds_it_covered():
+    """Traffic of 10 requests/s for 25 s in 10-s buckets: the newest bucket has 5 s of it, and
+    its rate is 10/s, not 5/s (every live chart once ended in a dip)."""
+    from omnitune.dashboard.data import traffic_over_time
+
+    start = 1_796_000_000  # on a bucket boundary
+    times = pd.to_datetime([start + i / 10 for i in range(250)], unit="s")
+    frame = pd.DataFrame(
+        {
+            "time": times,
+            "model": "m",
+            "adapter": "v1",
+            "id": range(250),
+            "error": False,
+            "latency_s": 0.1,
+        }
+    )
+    rates = traffic_over_time(frame, "10s", now=start + 25)["requests_per_s"].tolist()
+    assert rates == pytest.approx([10.0, 10.0, 10.0])
