@@ -116,11 +116,22 @@ def record_predictions() -> Iterator[list[dict[str, Any]]]:
 
 
 def log_predictions(
-    inputs: list[Any], references: list[str], predictions: list[str], scores: list[float]
+    inputs: list[Any],
+    references: list[str],
+    predictions: list[str],
+    score: Callable[[str, str], float],
 ) -> None:
-    """Hand a modality's generated examples to `record_predictions`, when it is collecting."""
+    """Hand a modality's generated examples to `record_predictions`, when it is collecting;
+    `score(reference, prediction)` runs only then (evaluation during training pays nothing)."""
     rows = _PREDICTIONS.get()
     if rows is None:
         return
-    for row in zip(inputs, references, predictions, scores, strict=True):
-        rows.append(dict(zip(("input", "reference", "prediction", "score"), row, strict=True)))
+    for item, reference, prediction in zip(inputs, references, predictions, strict=True):
+        rows.append(
+            {
+                "input": item,
+                "reference": reference,
+                "prediction": prediction,
+                "score": score(reference, prediction),
+            }
+        )

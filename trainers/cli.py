@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--predictions",
         metavar="FILE",
-        help="write each generated example (input, reference, prediction, score) as JSONL",
+        help="write each generated example as JSONL: input, reference, prediction and score "
+        "(1 or 0 for exact match and VQA, the example's WER for speech)",
     )
     _accept_checkpoint(evaluate)
     _accept_overrides(
@@ -387,8 +388,8 @@ def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
     with target.open("w") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    right = sum(1 for row in rows if row["score"] == 1.0)
-    print(f"{target}: {len(rows)} predictions ({right} scored 1.0)", file=sys.stderr)
+    mean = sum(row["score"] for row in rows) / len(rows)
+    print(f"{target}: {len(rows)} predictions (mean score {mean:.4f})", file=sys.stderr)
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dic
         [e["audio"] for e in subset],
         references,
         transcripts,
-        [error_rates([r], [t])["wer"] for r, t in zip(references, transcripts, strict=True)],
+        lambda reference, transcript: error_rates([reference], [transcript])["wer"],
     )
     return {**error_rates_by_field(subset, transcripts), "loss": loss}
 

@@ -86,6 +86,6 @@ def exact_match_of(model: Any, tokenizer: Any, items: list[dict[str, Any]], conf
         [i["prompt_messages"][-1]["content"] for i in usable],
         references,
         answers,
-        [exact_match([r], [a]) for r, a in zip(references, answers, strict=True)],
+        lambda reference, answer: exact_match([reference], [answer]),
     )
     return exact_match(references, answers)

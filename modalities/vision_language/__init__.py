@@ -51,7 +51,7 @@ def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dic
         [{"images": e["images"], "question": _question(e)} for e in subset],
         references,
         answers,
-        [vqa_accuracy([r], [a]) for r, a in zip(references, answers, strict=True)],
+        lambda reference, answer: vqa_accuracy([reference], [answer]),
     )
     return {"vqa_accuracy": vqa_accuracy(references, answers), "loss": loss}
 
