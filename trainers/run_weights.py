@@ -61,11 +61,11 @@ def choose_checkpoint(run_dir: str | Path, which: str = "best") -> ChosenCheckpo
     last_step = int(state["step"])
     history = {int(r["step"]): r for r in state.get("history", [])}
     metric = state.get("selection_metric")
-    if which == "best" and state.get("best_step") is not None:
-        step, rule = int(state["best_step"]), "best"
-        path = checkpoint_dir(run_dir, step)
-        if not path.is_dir():
-            raise ConfigError(f"{run_dir}: the best checkpoint ({path.name}) was deleted")
+    best = state.get("best_step")
+    # A run from before step 0 stopped being a candidate can name step 0 as its best: it has
+    # no checkpoint, and such a run falls back to its last one, as a run without evaluation.
+    if which == "best" and best is not None and checkpoint_dir(run_dir, int(best)).is_dir():
+        step, rule, path = int(best), "best", checkpoint_dir(run_dir, int(best))
     elif which in ("best", "last"):
         step, rule, path = last_step, "last", checkpoints[-1]
     elif re.fullmatch(r"step-\d+", which):
