@@ -24,11 +24,10 @@ from omnitune.trainers.run_weights import ChosenCheckpoint, choose_checkpoint, l
 
 @dataclass(frozen=True)
 class Exported:
+    """The folder written, and the checkpoint its weights came from."""
+
     folder: Path
     checkpoint: ChosenCheckpoint
-
-    def __str__(self) -> str:
-        return f"{self.folder}: {self.checkpoint.describe()}"
 
 
 def export_run(
