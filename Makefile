@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := prometheus chromium chromium-driver
 SYSTEM_COMMANDS := prometheus promtool chromium chromedriver
 
-.PHONY: demo test test-fast reliability bench bench-peers lint format venv clean system-deps
+.PHONY: demo test test-fast reliability bench bench-peers lint layers format venv clean system-deps
 
 venv: $(STAMP)
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # SERVE=1 leaves the monitor daemon and the dashboard running; FORCE=1 re-runs every step.
 demo: $(STAMP)
-	$(PY) scripts/demo.py $(if $(SERVE),--serve) $(if $(FORCE),--force)
+	$(PY) -m scripts.demo $(if $(SERVE),--serve) $(if $(FORCE),--force)
 
 # Installs the Debian packages above when one of their commands is missing (as root, as on CI
 # and the developers' machines; elsewhere it says what to install and stops).
@@ -81,6 +81,11 @@ bench: $(STAMP) bench-peers system-deps
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) scripts/check_layers.py
+
+# The import layers of pyproject.toml's [tool.importlinter] (also part of make lint and make test).
+layers: $(STAMP)
+	$(PY) scripts/check_layers.py
 
 format: $(STAMP)
 	$(PY) -m ruff format .

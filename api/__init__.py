@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omnitune.trainers.errors import (
+from omnitune.core.errors import (
     ConfigError,
     DataError,
     MissingDependencyError,
@@ -74,8 +74,8 @@ def load_config(config: str | Path | dict[str, Any] | RunConfig, /, **overrides:
 
     Raises ConfigError naming the field (`train.max_steps: ...`), as `omnitune config check`
     prints it."""
+    from omnitune.core.configio import apply_overrides, read_yaml, validate
     from omnitune.trainers.config import RunConfig
-    from omnitune.trainers.configio import apply_overrides, read_yaml, validate
 
     if isinstance(config, RunConfig):
         data, source = config.model_dump(mode="json"), "config"

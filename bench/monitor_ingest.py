@@ -79,7 +79,7 @@ def write_config(folder: Path) -> Path:
 def start_server(side: str, folder: Path) -> tuple[subprocess.Popen[str], str]:
     pin = ["taskset", "-c", "0"] if os.cpu_count() and os.cpu_count() > 1 else []
     if side == "omnitune":
-        command = [sys.executable, "-m", "omnitune.trainers.cli", "monitor", "serve"]
+        command = [sys.executable, "-m", "omnitune", "monitor", "serve"]
         command += ["--config", str(write_config(folder))]
     else:
         command = [sys.executable, "-m", "bench.monitor_ingest", "--serve-bare", str(folder)]

@@ -15,13 +15,13 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 def train_once(config: str, *overrides: str) -> None:
     """Train the base model a fine-tuning benchmark starts from (cached in bench/.cache)."""
-    command = [python(), "-m", "omnitune.trainers.cli", "train", str(REPO / "configs" / config)]
+    command = [python(), "-m", "omnitune", "train", str(REPO / "configs" / config)]
     subprocess.run([*command, *overrides], cwd=REPO, check=True, capture_output=True)
 
 
 def trainer_overhead(pairs: int = 9) -> Comparison:
     # 9 pairs: single runs here swing by 15-20%; the median of 7 pair ratios moved by ~0.05.
-    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.text.sample_data import write_digit_chat
     from omnitune.modalities.tiny import build_tiny
 
     model = build_tiny("text", CACHE / "tiny-text", seed=0)
@@ -79,7 +79,7 @@ def vlm_command(side: str) -> list[str]:
     """One side of the VLM LoRA benchmark: LoRA on the `shift` digits from a tiny LLaVA trained
     on `base` (built once, cached)."""
     from omnitune.modalities.tiny import build_tiny
-    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+    from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 
     data, base = CACHE / "vlm-data", CACHE / "llava-base"
     if not (data / "test" / "data.jsonl").is_file():
@@ -147,7 +147,7 @@ def packed_sft(pairs: int = 3) -> Comparison:
 
 def preference(objective: str, pairs: int = 3) -> Comparison:
     """DPO or ORPO (LoRA) vs TRL's trainer for it, on digit-chat preference pairs."""
-    from omnitune.modalities.text.demo_data import write_digit_pairs
+    from omnitune.modalities.text.sample_data import write_digit_pairs
     from omnitune.modalities.tiny import build_tiny
 
     model = build_tiny("text", CACHE / "tiny-text", seed=0)
@@ -178,7 +178,7 @@ def preference(objective: str, pairs: int = 3) -> Comparison:
 def sft_chat_model() -> tuple[Path, Path]:
     """The digit-chat model after 60 steps of full SFT (right about a third of the time: room
     for online alignment to improve) and its data, built once and cached."""
-    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.text.sample_data import write_digit_chat
     from omnitune.modalities.tiny import build_tiny
 
     data = CACHE / "digit-chat-online"
@@ -335,7 +335,7 @@ def monitor_memory() -> list[Comparison]:
 def training_scale(rounds: int = 3) -> list[Comparison]:
     """The trainer core on 1x, 2x, 4x the examples (one epoch) and the sequence length."""
     from bench.training_scale import write_texts
-    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.text.sample_data import write_digit_chat
     from omnitune.modalities.tiny import build_tiny
 
     model = build_tiny("text", CACHE / "tiny-text", seed=0)

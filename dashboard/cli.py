@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omnitune.core.cli import with_example
 
-def add_commands(commands: Any, with_example: Any) -> None:
+
+def add_commands(commands: Any) -> None:
+    """Add `omnitune dashboard` to `commands` (the top-level parser's subparsers)."""
     dashboard = commands.add_parser(
         "dashboard", help="the Streamlit health dashboard over the monitor daemon"
     )

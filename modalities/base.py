@@ -14,16 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from omnitune.core.errors import ConfigError, DataError
 from omnitune.modalities.hf_sources import hf_plain_rows, is_hf_source
-from omnitune.trainers.errors import ConfigError, DataError
 
 #: modality name -> module whose `MODALITY` attribute is its `Modality`.
 MODALITIES: dict[str, str] = {
     "text": "omnitune.modalities.text",
-    "speech": "omnitune.modalities.speech",
     "vision_language": "omnitune.modalities.vision_language",
+    "speech": "omnitune.modalities.speech",
 }
 
 #: modality name -> "module:Class" of the pydantic model for its `data.options`.
@@ -50,6 +50,24 @@ def options_model(modality: str) -> Any:
         return None
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+class RunSettings(Protocol):
+    """What a modality reads of a run's config: the sections below (the trainer's
+    `omnitune.trainers.config.RunConfig` is one). A protocol, so that the modalities, a layer
+    below the trainer, name what they need without importing it."""
+
+    @property
+    def model(self) -> Any: ...  # name_or_path, modality, dtype
+
+    @property
+    def data(self) -> Any: ...  # limits, options, cache, num_proc
+
+    @property
+    def eval(self) -> Any: ...  # batch size, metrics, generation
+
+    @property
+    def objective(self) -> Any: ...  # assistant_only_loss
 
 
 @dataclass
@@ -127,9 +145,12 @@ class Examples:
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
         if self.unpacked is not None:
-            from omnitune.trainers.packing import packing_summary
-
-            text = f"{self.source}: {packing_summary(self)}"
+            # Packed by the trainer (trainers/packing.py): each row records how many it holds.
+            examples = sum(item["rows"] for item in self.items)
+            text = (
+                f"{self.source}: packed {examples} examples ({sum(self.lengths):.0f} tokens) "
+                f"into {len(self)} rows"
+            )
         else:
             text = f"{self.source}: {len(self)} {self.noun}"
         if self.truncated:

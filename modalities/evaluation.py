@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 def token_loss(
@@ -46,7 +49,7 @@ def token_loss(
 def loss_and_generations(
     model: Any,
     examples: Any,
-    config: Any,
+    config: RunSettings,
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
     generate: Callable[[list[dict[str, Any]]], list[str]],
 ) -> tuple[list[dict[str, Any]], float, list[str]]:
@@ -72,7 +75,9 @@ def loss_and_generations(
 _WARNED: set[tuple[int, int, int]] = set()
 
 
-def warn_if_generation_too_short(tokenizer: Any, references: list[str], config: Any) -> None:
+def warn_if_generation_too_short(
+    tokenizer: Any, references: list[str], config: RunSettings
+) -> None:
     """Warn when `eval.generation.max_new_tokens` is shorter than some reference answers: those
     can never be generated whole, so they can never score (a VQA answer of 4 tokens under a
     cap of 3 is always wrong, whatever the model learned)."""

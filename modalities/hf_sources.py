@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omnitune.trainers.errors import DataError
+from omnitune.core.errors import DataError
 
 
 def is_hf_source(source: str) -> bool:

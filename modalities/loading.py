@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
 
 #: modality -> the transformers Auto class that loads its models.
 AUTO_MODEL_CLASS: dict[str, str] = {

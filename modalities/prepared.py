@@ -225,7 +225,7 @@ def _build_in_child(work: Callable[[], None]) -> None:
     import pickle
     import traceback
 
-    from omnitune.trainers.errors import DataError, OmnituneError
+    from omnitune.core.errors import DataError, OmnituneError
 
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)

@@ -23,10 +23,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
-from omnitune.trainers.errors import DataError
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 #: Rows per worker process: a row costs milliseconds (a decode, an image opened), so a few
 #: hundred rows already pay for starting a process.
@@ -81,7 +84,7 @@ def read_checked(
 def read_media_dataset(
     kind: str,
     source: str,
-    config: Any,
+    config: RunSettings,
     records: Callable[[Examples], Records],
     check: RowCheck,
     schema: Callable[[], ItemSchema],

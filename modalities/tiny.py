@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
 
 #: family name -> "module:function" of its builder (imported only when that family is built).
 TINY_BUILDERS: dict[str, str] = {

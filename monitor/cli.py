@@ -1,6 +1,6 @@
 """`omnitune monitor serve | replay | status`: the daemon's command line.
 
-Registered into the one `omnitune` command by `omnitune.trainers.cli`; standard library only at
+Registered into the one `omnitune` command by `omnitune.core.cli`; standard library only at
 import time, like the rest of the CLI.
 """
 
@@ -13,8 +13,11 @@ import sys
 import time
 from typing import Any
 
+from omnitune.core.cli import accept_overrides, help_of, with_example
 
-def add_commands(commands: Any, accept_overrides: Any, help_of: Any, with_example: Any) -> None:
+
+def add_commands(commands: Any) -> None:
+    """Add `omnitune monitor ...` to `commands` (the top-level parser's subparsers)."""
     monitor = commands.add_parser("monitor", help="the post-deployment monitor daemon")
     actions = monitor.add_subparsers(dest="monitor_command", metavar="ACTION")
 
@@ -144,7 +147,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from omnitune.monitor.reference import load_reference
 
     config = load_monitor_config(args.config, list(args.overrides))
-    from omnitune.monitor.engine import calibrate_model, online_statistics
+    from omnitune.monitor.windows import calibrate_model, online_statistics
 
     drift = config.drift
     print(
@@ -176,9 +179,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from omnitune.core.errors import UsageError
     from omnitune.modalities.base import read_records
     from omnitune.monitor.client import Client
-    from omnitune.trainers.errors import UsageError
 
     if args.rate < 0:
         raise UsageError("--rate must be 0 (as fast as possible) or a positive rate")
@@ -217,7 +220,7 @@ def _status(args: argparse.Namespace) -> int:
     from urllib.error import HTTPError, URLError
     from urllib.request import Request, urlopen
 
-    from omnitune.trainers.errors import OmnituneError
+    from omnitune.core.errors import OmnituneError
 
     request = Request(args.url.rstrip("/") + "/v1/status")
     if args.token:

@@ -1,7 +1,7 @@
 """The monitor daemon's config: one pydantic model per section, read like every omnitune config.
 
 `omnitune monitor serve --config configs/monitor.yaml key=value ...` loads it through
-`omnitune.trainers.configio`, so a bad field is reported as `drift.alpha: ...` with the file
+`omnitune.core.configio`, so a bad field is reported as `drift.alpha: ...` with the file
 name, exactly as run configs are. Field descriptions are the reference documentation
 (docs/monitor.md lists them).
 """
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omnitune.trainers import configio
+from omnitune.core import configio
 
 #: Model names become folder names (captures) and label values: no path separators, no "..".
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

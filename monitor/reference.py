@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
 
 
 @dataclass

@@ -95,7 +95,7 @@ def bind(host: str, port: int, field: str = "server.port") -> tuple[socket.socke
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        from omnitune.trainers.errors import ConfigError
+        from omnitune.core.errors import ConfigError
 
         raise ConfigError(
             f"{field}: cannot listen on {host}:{port} ({exc.strerror}); is another process "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnitune.trainers.errors import OmnituneError
+from omnitune.core.errors import OmnituneError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

@@ -88,7 +88,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 @pytest.fixture(scope="session")
 def text_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The digit-chat task (256 training rows, 48 held out), written once per test run."""
-    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.text.sample_data import write_digit_chat
 
     return write_digit_chat(tmp_path_factory.mktemp("text-data"), train=256, test=48, seed=0)
 

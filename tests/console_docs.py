@@ -342,7 +342,7 @@ def copy_repository(source: Path, destination: Path) -> None:
 def run_demo(tree: Path, *args: str, timeout: float = 2700) -> subprocess.CompletedProcess:
     """`make demo`'s script in `tree` (a copy of the repository) with the project's Python."""
     return subprocess.run(
-        [sys.executable, "scripts/demo.py", *args],
+        [sys.executable, "-m", "scripts.demo", *args],
         cwd=tree,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMNITUNE_CACHE": str(tree.parent / "cache")},
         capture_output=True,

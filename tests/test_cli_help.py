@@ -7,7 +7,7 @@ import argparse
 import re
 import shlex
 
-from omnitune.trainers.cli import build_parser
+from omnitune.core.cli import build_parser
 from tests.conftest import REPO, run_cli
 
 

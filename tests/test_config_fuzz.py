@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from omnitune.core.cli import main
 from omnitune.monitor.config import MonitorConfig
-from omnitune.trainers.cli import main
 from omnitune.trainers.config import RunConfig
 from tests import reliability
 from tests.conftest import REPO

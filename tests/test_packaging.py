@@ -64,7 +64,7 @@ def test_wheel_holds_every_package_under_the_omnitune_namespace(wheel):
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))
     )
-    assert b"omnitune = omnitune.trainers.cli:main" in entry_points
+    assert b"omnitune = omnitune.core.cli:main" in entry_points
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def test_skipped_audio_files_are_named_in_data_info_the_log_and_the_summary(tiny
 
 
 def test_a_corrupt_image_is_named(tiny_model, tmp_path):
-    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+    from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 
     data = write_digit_vqa(tmp_path / "digits", 0, 6, broken=True)
     config = tmp_path / "vlm.yaml"

@@ -5,6 +5,6 @@ used by the torch-free monitor install too. The training loop lives in submodule
 torch when they are imported.
 """
 
-from omnitune.trainers.errors import ConfigError, DataError, OmnituneError, UsageError
+from omnitune.core.errors import ConfigError, DataError, OmnituneError, UsageError
 
 __all__ = ["ConfigError", "DataError", "OmnituneError", "UsageError"]

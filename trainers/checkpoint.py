@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from omnitune.trainers.errors import OmnituneError
+from omnitune.core.errors import OmnituneError
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -135,7 +135,7 @@ def load_checkpoint(
     parameters = {**dict(model.named_parameters()), **(extra or {})}
     missing = [name for name in tensors if name not in parameters]
     if missing:
-        from omnitune.trainers.errors import ConfigError
+        from omnitune.core.errors import ConfigError
 
         raise ConfigError(
             f"train.resume: {path} does not fit this model/method ({len(missing)} unknown "

@@ -12,23 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omnitune.trainers.configio import describe_error, load_config
+from omnitune.core.configio import describe_error, load_config
+from omnitune.modalities.base import MODALITIES
+from omnitune.trainers.peft_methods import PEFT_METHODS
 from omnitune.trainers.rewards import RewardSpec
 
-Modality = Literal["text", "vision_language", "speech"]
-PeftMethod = Literal[
-    "lora",
-    "dora",
-    "rslora",
-    "pissa",
-    "olora",
-    "loraplus",
-    "ia3",
-    "prompt_tuning",
-    "qlora",
-    "full",
-    "hft",
-]
+# The names come from the registries, so that a new modality or PEFT method needs no edit here.
+Modality = Literal[tuple(MODALITIES)]
+PeftMethod = Literal[PEFT_METHODS]
 
 
 class Section(BaseModel):

@@ -8,14 +8,17 @@ the tokenizer or processor loaded (no model): text files are tokenised into the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from omnitune.modalities.base import Examples
 
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
-def read_run_data(config: Any) -> list[tuple[str, Examples]]:
+
+def read_run_data(config: RunConfig) -> list[tuple[str, Examples]]:
     """(role, examples) of the config's train and eval data, read as training reads them."""
     from omnitune.modalities.base import get_modality
     from omnitune.modalities.loading import load_processor

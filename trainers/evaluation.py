@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnitune.core.configio import apply_overrides, validate
+from omnitune.core.errors import ConfigError
 from omnitune.modalities.base import get_modality
 from omnitune.trainers.config import RunConfig, load_run_config
-from omnitune.trainers.configio import apply_overrides, validate
-from omnitune.trainers.errors import ConfigError
 from omnitune.trainers.objectives import get_objective
 from omnitune.trainers.run_weights import (
     ChosenCheckpoint,

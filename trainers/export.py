@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnitune.core.errors import ConfigError
 from omnitune.trainers.config import load_run_config
-from omnitune.trainers.errors import ConfigError
 from omnitune.trainers.run_weights import ChosenCheckpoint, choose_checkpoint, load_checkpoint_model
 
 

@@ -22,11 +22,13 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omnitune.modalities.base import get_modality, sample_examples
+from omnitune.core.errors import ConfigError, DataError, OmnituneError
+from omnitune.modalities.base import Examples, Modality, get_modality, sample_examples
 from omnitune.trainers.batches import BatchSource
 from omnitune.trainers.checkpoint import (
     TrainState,
@@ -36,10 +38,10 @@ from omnitune.trainers.checkpoint import (
     save_checkpoint,
 )
 from omnitune.trainers.config import RunConfig
-from omnitune.trainers.errors import ConfigError, DataError, OmnituneError
-from omnitune.trainers.objectives import LossContext, get_objective
+from omnitune.trainers.objectives import LossContext, Objective, StepLoss, get_objective
 from omnitune.trainers.peft_methods import (
     MUTATING_INIT,
+    Prepared,
     build_optimizer,
     check_device_support,
     load_options,
@@ -48,6 +50,10 @@ from omnitune.trainers.peft_methods import (
 from omnitune.trainers.runlog import RunLog, format_metrics
 from omnitune.trainers.sampling import BatchPlan, distribution_report, epoch_length, group_weights
 from omnitune.trainers.trackers import Trackers, accelerate_trackers
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
 
 log = logging.getLogger("omnitune.train")
 
@@ -79,30 +85,30 @@ class Session:
     """Everything `set_up` builds and the phases share."""
 
     config: RunConfig
-    accelerator: Any
+    accelerator: Accelerator
     runlog: RunLog
-    modality: Any
-    objective: Any
-    model: Any  # what the step runs (wrapped by accelerate)
-    unwrapped: Any  # the model itself: evaluation, export, checkpoint tensors
-    processor: Any
-    prepared: Any
-    train_set: Any
-    eval_set: Any
+    modality: Modality
+    objective: Objective
+    model: torch.nn.Module  # what the step runs (wrapped by accelerate)
+    unwrapped: torch.nn.Module  # the model itself: evaluation, export, checkpoint tensors
+    processor: Any  # a tokenizer or a processor, as the modality loads it
+    prepared: Prepared
+    train_set: Examples
+    eval_set: Examples | None
     plan: BatchPlan
-    optimizer: Any
-    scheduler: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     state: TrainState
     total_steps: int
-    collate: Any
-    step_loss: Any
-    reference: Any
-    checkpoint_tensors: dict[str, Any]
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    step_loss: StepLoss | None
+    reference: Any  # the objective's frozen reference (None when it needs none)
+    checkpoint_tensors: dict[str, torch.Tensor]
     selection_metric: str
     direction: str
     run_dir: Path
     initial_adapter: Path
-    batches: Any = None  # trainers.batches.BatchSource
+    batches: BatchSource | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
     last_saved: int | None = None
     stopped_early: bool = False
@@ -174,7 +180,6 @@ def train(config: RunConfig) -> RunResult:
 def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     """Load, read, prepare and (when asked) resume: everything before the first step."""
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     main = accelerator.is_main_process
     set_seed(config.train.seed)
@@ -192,15 +197,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     optimizer = build_optimizer(model, config.peft, config.train)
     heads = _build_heads(objective, model, config, optimizer, accelerator.device)
     plan = _batch_plan(config, train_set, accelerator.num_processes)
-    total_steps = config.train.max_steps or max(
-        1, math.ceil(config.train.epochs * plan.batches_per_epoch / config.train.grad_accum)
-    )
-    scheduler = get_scheduler(
-        config.train.lr_schedule,
-        optimizer,
-        num_warmup_steps=config.train.warmup_steps,
-        num_training_steps=total_steps,
-    )
+    scheduler, total_steps = _schedule(config, optimizer, plan)
     collate = objective.collator(modality, processor, config, True)
     # Before a checkpoint is loaded: the reference is the model as it starts.
     datasets = (train_set, eval_set)
@@ -254,20 +251,42 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
             for name, head in heads.items()
         },
     )
-    session.step_loss = objective.loss(
+    session.step_loss = _step_loss(session)
+    return session
+
+
+def _schedule(config: RunConfig, optimizer: Any, plan: BatchPlan) -> tuple[Any, int]:
+    """The learning-rate scheduler and the run's number of optimizer steps (train.max_steps,
+    else the epochs' batches over the gradient accumulation)."""
+    from transformers import get_scheduler
+
+    total_steps = config.train.max_steps or max(
+        1, math.ceil(config.train.epochs * plan.batches_per_epoch / config.train.grad_accum)
+    )
+    scheduler = get_scheduler(
+        config.train.lr_schedule,
+        optimizer,
+        num_warmup_steps=config.train.warmup_steps,
+        num_training_steps=total_steps,
+    )
+    return scheduler, total_steps
+
+
+def _step_loss(session: Session) -> Callable[..., Any]:
+    """The objective's loss for one step, over the session's (unwrapped) model and heads."""
+    return session.objective.loss(
         LossContext(
-            config,
-            train_set,
-            unwrapped,
-            processor,
-            accelerator.device,
-            reference,
-            modality=modality,
+            session.config,
+            session.train_set,
+            session.unwrapped,
+            session.processor,
+            session.accelerator.device,
+            session.reference,
+            modality=session.modality,
             heads=session.trained_heads,
             update=lambda loss: apply_update(session, loss),
         )
     )
-    return session
 
 
 def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:

@@ -79,12 +79,6 @@ def pack_examples(examples: Examples, max_length: int, seed: int) -> Examples:
     return packed
 
 
-def packing_summary(packed: Examples) -> str:
-    examples = sum(item["rows"] for item in packed.items)
-    tokens = sum(packed.lengths)
-    return f"packed {examples} examples ({tokens:.0f} tokens) into {len(packed)} rows"
-
-
 def make_packed_collator(tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """Rows right-padded to the longest row of the batch. The padding forms one more sequence
     (its positions restart at 0, its labels are ignored), so no attention mask is needed."""

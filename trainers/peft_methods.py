@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
 
 # peft 0.21's PeftModel reads `model.is_gradient_checkpointing`, which transformers 5 deprecated
 # with a FutureWarning on every wrap (three copies of it in one Python API session). The
@@ -34,6 +34,22 @@ LORA_VARIANTS: dict[str, dict[str, Any]] = {
     "olora": {"init_lora_weights": "olora"},
 }
 FULL_WEIGHT_METHODS = {"full", "hft"}
+
+#: Every method `peft.method` accepts, in the order the config's help and errors list them:
+#: the LoRA family, the other `peft` configs, then the full-weight methods.
+PEFT_METHODS: tuple[str, ...] = (
+    "lora",
+    "dora",
+    "rslora",
+    "pissa",
+    "olora",
+    "loraplus",
+    "ia3",
+    "prompt_tuning",
+    "qlora",
+    "full",
+    "hft",
+)
 #: methods whose initialisation changes the base weights: exported adapters are converted back
 #: to plain LoRA against the original base (peft's path_initial_model_for_weight_conversion).
 MUTATING_INIT = {"pissa", "olora"}

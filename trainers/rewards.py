@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
 
 RewardFunction = Callable[[list[str], list[dict[str, Any]], Any], list[float]]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

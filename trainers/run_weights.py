@@ -15,10 +15,13 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from omnitune.core.errors import ConfigError
 from omnitune.trainers.checkpoint import checkpoint_dir, list_checkpoints
-from omnitune.trainers.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 #: What --checkpoint takes (besides a checkpoint folder, from Python).
 CHOICES_HELP = "best (default: the best evaluation), last, or step-N"
@@ -97,7 +100,7 @@ def saved_checkpoint_step(run_dir: Path) -> int | None:
     return saved.get("step")
 
 
-def load_checkpoint_model(config: Any, checkpoint: Path) -> tuple[Any, Any, Any]:
+def load_checkpoint_model(config: RunConfig, checkpoint: Path) -> tuple[Any, Any, Any]:
     """The run's model rebuilt from its config (base, PEFT method) with the checkpoint's
     trained tensors; returns (prepared model, processor, PreparedModel)."""
     import torch

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
     from omnitune.trainers.trackers import Trackers
 
 log = logging.getLogger("omnitune.train")
@@ -42,7 +43,7 @@ class RunLog:
         logging.getLogger("omnitune").addHandler(self._handler)
         logging.getLogger("omnitune").setLevel(logging.INFO)
 
-    def start(self, config: Any, resumed_step: int) -> None:
+    def start(self, config: RunConfig, resumed_step: int) -> None:
         if not self.enabled:
             return
         import yaml

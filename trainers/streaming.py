@@ -20,21 +20,24 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples, read_records
 from omnitune.modalities.text.data import _encode, overlong_reason
 from omnitune.modalities.text.options import text_options
 from omnitune.trainers.batches import batch_seed, seeded_collate
-from omnitune.trainers.errors import DataError
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 
 class TextStream:
     """Examples of `source` in the buffer-shuffled order of one seed, one at a time."""
 
-    def __init__(self, source: str, config: Any, tokenizer: Any) -> None:
+    def __init__(self, source: str, config: RunConfig, tokenizer: Any) -> None:
         self.source, self.tokenizer = source, tokenizer
         self.seed = config.train.seed
         self.size = config.data.shuffle_buffer

@@ -14,9 +14,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 #: tracker name -> the module it needs (what `pip install` brings it).
 TRACKER_MODULES = {
@@ -55,7 +58,7 @@ class Trackers:
         self.accelerator, self.names = accelerator, names
         self.open = False
 
-    def start(self, config: Any, run_dir: Path) -> None:
+    def start(self, config: RunConfig, run_dir: Path) -> None:
         if not self.names:
             return
         init: dict[str, dict[str, Any]] = {

@@ -6,11 +6,14 @@ Data: JSONL/CSV manifests of audio path + transcript. Metrics: WER and CER from 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.base import Examples, Modality, Targets, lazy
 from omnitune.modalities.loading import section_loader
 from omnitune.modalities.profile import build_profile
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 #: A reference profile reads at most this many recordings (an evenly spaced subset).
 PROFILE_SAMPLES = 2000
@@ -21,7 +24,9 @@ dataset = lazy("omnitune.modalities.speech.data:read_speech_dataset")
 collator = lazy("omnitune.modalities.speech.collate:make_speech_collator")
 
 
-def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
+def evaluate(
+    model: Any, processor: Any, examples: Examples, config: RunSettings
+) -> dict[str, float]:
     from omnitune.modalities.evaluation import (
         log_predictions,
         loss_and_generations,
@@ -66,7 +71,7 @@ def profile(examples: Examples) -> dict[str, Any]:
     return build_profile("speech", rows, examples.source)
 
 
-def adapt(model: Any, processor: Any, config: Any) -> None:
+def adapt(model: Any, processor: Any, config: RunSettings) -> None:
     """Write `data.options.language/task` into the model's generation config: a saved model
     then transcribes in that language wherever it is served (`transformers serve` calls
     generate() without a language, and a fine-tuned Whisper left to detect one can pick a

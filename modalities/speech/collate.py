@@ -11,7 +11,7 @@ fresh decode and feature pass for the examples they hit; SpecAugment masks the f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,8 +19,11 @@ from omnitune.modalities.speech.audio import read_audio
 from omnitune.modalities.speech.features import example_features, extract
 from omnitune.modalities.speech.options import speech_options
 
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
-def set_language_and_task(processor: Any, config: Any) -> dict[str, Any]:
+
+def set_language_and_task(processor: Any, config: RunSettings) -> dict[str, Any]:
     """Apply `data.options.language/task` to the tokenizer; returns the matching generate() args."""
     options = speech_options(config)
     language, task = options.language, options.task
@@ -29,7 +32,7 @@ def set_language_and_task(processor: Any, config: Any) -> dict[str, Any]:
 
 
 def make_speech_collator(
-    processor: Any, config: Any, training: bool
+    processor: Any, config: RunSettings, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     import torch
 

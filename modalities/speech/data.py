@@ -21,15 +21,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from omnitune.core.errors import ConfigError, DataError
 from omnitune.modalities.base import Examples, default_cache_root
 from omnitune.modalities.hf_sources import hf_rows, is_hf_source
 from omnitune.modalities.prepared_media import Checked, ItemSchema
 from omnitune.modalities.speech.audio import AudioProblem, check_clip
 from omnitune.modalities.speech.features import FeatureCache
 from omnitune.modalities.speech.options import SpeechOptions, speech_options
-from omnitune.trainers.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 EXTRA_FIELDS = ("speaker", "language", "domain")
@@ -40,7 +43,9 @@ def feature_cache(processor: Any, options: SpeechOptions) -> FeatureCache:
     return FeatureCache(folder, processor.feature_extractor)
 
 
-def read_speech_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
+def read_speech_dataset(
+    source: str, config: RunSettings, processor: Any, training: bool
+) -> Examples:
     """The usable clips of `source`: checked in `data.num_proc` processes and kept in the
     prepared (Arrow) cache for manifests and folders when `data.cache` is on, else row by row."""
     from omnitune.modalities.prepared import processor_fingerprint

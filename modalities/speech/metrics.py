@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.speech.collate import set_language_and_task
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 _PUNCTUATION = re.compile(r"[^\w\s']")
 
@@ -16,7 +19,7 @@ def normalise(text: str) -> str:
 
 
 def transcribe(
-    model: Any, processor: Any, examples: list[dict[str, Any]], config: Any
+    model: Any, processor: Any, examples: list[dict[str, Any]], config: RunSettings
 ) -> list[str]:
     """Greedy (or beam, per `eval.generation`) transcripts of `examples`, from cached features."""
     import numpy as np

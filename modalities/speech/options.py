@@ -7,9 +7,12 @@ importing this stays cheap.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 class _Options(BaseModel):
@@ -96,6 +99,6 @@ class SpeechOptions(_Options):
     augment: AugmentOptions = Field(default_factory=AugmentOptions)
 
 
-def speech_options(config: Any) -> SpeechOptions:
+def speech_options(config: RunSettings) -> SpeechOptions:
     """The run config's speech options (already validated when the config was loaded)."""
     return SpeechOptions.model_validate(config.data.options)

@@ -9,12 +9,15 @@ for DPO and ORPO. Metrics: perplexity, and `exact_match` of generated answers wh
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.base import Examples, Modality, Targets, lazy
 from omnitune.modalities.loading import section_loader
 from omnitune.modalities.profile import build_profile
 from omnitune.modalities.text.features import text_features
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 load = section_loader("text")
 dataset = lazy("omnitune.modalities.text.data:read_text_dataset")
@@ -23,7 +26,7 @@ pairs = lazy("omnitune.modalities.text.preference:read_text_pairs")
 pair_collator = lazy("omnitune.modalities.text.preference:make_pair_collator")
 
 
-def pair_metrics(model: Any, tokenizer: Any, items: list, config: Any) -> dict[str, float]:
+def pair_metrics(model: Any, tokenizer: Any, items: list, config: RunSettings) -> dict[str, float]:
     """Generated metrics of preference pairs: how often the model answers the chosen answer."""
     if "exact_match" not in config.eval.metrics:
         return {}
@@ -32,7 +35,9 @@ def pair_metrics(model: Any, tokenizer: Any, items: list, config: Any) -> dict[s
     return {"exact_match": exact_match_of(model, tokenizer, items, config)}
 
 
-def evaluate(model: Any, tokenizer: Any, examples: Examples, config: Any) -> dict[str, float]:
+def evaluate(
+    model: Any, tokenizer: Any, examples: Examples, config: RunSettings
+) -> dict[str, float]:
     from omnitune.modalities.evaluation import token_loss
 
     loss = token_loss(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.text.data import IGNORE
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 def right_padded(rows: list[list[int]], value: int, width: int | None = None) -> Any:
@@ -31,7 +34,7 @@ def padded_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 
 
 def make_text_collator(
-    tokenizer: Any, config: Any, training: bool
+    tokenizer: Any, config: RunSettings, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

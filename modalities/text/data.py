@@ -12,19 +12,22 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
 from omnitune.modalities.hf_sources import is_hf_source
 from omnitune.modalities.text.options import text_options
-from omnitune.trainers.errors import DataError
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 IGNORE = -100
 #: File types read through the prepared (Arrow, cached, multi-process) path.
 PREPARED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 
-def read_text_dataset(source: str, config: Any, tokenizer: Any, training: bool) -> Examples:
+def read_text_dataset(source: str, config: RunSettings, tokenizer: Any, training: bool) -> Examples:
     """The examples of a text source: prepared in Arrow (cached) for files and hub datasets
     when `data.cache` is on, else read row by row into memory (`data.cache: false`)."""
     if config.data.cache and (is_hf_source(source) or _prepared_kind(source) is not None):
@@ -32,7 +35,7 @@ def read_text_dataset(source: str, config: Any, tokenizer: Any, training: bool) 
     return read_rows(source, config, tokenizer)
 
 
-def read_rows(source: str, config: Any, tokenizer: Any) -> Examples:
+def read_rows(source: str, config: RunSettings, tokenizer: Any) -> Examples:
     examples = Examples(items=[], source=source)
     group_field = config.data.balance.by
     assistant_only = config.objective.assistant_only_loss
@@ -140,7 +143,7 @@ def _prepared_kind(source: str) -> str | None:
     return {"csv": "csv", "parquet": "parquet"}.get(suffix[1:], "json-lines")
 
 
-def read_prepared(source: str, config: Any, tokenizer: Any) -> Examples:
+def read_prepared(source: str, config: RunSettings, tokenizer: Any) -> Examples:
     """Tokenise `source` once into an Arrow dataset under $OMNITUNE_CACHE/prepared/text/
     (with `data.num_proc` processes), or open the one an earlier run built."""
     import numpy as np

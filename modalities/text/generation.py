@@ -7,11 +7,14 @@ prompt continues from its own end.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 def answer_prompts(
-    model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], config: Any
+    model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], config: RunSettings
 ) -> list[str]:
     """One generated assistant answer per prompt (a list of chat messages)."""
     import torch
@@ -60,7 +63,9 @@ def encode_prompts(tokenizer: Any, prompts: list[list[dict[str, Any]]]) -> dict[
         tokenizer.padding_side = side
 
 
-def prompt_batch(tokenizer: Any, items: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+def prompt_batch(
+    tokenizer: Any, items: list[dict[str, Any]], config: RunSettings
+) -> dict[str, Any]:
     """The modality's `prompt_batch`: the generation inputs of each item's prompt messages."""
     return encode_prompts(tokenizer, [item["prompt_messages"] for item in items])
 
@@ -72,7 +77,9 @@ def exact_match(references: list[str], answers: list[str]) -> float:
     return sum(" ".join(r.split()) == " ".join(a.split()) for r, a in pairs) / len(pairs)
 
 
-def exact_match_of(model: Any, tokenizer: Any, items: list[dict[str, Any]], config: Any) -> float:
+def exact_match_of(
+    model: Any, tokenizer: Any, items: list[dict[str, Any]], config: RunSettings
+) -> float:
     """Exact match of the model's answers to `items` (each with `prompt_messages`, `answer`)."""
     usable = [i for i in items if "prompt_messages" in i]
     limit = config.data.max_eval_samples or len(usable)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 class TextOptions(BaseModel):
@@ -21,5 +24,5 @@ class TextOptions(BaseModel):
     )
 
 
-def text_options(config: Any) -> TextOptions:
+def text_options(config: RunSettings) -> TextOptions:
     return TextOptions.model_validate(config.data.options)

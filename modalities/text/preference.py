@@ -9,8 +9,9 @@ fail`): it is never truncated, which would score the two answers on different pr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
 from omnitune.modalities.preference import (
     last_span,
@@ -21,10 +22,12 @@ from omnitune.modalities.preference import (
 from omnitune.modalities.text.collate import padded_batch
 from omnitune.modalities.text.data import IGNORE, encode_chat
 from omnitune.modalities.text.options import text_options
-from omnitune.trainers.errors import DataError
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
-def read_text_pairs(source: str, config: Any, tokenizer: Any, training: bool) -> Examples:
+def read_text_pairs(source: str, config: RunSettings, tokenizer: Any, training: bool) -> Examples:
     pairs = Examples(items=[], source=source, noun="pairs")
     group_field = config.data.balance.by
     fail = text_options(config).overlong == "fail"
@@ -80,7 +83,7 @@ def encode_answer(tokenizer: Any, prompt: list[dict[str, Any]], answer: str) -> 
 
 
 def make_pair_collator(
-    tokenizer: Any, config: Any, training: bool
+    tokenizer: Any, config: RunSettings, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """2B right-padded rows: the B chosen answers, then the B rejected ones (one forward pass
     scores both); `reference_logps` rides along where they were precomputed."""

@@ -8,11 +8,14 @@ frozen. Metrics: VQA exact-match accuracy from generate() (the selection metric)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.base import Examples, Modality, Targets, lazy
 from omnitune.modalities.loading import section_loader
 from omnitune.modalities.profile import build_profile
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 #: Module names of the vision-to-language projector, by family (LLaVA, Idefics3, Qwen2-VL).
 PROJECTORS = ("multi_modal_projector", "connector", "merger")
@@ -30,7 +33,9 @@ pair_metrics = lazy("omnitune.modalities.vision_language.preference:pair_metrics
 prompt_batch = lazy("omnitune.modalities.vision_language.metrics:prompt_batch")
 
 
-def evaluate(model: Any, processor: Any, examples: Examples, config: Any) -> dict[str, float]:
+def evaluate(
+    model: Any, processor: Any, examples: Examples, config: RunSettings
+) -> dict[str, float]:
     from omnitune.modalities.evaluation import (
         log_predictions,
         loss_and_generations,

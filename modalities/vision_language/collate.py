@@ -10,10 +10,13 @@ the loss. Nothing is truncated, so image tokens are never cut.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.vision_language.images import open_image
 from omnitune.modalities.vision_language.options import VisionOptions, vision_options
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 def with_images(example: dict[str, Any], options: VisionOptions, drop_answer: bool = False) -> list:
@@ -36,7 +39,7 @@ def with_images(example: dict[str, Any], options: VisionOptions, drop_answer: bo
 
 
 def make_vlm_collator(
-    processor: Any, config: Any, training: bool
+    processor: Any, config: RunSettings, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     options = vision_options(config)
     assistant_only = config.objective.assistant_only_loss

@@ -13,17 +13,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples, default_cache_root
 from omnitune.modalities.hf_sources import hf_rows, is_hf_source
 from omnitune.modalities.prepared_media import Checked, ItemSchema
 from omnitune.modalities.vision_language.images import ImageProblem, open_image
 from omnitune.modalities.vision_language.options import vision_options
-from omnitune.trainers.errors import DataError
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
-def read_vlm_dataset(source: str, config: Any, processor: Any, training: bool) -> Examples:
+def read_vlm_dataset(source: str, config: RunSettings, processor: Any, training: bool) -> Examples:
     """The usable samples of `source`: checked in `data.num_proc` processes and kept in the
     prepared (Arrow) cache for local files when `data.cache` is on, else row by row."""
     from omnitune.modalities.prepared import processor_fingerprint

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.modalities.vision_language.collate import with_images
 from omnitune.modalities.vision_language.options import vision_options
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
@@ -16,7 +19,7 @@ def normalise_answer(text: str) -> str:
 
 
 def answer_questions(
-    model: Any, processor: Any, examples: list[dict[str, Any]], config: Any
+    model: Any, processor: Any, examples: list[dict[str, Any]], config: RunSettings
 ) -> list[str]:
     import torch
 
@@ -39,7 +42,9 @@ def answer_questions(
     return answers
 
 
-def prompt_batch(processor: Any, items: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+def prompt_batch(
+    processor: Any, items: list[dict[str, Any]], config: RunSettings
+) -> dict[str, Any]:
     """Each item's conversation up to its answer, images opened, left-padded (generation
     continues every prompt from its right end), with the family's image fields."""
     options = vision_options(config)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnitune.modalities.vision_language.images import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
 class VisionOptions(BaseModel):
@@ -35,5 +38,5 @@ class VisionOptions(BaseModel):
     )
 
 
-def vision_options(config: Any) -> VisionOptions:
+def vision_options(config: RunSettings) -> VisionOptions:
     return VisionOptions.model_validate(config.data.options)

@@ -10,18 +10,21 @@ is dropped and counted, or fails the run under `data.options.overlong: fail`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
 from omnitune.modalities.preference import overlong_pair_reason, parse_pair, with_reference_logps
 from omnitune.modalities.vision_language.collate import encode_conversations, with_images
 from omnitune.modalities.vision_language.data import image_paths, records, text_of, token_length
 from omnitune.modalities.vision_language.images import ImageProblem, open_image
 from omnitune.modalities.vision_language.options import vision_options
-from omnitune.trainers.errors import DataError
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import RunSettings
 
 
-def read_vlm_pairs(source: str, config: Any, processor: Any, training: bool) -> Examples:
+def read_vlm_pairs(source: str, config: RunSettings, processor: Any, training: bool) -> Examples:
     options = vision_options(config)
     limit = config.data.max_length
     pairs = Examples(items=[], source=source, noun="pairs")
@@ -102,7 +105,7 @@ def conversation(pair: dict[str, Any], answer: str) -> dict[str, Any]:
 
 
 def make_pair_collator(
-    processor: Any, config: Any, training: bool
+    processor: Any, config: RunSettings, training: bool
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """2B rows, the chosen conversations then the rejected ones, images repeated for both."""
     options = vision_options(config)
@@ -116,7 +119,7 @@ def make_pair_collator(
     return collate
 
 
-def pair_metrics(model: Any, processor: Any, pairs: list, config: Any) -> dict[str, float]:
+def pair_metrics(model: Any, processor: Any, pairs: list, config: RunSettings) -> dict[str, float]:
     """VQA accuracy of generated answers against the chosen ones, when eval.metrics asks."""
     if "vqa_accuracy" not in config.eval.metrics:
         return {}

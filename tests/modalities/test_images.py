@@ -152,7 +152,7 @@ def test_eval_skips_and_counts_bad_images_and_names_the_line_of_a_missing_one(ti
     counted under its reason and the good rows are scored; a missing file names its line."""
     import json
 
-    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+    from omnitune.modalities.vision_language.sample_data import write_digit_vqa
     from tests import reliability
     from tests.conftest import run_cli
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 from omnitune.trainers.config import RunConfig
 from tests.conftest import run_cli
 from tests.speech_data import tone_utterance, write_tone_corpus

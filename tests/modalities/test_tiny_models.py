@@ -112,8 +112,8 @@ def test_a_missing_folder_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_modality_mismatch_names_both(tiny_model):
+    from omnitune.core.errors import ConfigError
     from omnitune.modalities.loading import load_pretrained
-    from omnitune.trainers.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"'speech' does not match .* a llama model \(text\)"):
         load_pretrained(str(tiny_model("text")), "speech")

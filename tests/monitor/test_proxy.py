@@ -34,7 +34,7 @@ TRANSFORMERS = REPO / ".venv" / "bin" / "transformers"
 def chat_model(tmp_path_factory, tiny_model) -> Path:
     """The tiny chat model after 60 steps on digit chats, so that it answers with numerals
     (the untrained one only repeats special tokens, which decode to nothing)."""
-    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.text.sample_data import write_digit_chat
     from omnitune.trainers.config import RunConfig
     from omnitune.trainers.loop import train
 

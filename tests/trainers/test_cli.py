@@ -27,7 +27,7 @@ def test_help_imports_no_heavy_library():
     code = textwrap.dedent(
         f"""
         import sys
-        from omnitune.trainers.cli import main
+        from omnitune.core.cli import main
         try:
             main(["--help"])
         except SystemExit:
@@ -198,7 +198,7 @@ def test_every_shipped_config_validates(path):
 
 
 def test_main_returns_the_exit_status_without_exiting(config_file):
-    from omnitune.trainers.cli import main
+    from omnitune.core.cli import main
 
     assert main(["config", "check", str(config_file(VALID))]) == 0
     assert main(["config", "check", str(config_file(VALID)), "train.lr=0"]) == 2
@@ -206,7 +206,7 @@ def test_main_returns_the_exit_status_without_exiting(config_file):
 
 def test_cli_module_runs_with_python_dash_m():
     result = subprocess.run(
-        [sys.executable, "-m", "omnitune.trainers.cli", "--version"],
+        [sys.executable, "-m", "omnitune", "--version"],
         capture_output=True,
         text=True,
     )

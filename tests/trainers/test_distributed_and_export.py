@@ -46,7 +46,7 @@ def test_two_processes_under_accelerate_launch_agree(run_config):
         "--main_process_port",
         str(_free_port()),
         "-m",
-        "omnitune.trainers.cli",
+        "omnitune",
         "train",
         str(path),
     ]

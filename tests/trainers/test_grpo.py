@@ -128,7 +128,7 @@ def test_grpo_is_refused_where_it_cannot_apply(run_config):
 def _vlm_grpo_config(tiny_model, tmp_path, objective: dict, steps: int) -> Path:
     import yaml
 
-    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+    from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 
     train = write_digit_vqa(tmp_path / "train", 0, 16)
     test = write_digit_vqa(tmp_path / "test", 1400, 8)

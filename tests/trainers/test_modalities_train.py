@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 from omnitune.trainers.config import load_run_config
 from tests.conftest import run_cli
 from tests.speech_data import write_tone_corpus

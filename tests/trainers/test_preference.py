@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from omnitune.modalities.text.demo_data import write_digit_pairs
-from omnitune.modalities.vision_language.demo_data import write_digit_vqa_pairs
+from omnitune.modalities.text.sample_data import write_digit_pairs
+from omnitune.modalities.vision_language.sample_data import write_digit_vqa_pairs
 from tests.conftest import run_cli
 from tests.trainers.conftest import read_metrics
 from tests.trainers.test_resume import RESUMABLE, kill_resume_and_compare
@@ -277,8 +277,8 @@ def test_pairs_read_the_same_from_jsonl_csv_parquet_and_a_saved_hf_dataset(
 def test_overlong_text_is_dropped_failed_or_truncated_and_counted(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
+    from omnitune.core.errors import DataError
     from omnitune.modalities.text.data import read_text_dataset
-    from omnitune.trainers.errors import DataError
 
     data = tmp_path / "text.jsonl"
     data.write_text(

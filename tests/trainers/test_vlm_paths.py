@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 from omnitune.trainers.config import RunConfig
 from tests.conftest import run_cli
 
@@ -81,8 +81,8 @@ def test_hf_image_columns_and_file_urls_are_read(tiny_model, tmp_path):
     from PIL import Image as PILImage
     from transformers import AutoProcessor
 
+    from omnitune.core.errors import DataError
     from omnitune.modalities.vision_language.data import read_vlm_dataset
-    from omnitune.trainers.errors import DataError
 
     processor = AutoProcessor.from_pretrained(tiny_model("llava"))
     digits = write_digit_vqa(tmp_path / "digits", 0, 2)

@@ -26,9 +26,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 #: objective name -> module whose `OBJECTIVE` attribute is its `Objective`.
 OBJECTIVES: dict[str, str] = {
@@ -48,7 +51,7 @@ class LossContext:
     and, for objectives that apply their own updates, `update(loss) -> grad norm` (backward,
     clip, optimizer step; a non-finite loss or norm stops the run as in the loop)."""
 
-    config: Any
+    config: RunConfig
     train_set: Any
     model: Any
     processor: Any

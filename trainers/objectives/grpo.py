@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.rollout import (
@@ -37,8 +37,13 @@ from omnitune.trainers.objectives.rollout import (
 )
 from omnitune.trainers.objectives.sft import evaluate
 
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
-def read_prompts(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+
+def read_prompts(
+    modality: Any, source: str, config: RunConfig, processor: Any, training: bool
+) -> Any:
     """The modality's examples that end in an answer: their prompts are what is sampled."""
     examples = modality.dataset(source, config, processor, training=training)
     keep = [i for i, item in enumerate(examples.items) if "answer" in item]
@@ -52,7 +57,7 @@ def read_prompts(modality: Any, source: str, config: Any, processor: Any, traini
     return examples
 
 
-def prompt_collator(modality: Any, processor: Any, config: Any, training: bool) -> Any:
+def prompt_collator(modality: Any, processor: Any, config: RunConfig, training: bool) -> Any:
     """Training batches are the items themselves (the rollout encodes their prompts);
     evaluation batches are the modality's SFT batches (held-out loss)."""
     if not training:

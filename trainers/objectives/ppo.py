@@ -24,7 +24,7 @@ comes from a generator seeded like the rollout, so a resumed run replays the sam
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.grpo import (
@@ -42,8 +42,11 @@ from omnitune.trainers.objectives.rollout import (
 )
 from omnitune.trainers.objectives.sft import evaluate
 
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
-def value_head(model: Any, config: Any) -> dict[str, Any]:
+
+def value_head(model: Any, config: RunConfig) -> dict[str, Any]:
     """The value head: hidden state -> expected return, zero-initialised (every state starts
     at value 0, so the first advantages are the rewards themselves)."""
     import torch

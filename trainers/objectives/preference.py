@@ -10,10 +10,13 @@ pairs, so the training log and `omnitune eval` report the same quantities.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omnitune.trainers.errors import ConfigError
+from omnitune.core.errors import ConfigError
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 #: (policy logps [2B], answer token counts [2B], reference logps [2B] or None, objective
 #: section) -> (loss, {metric: tensor}); chosen rows first, then rejected.
@@ -32,7 +35,9 @@ DIRECTIONS = {
 MODEL_INPUTS_EXCLUDED = ("labels", "reference_logps")
 
 
-def read_pairs(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+def read_pairs(
+    modality: Any, source: str, config: RunConfig, processor: Any, training: bool
+) -> Any:
     if modality.pairs is None:
         raise ConfigError(
             f"objective.name: {config.objective.name} needs preference pairs, which the "
@@ -41,7 +46,7 @@ def read_pairs(modality: Any, source: str, config: Any, processor: Any, training
     return modality.pairs(source, config, processor, training)
 
 
-def pair_collator(modality: Any, processor: Any, config: Any, training: bool) -> Any:
+def pair_collator(modality: Any, processor: Any, config: RunConfig, training: bool) -> Any:
     return modality.pair_collator(processor, config, training)
 
 
@@ -85,7 +90,7 @@ def make_loss(terms: Terms) -> Callable[[LossContext], StepLoss]:
 
 def make_evaluate(terms: Terms) -> Callable[..., dict[str, float]]:
     def evaluate(
-        modality: Any, model: Any, processor: Any, pairs: Any, config: Any, reference: Any
+        modality: Any, model: Any, processor: Any, pairs: Any, config: RunConfig, reference: Any
     ) -> dict[str, float]:
         """Means over the eval pairs of every metric the terms report (pairs weigh equally),
         then the generated metrics of the chosen answers that `eval.metrics` asks for."""

@@ -22,9 +22,12 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.trainers.peft_methods import MUTATING_INIT
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 log = logging.getLogger("omnitune.train")
 CACHE_NAME = "reference-logps.pt"
@@ -73,7 +76,7 @@ class Reference:
 
 
 def build_reference(
-    config: Any, model: Any, is_peft: bool, sets: dict[str, Any], collate: Any, run_dir: Path
+    config: RunConfig, model: Any, is_peft: bool, sets: dict[str, Any], collate: Any, run_dir: Path
 ) -> Reference | None:
     """The run's reference; with precomputation, also writes `reference_logps` into every
     pair of `sets` (split name -> Examples). Call before a checkpoint is loaded: the model

@@ -20,7 +20,10 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
 #: Model families whose forward builds its own (multimodal rotary) positions from the inputs.
 OWN_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
@@ -51,7 +54,7 @@ def sample(
     processor: Any,
     modality: Any,
     items: list[dict[str, Any]],
-    config: Any,
+    config: RunConfig,
     seed: int,
 ) -> Rollout:
     """`config.objective.num_generations` sampled completions for each item's prompt."""
@@ -217,7 +220,7 @@ def _rows_of(name: str, value: Any, rows: Any, total: int) -> Any:
         return value
     if value.shape[0] == total:
         return value[rows]
-    from omnitune.trainers.errors import ConfigError
+    from omnitune.core.errors import ConfigError
 
     raise ConfigError(
         f"objective.ppo_minibatches: this model's {name} is not one row per sample, so a "

@@ -8,12 +8,17 @@ is the model's mean token cross-entropy, or one of the weighted losses of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 
+if TYPE_CHECKING:
+    from omnitune.trainers.config import RunConfig
 
-def read_examples(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+
+def read_examples(
+    modality: Any, source: str, config: RunConfig, processor: Any, training: bool
+) -> Any:
     examples = modality.dataset(source, config, processor, training=training)
     if training and config.data.packing:
         from omnitune.trainers.packing import pack_examples
@@ -22,7 +27,7 @@ def read_examples(modality: Any, source: str, config: Any, processor: Any, train
     return examples
 
 
-def make_collator(modality: Any, processor: Any, config: Any, training: bool) -> Any:
+def make_collator(modality: Any, processor: Any, config: RunConfig, training: bool) -> Any:
     if training and config.data.packing:
         from omnitune.trainers.packing import make_packed_collator
 
@@ -62,7 +67,7 @@ def make_loss(context: LossContext) -> StepLoss:
 
 
 def evaluate(
-    modality: Any, model: Any, processor: Any, examples: Any, config: Any, reference: Any
+    modality: Any, model: Any, processor: Any, examples: Any, config: RunConfig, reference: Any
 ) -> dict[str, float]:
     return modality.evaluate(model, processor, examples, config)
 

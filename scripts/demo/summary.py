@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from demo_steps import Steps
+from scripts.demo.steps import Steps
 
 
 @dataclass(frozen=True)

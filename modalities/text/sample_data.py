@@ -1,4 +1,5 @@
-"""A small, learnable chat task for demos and tests: digit words in, numerals out.
+"""A small, learnable chat task (what `omnitune data sample text` writes): digit words in,
+numerals out.
 
 `seven three` -> `7 3`. Deterministic for a seed; each row also carries a `length` field
 (`short` for one digit, `long` otherwise), an imbalanced label to balance on. Preference pairs
@@ -89,46 +90,4 @@ def write_digit_pairs(
     for split, count in (("train", train), ("eval", test)):
         rows = [json.dumps(digit_pair(rng, sizes)) for _ in range(count)]
         paths[split].write_text("\n".join(rows) + "\n")
-    return paths
-
-
-def write_model_pairs(
-    model_dir: Path,
-    folder: Path,
-    train: int = 1024,
-    test: int = 64,
-    seed: int = 1,
-    sizes: tuple[int, int] = (1, 5),
-) -> dict:
-    """Preference pairs whose rejected answers are the model's own mistakes ("on-policy"):
-    the model answers every prompt greedily; where it is wrong, its answer is the rejected
-    one, elsewhere a plausible wrong answer is made up. Needs torch and transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from omnitune.modalities.text.generation import answer_prompts
-    from omnitune.trainers.config import RunConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = RunConfig.model_validate(
-        {
-            "model": {"name_or_path": str(model_dir), "modality": "text"},
-            "data": {"train": "unused"},
-            "train": {"max_steps": 1},
-            "eval": {"batch_size": 64, "generation": {"max_new_tokens": 16}},
-        }
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
-    for split, count in (("train", train), ("eval", test)):
-        rows = [digit_pair(rng, sizes) for _ in range(count)]
-        prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
-        for row, answer in zip(
-            rows, answer_prompts(model, tokenizer, prompts, config), strict=True
-        ):
-            answer = " ".join(answer.split())
-            if answer and answer != row["chosen"]:
-                row["rejected"] = answer
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths

@@ -100,7 +100,7 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def numerals(prompt: str) -> str:
     """The right answer to a digit-word prompt: "four two" -> "4 2"."""
-    from omnitune.modalities.text.demo_data import WORDS
+    from omnitune.modalities.text.sample_data import WORDS
 
     digit_of = {word: str(digit) for digit, word in enumerate(WORDS)}
     return " ".join(digit_of[word] for word in prompt.split())
@@ -108,7 +108,7 @@ def numerals(prompt: str) -> str:
 
 def chat_prompts(count: int, shift_from: int, seed: int = 7) -> list[str]:
     """Digit-word prompts for the chat model: 1-3 digits as in training, then 4-6 digits."""
-    from omnitune.modalities.text.demo_data import WORDS
+    from omnitune.modalities.text.sample_data import WORDS
 
     rng = random.Random(seed)
     prompts = []
@@ -120,7 +120,7 @@ def chat_prompts(count: int, shift_from: int, seed: int = 7) -> list[str]:
 
 def write_long_number_test(path: Path, count: int = 64) -> Path:
     """Held-out chats of 4-6 digits (prompt/completion), to score the re-tuned model on."""
-    from omnitune.modalities.text.demo_data import WORDS
+    from omnitune.modalities.text.sample_data import WORDS
 
     rng = random.Random(99)
     rows = []

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from omnitune.trainers.errors import ConfigError, UsageError
+from omnitune.core.errors import ConfigError, UsageError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -24,7 +24,7 @@ on 2 CPU cores the first time:
 7. print one table: each task's metric before and after, trainable parameters, adapter size,
    time, and the drift the monitor detected and when.
 
-A second `make demo` reuses every step whose inputs did not change (scripts/demo_steps.py) and
+A second `make demo` reuses every step whose inputs did not change (scripts/demo/steps.py) and
 takes seconds; `--force` re-runs everything. `make demo SERVE=1` (`--serve`) leaves the monitor
 daemon, over the demo's events, and the dashboard running, and prints their URLs.
 """
@@ -43,9 +43,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from demo_steps import Steps
-from demo_summary import summary_table
-from demo_traffic import (
+from scripts.demo.steps import Steps
+from scripts.demo.summary import summary_table
+from scripts.demo.traffic import (
     chat_prompts,
     label_captured,
     numerals,
@@ -59,7 +59,7 @@ from demo_traffic import (
     write_long_number_test,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OMNITUNE = str(Path(sys.executable).parent / "omnitune")
 MODELS = Path("runs/models")
 DATA = Path("runs/demo/data")
@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         if not p.name.startswith("monitor")  # monitor daemon configs, not run configs
     )
     STEPS.run("check-configs", run_configs, [], lambda: check_configs(run_configs))
-    STEPS.run("data", [], [DATA / "text", DATA / "digits", DATA / "digits-shift"], write_demo_data)
+    STEPS.run(
+        "data", [], [DATA / "text", DATA / "digits", DATA / "digits-shift"], write_sample_data
+    )
     text_steps()
     vision_steps()
     speech_steps()
@@ -154,9 +156,9 @@ def check_configs(configs: list[Path]) -> None:
         omnitune("config", "check", str(config))
 
 
-def write_demo_data() -> None:
-    from omnitune.modalities.text.demo_data import write_digit_chat
-    from omnitune.modalities.vision_language.demo_data import write_digit_vqa
+def write_sample_data() -> None:
+    from omnitune.modalities.text.sample_data import write_digit_chat
+    from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 
     write_digit_chat(REPO / DATA / "text", train=1024, test=64, seed=0)
     write_digit_vqa(REPO / DATA / "digits" / "train", 0, 1400)
@@ -273,7 +275,7 @@ def before_and_saved(run: str) -> tuple[dict, dict]:
 
 def preference_step() -> None:
     """DPO (LoRA) on pairs that prefer the right numerals to the SFT model's own answers."""
-    from omnitune.modalities.text.demo_data import write_model_pairs
+    from scripts.demo.data import write_model_pairs
 
     write_model_pairs(REPO / "runs/demo/text/model", REPO / DATA / "text-pairs")
     say(
@@ -294,7 +296,7 @@ def preference_step() -> None:
 def grpo_step() -> None:
     """GRPO (LoRA): the SFT model samples 8 answers per 3-4 digit prompt, exact match rewards
     them; four-digit numbers, which SFT never showed it, are learned from its own right ones."""
-    from omnitune.modalities.text.demo_data import write_digit_chat
+    from omnitune.modalities.text.sample_data import write_digit_chat
 
     write_digit_chat(REPO / DATA / "text-3-4-digits", train=512, test=64, seed=2, sizes=(3, 4))
     say(f"wrote 3-4 digit prompts under {DATA / 'text-3-4-digits'}")

@@ -2,7 +2,7 @@
 
 They are raised where the problem is known, with the field, file or line in the message, and
 turned into an exit status and one line of text only at the CLI boundary
-(:func:`omnitune.trainers.cli.main`): 2 for usage and configuration errors, 1 for failures
+(:func:`omnitune.core.cli.main`): 2 for usage and configuration errors, 1 for failures
 during a run.
 """
 

@@ -1,34 +1,28 @@
-"""The `omnitune` command line.
+"""The trainer's commands: `config`, `train`, `eval`, `export`, `data` and `models`.
 
-This module imports only the standard library at load time: each subcommand imports what it
-needs when it runs, so `omnitune --help` answers without torch (and the monitor daemon starts on
-an install without it). Exit status: 0 on success, 2 on a usage or config error (one line on
-stderr, no traceback), 1 on a failure during the run.
+`add_commands` adds them to the one `omnitune` parser (`omnitune.core.cli`); each handler
+imports what it runs (torch, transformers) only when it runs, so this module loads on the
+monitor-only install too.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-Handler = Callable[[argparse.Namespace], int]
+from omnitune.core.cli import accept_overrides, help_of, with_example
 
-#: Top-level module -> the install extra that provides it, for "pip install" hints.
-EXTRA_PROVIDING = {
-    **dict.fromkeys(
-        ("torch", "transformers", "peft", "accelerate", "trl", "tokenizers", "datasets"), "train"
-    ),
-    **dict.fromkeys(("torchaudio", "soundfile", "librosa", "jiwer"), "speech"),
-    **dict.fromkeys(("PIL", "torchvision", "sklearn"), "vision"),
-    **dict.fromkeys(("scipy", "prometheus_client", "starlette", "uvicorn"), "monitor"),
-    **dict.fromkeys(("streamlit", "altair", "pandas"), "dashboard"),
-}
+if TYPE_CHECKING:
+    from omnitune.trainers.loop import RunResult
 
-#: Families `omnitune models build-tiny` knows; the builders live with their modality.
-TINY_FAMILIES = ("text", "whisper", "llava", "idefics3", "qwen2-vl")
+
+def add_commands(commands: Any) -> None:
+    """Add the trainer's commands to `commands` (the top-level parser's subparsers)."""
+    _add_config_commands(commands)
+    _add_run_commands(commands)
+    _add_data_commands(commands)
+    _add_model_commands(commands)
 
 
 def _accept_checkpoint(command: argparse.ArgumentParser) -> None:
@@ -41,50 +35,31 @@ def _accept_checkpoint(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _version() -> str:
-    try:
-        return metadata.version("omnitune")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree; each leaf sets `handler` to a function taking the namespace."""
-    parser = argparse.ArgumentParser(
-        prog="omnitune",
-        description=(
-            "Parameter-efficient fine-tuning for text, vision-language and speech models, "
-            "and a monitor that watches them in production."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"omnitune {_version()}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_config_commands(commands: Any) -> None:
     config = commands.add_parser("config", help="check or show a run config")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
     check = config_commands.add_parser(
         "check", help="validate a config file (exit 2 and the bad field's path if invalid)"
     )
     check.add_argument("file", help="YAML config file")
-    _accept_overrides(check, "omnitune config check configs/text-lora.yaml peft.r=16")
+    accept_overrides(check, "omnitune config check configs/text-lora.yaml peft.r=16")
     check.set_defaults(handler=_config_check)
     show = config_commands.add_parser(
         "show", help="print the resolved config, defaults and overrides applied"
     )
     show.add_argument("file", help="YAML config file")
-    _accept_overrides(
+    accept_overrides(
         show, "omnitune config show configs/demo-speech-shift.yaml --json train.lr=1e-4"
     )
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     show.set_defaults(handler=_config_show)
-    config.set_defaults(handler=_help_of(config))
+    config.set_defaults(handler=help_of(config))
 
+
+def _add_run_commands(commands: Any) -> None:
     train = commands.add_parser("train", help="fine-tune a model as a run config describes")
     train.add_argument("config", help="YAML run config")
-    _accept_overrides(train, "omnitune train configs/text-lora.yaml train.max_steps=60")
+    accept_overrides(train, "omnitune train configs/text-lora.yaml train.max_steps=60")
     train.set_defaults(handler=_train, log_progress=True)
 
     evaluate = commands.add_parser(
@@ -100,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(1 or 0 for exact match and VQA, the example's WER for speech)",
     )
     _accept_checkpoint(evaluate)
-    _accept_overrides(
+    accept_overrides(
         evaluate, "omnitune eval runs/text-lora --data data/text/test.jsonl eval.batch_size=32"
     )
     evaluate.set_defaults(handler=_eval)
@@ -118,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN/exported-model; never the run's own adapter/ or model/)",
     )
     _accept_checkpoint(export)
-    _with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
+    with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
     export.set_defaults(handler=_export)
 
+
+def _add_data_commands(commands: Any) -> None:
     data = commands.add_parser(
         "data", help="read a run's datasets ahead of training (Arrow cache) and describe them"
     )
@@ -131,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = data_commands.add_parser(name, help=text)
         action.add_argument("config", help="YAML run config")
-        _accept_overrides(action, f"omnitune data {name} configs/text-lora.yaml data.num_proc=2")
+        accept_overrides(action, f"omnitune data {name} configs/text-lora.yaml data.num_proc=2")
         action.set_defaults(handler=_data, data_action=name)
     sample = data_commands.add_parser(
         "sample",
@@ -142,9 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="folder to write (created if missing)")
     sample.add_argument("--rows", type=int, default=512, help="training rows (held out: 1/8)")
     sample.add_argument("--seed", type=int, default=0)
-    _with_example(sample, "omnitune data sample text --out data/text")
+    with_example(sample, "omnitune data sample text --out data/text")
     sample.set_defaults(handler=_data_sample)
-    data.set_defaults(handler=_help_of(data))
+    data.set_defaults(handler=help_of(data))
+
+
+def _add_model_commands(commands: Any) -> None:
+    # The families come from the builders' registry (standard library only at import).
+    from omnitune.modalities.tiny import TINY_BUILDERS
 
     models = commands.add_parser("models", help="build tiny offline models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION")
@@ -152,13 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "build-tiny",
         help="build a tiny model, tokenizer and processor offline and save_pretrained them",
     )
-    tiny.add_argument("family", choices=TINY_FAMILIES)
+    tiny.add_argument("family", choices=tuple(TINY_BUILDERS))
     tiny.add_argument("--out", required=True, help="folder to write (created if missing)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.add_argument(
         "--hidden-size", type=int, default=64, help="model width, a multiple of 16 up to 128"
     )
-    _with_example(tiny, "omnitune models build-tiny whisper --out models/tiny-whisper")
+    with_example(tiny, "omnitune models build-tiny whisper --out models/tiny-whisper")
     tiny.set_defaults(handler=_models_build_tiny)
     check_model = model_commands.add_parser(
         "check",
@@ -171,118 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="Which digit is this?",
         help="the user message (text) or the question about a synthetic image (VLM)",
     )
-    _with_example(check_model, "omnitune models check models/tiny-whisper --max-new-tokens 4")
+    with_example(check_model, "omnitune models check models/tiny-whisper --max-new-tokens 4")
     check_model.set_defaults(handler=_models_check)
-    models.set_defaults(handler=_help_of(models))
-
-    from omnitune.monitor.cli import add_commands as add_monitor_commands
-
-    add_monitor_commands(commands, _accept_overrides, _help_of, _with_example)
-
-    from omnitune.dashboard.cli import add_commands as add_dashboard_commands
-
-    add_dashboard_commands(commands, _with_example)
-
-    parser.set_defaults(handler=_help_of(parser))
-    _show_overrides_in_usage(parser)
-    return parser
-
-
-#: What a command that takes overrides says about them under its example.
-OVERRIDES_NOTE = (
-    "Any key of the config can be set as section.key=value after the other arguments;\n"
-    "values are read as YAML: 20, 1e-4, [q_proj,v_proj], null."
-)
-
-
-def _with_example(command: argparse.ArgumentParser, example: str) -> None:
-    """End `command`'s help with a command line that works for it, as written."""
-    command.formatter_class = argparse.RawDescriptionHelpFormatter
-    command.epilog = f"example:\n  {example}"
-
-
-def _accept_overrides(command: argparse.ArgumentParser, example: str) -> None:
-    """Let `command` take `section.key=value` overrides anywhere on its command line; `example`
-    shows one with keys of the config that command reads."""
-    command.set_defaults(overrides=[])
-    _with_example(command, example)
-    command.epilog += "\n\n" + OVERRIDES_NOTE
-
-
-def _show_overrides_in_usage(parser: argparse.ArgumentParser) -> None:
-    """Append `[section.key=value ...]` to the usage line of every command that takes
-    overrides (argparse cannot declare them: they are the words it does not recognise)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command in action.choices.values():
-                _show_overrides_in_usage(command)
-    if parser.get_default("overrides") is not None:
-        usage = parser.format_usage().removeprefix("usage: ").rstrip()
-        parser.usage = f"{usage} [section.key=value ...]"
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse, collecting `key=value` words as overrides for commands that accept them.
-
-    argparse cannot take a variable number of positionals after an option (`--json a=1`), so
-    overrides are the words it did not recognise, each of which must contain '='.
-    """
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "overrides") or any(word.startswith("-") for word in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = list(extra)  # each is checked for its '=' when it is applied
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (the console script passes it to sys.exit)."""
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    _configure_logging(args.verbose, getattr(args, "log_progress", False))
-    from omnitune.trainers.errors import MissingDependencyError, OmnituneError
-
-    try:
-        try:
-            return int(args.handler(args) or 0)
-        except ModuleNotFoundError as exc:
-            top = (exc.name or "").split(".")[0]
-            if top not in EXTRA_PROVIDING:
-                raise
-            raise MissingDependencyError(top, EXTRA_PROVIDING[top]) from exc
-    except OmnituneError as exc:
-        print(f"omnitune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("omnitune: interrupted", file=sys.stderr)
-        return 130
-
-
-def _configure_logging(verbosity: int, progress: bool = False) -> None:
-    """WARNING by default; long-running commands (train) show omnitune's INFO progress lines."""
-    import logging
-    import os
-
-    if verbosity == 0:
-        import warnings
-
-        # Library chatter (weight-loading bars, deprecation notes) only with -v.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        warnings.filterwarnings("ignore", category=FutureWarning)
-
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if progress and verbosity == 0:
-        logging.getLogger("omnitune").setLevel(logging.INFO)
-
-
-def _help_of(parser: argparse.ArgumentParser) -> Handler:
-    def show_help(_: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    return show_help
+    models.set_defaults(handler=help_of(models))
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -325,7 +198,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved(result: Any) -> str:
+def _saved(result: RunResult) -> str:
     """`saved RUN/adapter: best checkpoint, step 40 of 60 (wer 0.2790); eval loss ..., wer ...`:
     the folder, which checkpoint it holds, and that checkpoint's evaluation."""
     from omnitune.trainers.run_weights import ChosenCheckpoint
@@ -376,7 +249,7 @@ def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
     import json
     from pathlib import Path
 
-    from omnitune.trainers.errors import UsageError
+    from omnitune.core.errors import UsageError
 
     if not rows:
         raise UsageError(
@@ -414,13 +287,13 @@ def _data_sample(args: argparse.Namespace) -> int:
 
     out, held_out = Path(args.out), max(1, args.rows // 8)
     if args.kind == "text":
-        from omnitune.modalities.text.demo_data import write_digit_chat
+        from omnitune.modalities.text.sample_data import write_digit_chat
 
         paths = write_digit_chat(out, train=args.rows, test=held_out, seed=args.seed)
         written = [paths["train"], paths["eval"]]
     else:
-        from omnitune.modalities.vision_language.demo_data import write_digit_vqa
-        from omnitune.trainers.errors import UsageError
+        from omnitune.core.errors import UsageError
+        from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 
         if args.rows + held_out > 1797:  # scikit-learn's digits: 1,797 images
             raise UsageError("--rows: at most 1,597 for vision_language (1,797 digit images)")
@@ -467,7 +340,3 @@ def _models_check(args: argparse.Namespace) -> int:
         f"from a {result.input_tokens}-token prompt: {result.text!r}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

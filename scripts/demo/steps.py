@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 #: What every step depends on: omnitune's code and the pinned packages.
-CODE = ("api", "modalities", "trainers", "monitor", "scripts", "pyproject.toml", "constraints.txt")
+CODE = (
+    "api",
+    "core",
+    "modalities",
+    "trainers",
+    "monitor",
+    "scripts",
+    "pyproject.toml",
+    "constraints.txt",
+)
 
 
 @dataclass
