@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omnitune.monitor.engine import IngestResult, Monitor, Rejected
+from omnitune.monitor.engine import Monitor
 from omnitune.monitor.events import BodyError, parse_events
+from omnitune.monitor.ingest import IngestResult, Rejected
 
 MAX_EVENTS_LISTED = 5000
 
@@ -41,74 +42,83 @@ class BodyTimeout(Exception):
     pass
 
 
-def create_app(
-    monitor: Monitor,
-    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
-) -> Starlette:
-    server = monitor.config.server
+class EventApi:
+    """The HTTP routes over one `Monitor`, each a small handler; `create_app` mounts them."""
 
-    def refuse(status: int, reason: str, message: str) -> JSONResponse:
-        monitor.reject(reason)
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.server = monitor.config.server
+
+    def refuse(self, status: int, reason: str, message: str) -> JSONResponse:
+        self.monitor.reject(reason)
         return JSONResponse({"error": message}, status_code=status)
 
-    def unauthorized(request: Request) -> JSONResponse | None:
-        if server.token is None:
+    def unauthorized(self, request: Request) -> JSONResponse | None:
+        if self.server.token is None:
             return None
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if not header or scheme.lower() != "bearer":
-            response = refuse(401, "unauthorized", "missing bearer token (Authorization header)")
+            response = self.refuse(
+                401, "unauthorized", "missing bearer token (Authorization header)"
+            )
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        if not hmac.compare_digest(given.strip().encode(), server.token.encode()):
-            return refuse(403, "forbidden", "wrong bearer token")
+        if not hmac.compare_digest(given.strip().encode(), self.server.token.encode()):
+            return self.refuse(403, "forbidden", "wrong bearer token")
         return None
 
-    def parse_and_ingest(body: bytes, content_type: str) -> IngestResult:
+    def parse_and_ingest(self, body: bytes, content_type: str) -> IngestResult:
         events = parse_events(body, content_type)
-        if len(events) > server.max_events_per_request:
+        if len(events) > self.server.max_events_per_request:
             raise Rejected(
                 413,
                 "too_many_events",
                 f"{len(events)} events in one request; the limit is "
-                f"{server.max_events_per_request}",
+                f"{self.server.max_events_per_request}",
             )
-        return monitor.ingest(events)
+        return self.monitor.ingest(events)
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         """The body, refused past max_body_bytes or when it is not in by body_timeout_s."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > server.max_body_bytes:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.server.max_body_bytes
+        ):
             raise BodyTooLarge
 
         async def collect() -> bytes:
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > server.max_body_bytes:
+                if size > self.server.max_body_bytes:
                     raise BodyTooLarge
                 chunks.append(chunk)
             return b"".join(chunks)
 
         try:
-            return await asyncio.wait_for(collect(), timeout=server.body_timeout_s)
+            return await asyncio.wait_for(collect(), timeout=self.server.body_timeout_s)
         except TimeoutError:
             raise BodyTimeout from None
 
-    async def post_events(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+    async def post_events(self, request: Request) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
             return denied
         try:
-            body = await read_body(request)
+            body = await self.read_body(request)
         except BodyTooLarge:
-            return refuse(
-                413, "too_large", f"body is larger than {server.max_body_bytes} bytes; send batches"
+            return self.refuse(
+                413,
+                "too_large",
+                f"body is larger than {self.server.max_body_bytes} bytes; send batches",
             )
         except BodyTimeout:
-            response = refuse(
+            response = self.refuse(
                 408,
                 "body_timeout",
-                f"the body did not arrive within {server.body_timeout_s:g} s "
+                f"the body did not arrive within {self.server.body_timeout_s:g} s "
                 "(server.body_timeout_s)",
             )
             response.headers["Connection"] = "close"
@@ -117,13 +127,13 @@ def create_app(
         try:
             # Parsing and ingest run in one worker thread: handing the parsed events from the
             # event loop to a worker made the two threads trade the GIL on every batch.
-            result = await run_in_threadpool(parse_and_ingest, body, content_type)
+            result = await run_in_threadpool(self.parse_and_ingest, body, content_type)
         except BodyError as exc:
             message = str(exc)
             invalid_json = message.startswith("invalid JSON") or message.startswith("empty")
-            return refuse(400 if invalid_json else 422, "invalid", message)
+            return self.refuse(400 if invalid_json else 422, "invalid", message)
         except Rejected as exc:
-            return refuse(exc.status, exc.reason, str(exc))
+            return self.refuse(exc.status, exc.reason, str(exc))
         return JSONResponse(
             {
                 "accepted": result.accepted,
@@ -133,45 +143,47 @@ def create_app(
             }
         )
 
-    async def metrics(request: Request) -> Response:
-        if server.metrics_token and (denied := unauthorized(request)) is not None:
+    async def metrics(self, request: Request) -> Response:
+        if self.server.metrics_token and (denied := self.unauthorized(request)) is not None:
             return denied
-        body = await run_in_threadpool(generate_latest, monitor.registry)
+        body = await run_in_threadpool(generate_latest, self.monitor.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def status(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+    async def status(self, request: Request) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
             return denied
-        return JSONResponse(await run_in_threadpool(monitor.status))
+        return JSONResponse(await run_in_threadpool(self.monitor.status))
 
-    async def list_events(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+    async def list_events(self, request: Request) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
             return denied
         try:
             filters = _event_filters(dict(request.query_params))
         except ValueError as exc:
-            return refuse(400, "invalid_query", str(exc))
-        events = await run_in_threadpool(lambda: monitor.recent_events(**filters))
+            return self.refuse(400, "invalid_query", str(exc))
+        events = await run_in_threadpool(lambda: self.monitor.recent_events(**filters))
         next_id = events[-1]["id"] if events else filters.get("after_id")
         return JSONResponse({"events": events, "next_after_id": next_id})
 
-    async def drift_history(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+    async def drift_history(self, request: Request) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
             return denied
         query = dict(request.query_params)
         try:
             params = _required(query, {"model"})
-            return JSONResponse(await run_in_threadpool(monitor.drift_history, params["model"]))
+            return JSONResponse(
+                await run_in_threadpool(self.monitor.drift_history, params["model"])
+            )
         except ValueError as exc:
-            return refuse(400, "invalid_query", str(exc))
+            return self.refuse(400, "invalid_query", str(exc))
         except KeyError as exc:
             return JSONResponse({"error": exc.args[0]}, status_code=404)
 
-    async def drift_sample(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+    async def drift_sample(self, request: Request) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
             return denied
         query = dict(request.query_params)
         try:
@@ -180,41 +192,48 @@ def create_app(
             if not limit.isdigit() or not 1 <= int(limit) <= MAX_EVENTS_LISTED:
                 raise ValueError(f"limit must be an integer from 1 to {MAX_EVENTS_LISTED}")
             sample = await run_in_threadpool(
-                monitor.drift_sample, params["model"], params["feature"], int(limit)
+                self.monitor.drift_sample, params["model"], params["feature"], int(limit)
             )
             return JSONResponse(sample)
         except ValueError as exc:
-            return refuse(400, "invalid_query", str(exc))
+            return self.refuse(400, "invalid_query", str(exc))
         except KeyError as exc:
             return JSONResponse({"error": exc.args[0]}, status_code=404)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
+    async def not_found(self, request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"no such endpoint: {request.url.path}"}, status_code=404)
 
-    async def not_allowed(request: Request, exc: Exception) -> Response:
+    async def not_allowed(self, request: Request, exc: Exception) -> Response:
         return JSONResponse(
             {"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405
         )
 
-    async def crashed(request: Request, exc: Exception) -> Response:
+    async def crashed(self, request: Request, exc: Exception) -> Response:
         import logging
 
         logging.getLogger("omnitune.monitor").exception("error serving %s", request.url.path)
         return JSONResponse({"error": "internal error; see the daemon's log"}, status_code=500)
 
+
+def create_app(
+    monitor: Monitor,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    """The daemon's Starlette app: `EventApi`'s handlers on their routes."""
+    api = EventApi(monitor)
     routes = [
-        Route("/v1/events", post_events, methods=["POST"]),
-        Route("/v1/events", list_events, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/v1/status", status, methods=["GET"]),
-        Route("/v1/drift", drift_history, methods=["GET"]),
-        Route("/v1/drift/sample", drift_sample, methods=["GET"]),
+        Route("/v1/events", api.post_events, methods=["POST"]),
+        Route("/v1/events", api.list_events, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/v1/status", api.status, methods=["GET"]),
+        Route("/v1/drift", api.drift_history, methods=["GET"]),
+        Route("/v1/drift/sample", api.drift_sample, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: not_found, 405: not_allowed, 500: crashed},
+        exception_handlers={404: api.not_found, 405: api.not_allowed, 500: api.crashed},
     )
 
 

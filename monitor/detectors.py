@@ -14,12 +14,16 @@ effect sizes compared with fixed bands.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from omnitune.monitor.config import DriftSection
 
 #: PSI's floor for an empty bin, so that log(0) never happens (the usual 1e-4).
 PSI_EPSILON = 1e-4
@@ -219,13 +223,79 @@ def correct(results: dict[str, DriftResult], method: str, alpha: float) -> dict[
 
 
 #: detector name -> what it tests; the engine picks by the feature's kind and the config.
-DETECTORS: dict[str, Callable[..., DriftResult]] = {
-    "psi": psi,
-    "ks": ks,
-    "wasserstein": wasserstein,
-    "chi2": categorical,
-    "mmd": mmd,
+@dataclass(frozen=True)
+class Detector:
+    """A windowed test as the monitor runs it: which features it applies to (`kind`, the side
+    of the reference they are on) and how the drift settings configure it. `run` takes the
+    reference (a `ScalarReference`, the reference embeddings or category counts), the window's
+    values, the `drift` config section, the test's alpha (1.0: effect size only) and the
+    corrected per-feature alpha (which sets how many permutations a permutation test needs)."""
+
+    name: str
+    kind: str
+    run: Callable[[Any, Sequence[Any], DriftSection, float, float], DriftResult]
+
+
+def _scalars(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def _embeddings(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray([v for v in values if isinstance(v, list)], dtype=np.float64)
+
+
+#: The windowed tests, by name: drift.scalar_test and drift.material name scalar ones; each
+#: categorical and embedding feature is tested by the one test of its kind.
+DETECTORS: dict[str, Detector] = {
+    detector.name: detector
+    for detector in (
+        Detector(
+            "psi",
+            "scalar",
+            lambda ref, values, cfg, alpha, each: psi(
+                ref, _scalars(values), cfg.psi_threshold, cfg.psi_warning
+            ),
+        ),
+        Detector(
+            "ks",
+            "scalar",
+            lambda ref, values, cfg, alpha, each: ks(
+                ref, _scalars(values), cfg.ks_min_effect, alpha
+            ),
+        ),
+        Detector(
+            "wasserstein",
+            "scalar",
+            lambda ref, values, cfg, alpha, each: wasserstein(
+                ref, _scalars(values), cfg.wasserstein_threshold
+            ),
+        ),
+        Detector(
+            "chi2",
+            "categorical",
+            lambda ref, values, cfg, alpha, each: categorical(
+                ref, [str(v) for v in values], cfg.js_threshold, alpha
+            ),
+        ),
+        Detector(
+            "mmd",
+            "embedding",
+            lambda ref, values, cfg, alpha, each: mmd(
+                ref,
+                _embeddings(values),
+                alpha,
+                # Enough permutations that the corrected alpha is reachable at all.
+                permutations=max(cfg.mmd_permutations, math.ceil(2 / each)),
+                max_samples=cfg.mmd_max_samples,
+            ),
+        ),
+    )
 }
+
+
+def detectors_of(kind: str) -> list[Detector]:
+    """The registered windowed tests for features of `kind`, in registration order."""
+    return [d for d in DETECTORS.values() if d.kind == kind]
 
 
 def describe(result: DriftResult) -> dict[str, Any]:

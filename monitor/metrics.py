@@ -17,9 +17,15 @@ import bisect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 #: A count's identity: (counter name, label values in the order of its spec).
 CountKey = tuple[str, tuple[str, ...]]
@@ -247,3 +253,51 @@ def build_registry(counts: Counts) -> tuple[CollectorRegistry, Gauges]:
         ),
     )
     return registry, gauges
+
+
+#: The recording proxy's call counters (`omnitune monitor proxy`): stats attribute -> help.
+PROXY_CALL_COUNTERS = {
+    "recorded": "Calls turned into monitor events.",
+    "dropped": "Calls not recorded: the recording queue was full.",
+    "unmapped": "Calls not recorded: no monitored model for them.",
+    "unparsed": "Bodies that could not be read as the API's format.",
+}
+
+
+class ProxyCollector:
+    """The recording proxy's metrics (`omnitune_proxy_*`), read from its recorder at scrape
+    time: failed calls by class, calls recorded or not and why, and its monitor client's
+    dropped and queued events. `recorder` is a `monitor.recording.Recorder`."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.recorder.stats
+        calls = CounterMetricFamily(
+            "omnitune_proxy_failed_calls",
+            "Calls through the proxy that failed, by class (4xx, 5xx, connect, timeout, protocol).",
+            labels=["class"],
+        )
+        for name, count in sorted(stats.by_class.items()):
+            calls.add_metric([name], count)
+        yield calls
+        for name, text in PROXY_CALL_COUNTERS.items():
+            family = CounterMetricFamily(f"omnitune_proxy_{name}_calls", text)
+            family.add_metric([], getattr(stats, name))
+            yield family
+        client = self.recorder.client.stats()
+        dropped = CounterMetricFamily(
+            "omnitune_proxy_dropped_events",
+            "Events the monitor client dropped (the daemon slow or down).",
+        )
+        dropped.add_metric([], client["dropped"])
+        yield dropped
+        queued = GaugeMetricFamily(
+            "omnitune_proxy_queued_events", "Events waiting to be sent to the daemon."
+        )
+        queued.add_metric([], client["queued"])
+        yield queued

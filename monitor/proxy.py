@@ -20,6 +20,7 @@ import sys
 from contextlib import asynccontextmanager
 from typing import Any
 
+from omnitune.monitor.metrics import ProxyCollector
 from omnitune.monitor.middleware import MonitorMiddleware
 from omnitune.monitor.recording import Recorder
 
@@ -76,7 +77,7 @@ def build_proxy(config: Any, recorder: Recorder | None = None) -> Any:
         return JSONResponse({"status": "ok", "upstream": section.upstream})
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RecorderCollector(recorder))
+    registry.register(ProxyCollector(recorder))
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
@@ -154,50 +155,6 @@ def _end_to_end(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
 
 
-class RecorderCollector:
-    """The recorder's and its client's counts as Prometheus metrics, read at scrape time."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        stats = self.recorder.stats
-        calls = CounterMetricFamily(
-            "omnitune_proxy_failed_calls",
-            "Calls through the proxy that failed, by class (4xx, 5xx, connect, timeout, protocol).",
-            labels=["class"],
-        )
-        for name, count in sorted(stats.by_class.items()):
-            calls.add_metric([name], count)
-        yield calls
-        for name, text, value in (
-            ("recorded", "Calls turned into monitor events.", stats.recorded),
-            ("dropped", "Calls not recorded: the recording queue was full.", stats.dropped),
-            ("unmapped", "Calls not recorded: no monitored model for them.", stats.unmapped),
-            ("unparsed", "Bodies that could not be read as the API's format.", stats.unparsed),
-        ):
-            family = CounterMetricFamily(f"omnitune_proxy_{name}_calls", text)
-            family.add_metric([], value)
-            yield family
-        client = self.recorder.client.stats()
-        dropped = CounterMetricFamily(
-            "omnitune_proxy_dropped_events",
-            "Events the monitor client dropped (the daemon slow or down).",
-        )
-        dropped.add_metric([], client["dropped"])
-        yield dropped
-        queued = GaugeMetricFamily(
-            "omnitune_proxy_queued_events", "Events waiting to be sent to the daemon."
-        )
-        queued.add_metric([], client["queued"])
-        yield queued
-
-
 def _failure(request: Any, error_class: str, status: int, message: str) -> Any:
     from starlette.responses import Response
 
@@ -218,7 +175,7 @@ def serve_proxy(config: Any) -> int:
     """Bind, print the address, and proxy until SIGTERM/SIGINT."""
     import uvicorn
 
-    from omnitune.trainers.errors import ConfigError
+    from omnitune.core.errors import ConfigError
 
     section = config.proxy
     if not section.upstream:

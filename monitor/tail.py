@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from omnitune.monitor.engine import Monitor, Rejected
+from omnitune.monitor.engine import Monitor
 from omnitune.monitor.events import Event
+from omnitune.monitor.ingest import Rejected
 
 logger = logging.getLogger("omnitune.monitor")
 
