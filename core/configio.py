@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from omnitune.core.errors import ConfigError, UsageError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base for config sections: strict about unknown keys, assignment re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -102,12 +108,17 @@ def describe_error(error: dict[str, Any], root: type[BaseModel], prefix: str = "
     """One pydantic error as 'dotted.path: what is wrong', with a did-you-mean for unknown keys.
 
     `prefix` names where `root` sits in a larger config (e.g. 'data.options')."""
-    loc = [str(part) for part in error["loc"]]
+    raw = [str(part) for part in error["loc"]]
+    loc = _field_path(root, raw)
     path = ".".join([prefix, *loc] if prefix else loc) or prefix or "(top level)"
     kind = error["type"]
+    if kind == "unknown_choice":  # a section whose model a field picks: objective.name
+        field = error["ctx"]["field"]
+        chosen = error["input"].get(field)
+        return f"{path}.{field}: unknown '{chosen}' (known: {error['ctx']['known']})"
     if kind == "extra_forbidden":
-        known = _field_names(root, loc[:-1])
-        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        known = _field_names(root, raw[:-1])
+        hint = difflib.get_close_matches(raw[-1], known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         listing = f" (known keys: {', '.join(sorted(known))})" if known and not hint else ""
         return f"{path}: unknown key{suggestion}{listing}"
@@ -122,15 +133,53 @@ def describe_error(error: dict[str, Any], root: type[BaseModel], prefix: str = "
     return f"{path}: {message}"
 
 
-def _field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
-    """Names of the fields at `loc` inside `root`, following nested pydantic models."""
+def _field_path(root: type[BaseModel], loc: list[str]) -> list[str]:
+    """`loc` as the user wrote it: pydantic puts the tag of a section chosen by one of its
+    fields (objective: {name: dpo, ...}) into the location, after the section's name."""
     model: Any = root
-    for part in loc:
+    path: list[str] = []
+    parts = iter(loc)
+    for part in parts:
+        path.append(part)
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            model = None
+            continue
+        members = _tagged_members(fields[part].annotation)
+        if members:
+            tag = next(parts, None)
+            if tag is None:
+                break
+            model = members.get(tag)
+            if model is None:  # not a tag after all: keep it
+                path.append(tag)
+        else:
+            model = _unwrap_model(fields[part].annotation)
+    return path
+
+
+def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """A tagged union's members by tag (`Annotated[Model, Tag(name)]` arguments)."""
+    members = {}
+    for arg in getattr(annotation, "__args__", ()) or ():
+        for meta in getattr(arg, "__metadata__", ()):
+            if type(meta).__name__ == "Tag":
+                members[meta.tag] = arg.__origin__
+    return members
+
+
+def _field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
+    """Names of the fields at `loc` inside `root`, following nested pydantic models (and,
+    in a section chosen by a field, the model it chose: `loc` still holds the tag)."""
+    model: Any = root
+    parts = iter(loc)
+    for part in parts:
         fields = getattr(model, "model_fields", None)
         if not fields or part not in fields:
             return []
-        model = fields[part].annotation
-        model = _unwrap_model(model)
+        members = _tagged_members(fields[part].annotation)
+        model = members.get(next(parts, ""), None) if members else None
+        model = model or _unwrap_model(fields[part].annotation)
         if model is None:
             return []
     fields = getattr(model, "model_fields", None)

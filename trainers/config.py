@@ -8,24 +8,18 @@ fails with its dotted path instead of being silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
-from omnitune.core.configio import describe_error, load_config
+from omnitune.core.configio import Section, describe_error, load_config
 from omnitune.modalities.base import MODALITIES
+from omnitune.trainers.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective
 from omnitune.trainers.peft_methods import PEFT_METHODS
-from omnitune.trainers.rewards import RewardSpec
 
 # The names come from the registries, so that a new modality or PEFT method needs no edit here.
 Modality = Literal[tuple(MODALITIES)]
 PeftMethod = Literal[PEFT_METHODS]
-
-
-class Section(BaseModel):
-    """Base for config sections: strict about unknown keys, assignment re-validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSection(Section):
@@ -179,108 +173,24 @@ class PeftSection(Section):
     )
 
 
-class ObjectiveSection(Section):
-    name: str = Field(
-        "sft",
-        description=(
-            "Training objective: sft (supervised), dpo or orpo (preference pairs), grpo or ppo "
-            "(online, with reward functions; docs/alignment.md). Objectives are a registry "
-            "(omnitune.trainers.objectives)."
-        ),
-    )
-    beta: float = Field(
-        0.1,
-        gt=0,
-        description=(
-            "DPO: how strongly the policy may move from the reference (the implicit reward's "
-            "scale); ORPO: the weight of the odds-ratio term (the paper's lambda)."
-        ),
-    )
-    dpo_loss: Literal["sigmoid", "ipo"] = Field(
-        "sigmoid",
-        description="DPO's loss: sigmoid (the DPO paper) or ipo (squared, per-token averaged).",
-    )
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=0.5,
-        description="DPO sigmoid loss: the assumed share of pairs whose labels are flipped.",
-    )
-    precompute_reference: bool = Field(
-        False,
-        description=(
-            "DPO: score every pair under the reference once before training and cache it in "
-            "the run folder (one forward pass a step instead of two; no frozen copy for full "
-            "fine-tuning)."
-        ),
-    )
-    assistant_only_loss: bool = Field(
-        True, description="Text/VLM SFT: train only on assistant turns (prompts masked)."
-    )
-    loss: Literal["cross_entropy", "class_weighted", "focal"] = Field(
-        "cross_entropy",
-        description=(
-            "SFT: cross_entropy: the model's own loss; class_weighted: examples weighted by the "
-            "inverse frequency of their data.balance.by group; focal: (1-p)^gamma * CE per token."
-        ),
-    )
-    focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss focusing power.")
-    num_generations: int = Field(
-        4,
-        ge=1,
-        le=256,
-        description="GRPO/PPO: completions sampled per prompt (GRPO's group; at least 2).",
-    )
-    temperature: float = Field(1.0, gt=0, description="GRPO/PPO: sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1.0, description="GRPO/PPO: nucleus sampling mass.")
-    max_new_tokens: int = Field(32, ge=1, description="GRPO/PPO: longest completion sampled.")
-    kl_coef: float = Field(
-        0.04, ge=0.0, description="GRPO/PPO: weight of the KL penalty to the reference policy."
-    )
-    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO/PPO: policy-ratio clip range.")
-    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = Field(
-        "sequence",
-        description=(
-            "GRPO: sequence (each completion's mean token loss, averaged: the GRPO paper), "
-            "token (every token weighs the same: DAPO), dr_grpo (summed per completion over "
-            "a constant max_new_tokens: Dr. GRPO)."
-        ),
-    )
-    scale_rewards: bool = Field(
-        True, description="GRPO: divide advantages by the group's reward std (off: Dr. GRPO)."
-    )
-    rewards: list[RewardSpec] = Field(
-        default_factory=lambda: [RewardSpec(name="exact_match")],
-        description="GRPO/PPO: reward functions and their weights (trainers/rewards.py).",
-    )
-    ppo_epochs: int = Field(
-        4, ge=1, le=64, description="PPO: passes over each rollout buffer (one per step)."
-    )
-    ppo_minibatches: int = Field(
-        1, ge=1, le=1024, description="PPO: minibatches (optimizer steps) per pass."
-    )
-    gamma: float = Field(1.0, ge=0.0, le=1.0, description="PPO: discount over tokens.")
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="PPO: GAE's lambda.")
-    vf_coef: float = Field(0.1, ge=0.0, description="PPO: weight of the value loss.")
-    value_clip: float = Field(
-        0.2, gt=0, description="PPO: how far a value may move from its rollout-time estimate."
-    )
-    kl_penalty: Literal["reward", "loss"] = Field(
-        "reward",
-        description=(
-            "PPO: where the KL to the reference goes: reward (subtracted from each token's "
-            "reward, Ziegler et al.) or loss (k3 KL added to the loss, as in GRPO)."
-        ),
-    )
+def _objective_name(value: Any) -> str:
+    """Which objective's options a raw or validated `objective` section holds (the default
+    objective unless it names one)."""
+    if isinstance(value, dict):
+        return value.get("name", DEFAULT_OBJECTIVE)
+    return getattr(value, "name", DEFAULT_OBJECTIVE)
 
-    @field_validator("name")
-    @classmethod
-    def _known_objective(cls, name: str) -> str:
-        from omnitune.trainers.objectives import OBJECTIVES
 
-        if name not in OBJECTIVES:
-            raise ValueError(f"unknown '{name}' (known: {', '.join(OBJECTIVES)})")
-        return name
+#: The `objective` section: the registered objectives' option models, chosen by `name`.
+ObjectiveSection = Annotated[
+    Union[tuple(Annotated[get_objective(n).options, Tag(n)] for n in OBJECTIVES)],  # noqa: UP007
+    Discriminator(
+        _objective_name,
+        custom_error_type="unknown_choice",
+        custom_error_message="unknown objective",
+        custom_error_context={"field": "name", "known": ", ".join(OBJECTIVES)},
+    ),
+]
 
 
 class TrainSection(Section):
@@ -376,7 +286,9 @@ class RunConfig(Section):
     model: ModelSection
     data: DataSection
     peft: PeftSection = Field(default_factory=PeftSection)
-    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    objective: ObjectiveSection = Field(
+        default_factory=lambda: get_objective(DEFAULT_OBJECTIVE).options()
+    )
     train: TrainSection
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: str = Field("runs/default", description="Where the run writes everything.")
@@ -387,8 +299,7 @@ class RunConfig(Section):
             return self
         refusals = [
             (self.model.modality != "text", "model.modality", "text only for now"),
-            (self.objective.name != "sft", "objective.name", "SFT only for now"),
-            (self.objective.loss != "cross_entropy", "objective.loss", "needs groups"),
+            (not self.objective.streams, "objective.name", "SFT only for now"),
             (self.train.max_steps is None, "train.max_steps", "a stream has no known length"),
             (self.data.balance.by is not None, "data.balance.by", "needs every row's group"),
             (self.data.group_by_length, "data.group_by_length", "needs every row's length"),
@@ -401,19 +312,7 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _weighted_loss_needs_groups(self) -> RunConfig:
-        if self.objective.loss == "class_weighted" and not self.data.balance.by:
-            raise ValueError(
-                "objective.loss: class_weighted needs data.balance.by to name the class field"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _objective_fits_modality(self) -> RunConfig:
-        from omnitune.trainers.objectives import OBJECTIVES, get_objective
-
-        if self.objective.name not in OBJECTIVES:
-            return self  # reported by the objective section
         objective = get_objective(self.objective.name)
         if self.model.modality not in objective.modalities:
             raise ValueError(
@@ -430,44 +329,19 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _reference_fits(self) -> RunConfig:
-        if self.objective.precompute_reference and self.objective.name != "dpo":
-            raise ValueError(
-                "objective.precompute_reference: only DPO scores a fixed dataset under its "
-                "reference; GRPO scores fresh samples each step"
-            )
-        online = self.objective.name in {"grpo", "ppo"}
-        if online and self.peft.method in {"pissa", "olora"}:
-            raise ValueError(
-                f"peft.method: {self.peft.method} moves the base weights into the adapter, so "
-                f"disabling it is not the starting model {self.objective.name.upper()}'s KL "
-                "term needs; use lora"
-            )
-        if self.objective.name == "grpo" and self.objective.num_generations < 2:
-            raise ValueError(
-                "objective.num_generations: GRPO compares completions within a group; "
-                "sample at least 2 per prompt"
-            )
-        if self.objective.name == "ppo" and self.train.grad_accum != 1:
-            raise ValueError(
-                "train.grad_accum: PPO takes its own optimizer steps over each rollout; "
-                "use objective.ppo_minibatches to split it, with grad_accum 1"
-            )
+    def _objective_fits_run(self) -> RunConfig:
+        """The objective's own constraints on the other sections (`ObjectiveOptions.fits`)."""
+        self.objective.fits(self)
         return self
 
     @model_validator(mode="after")
     def _packing_fits(self) -> RunConfig:
         if not self.data.packing:
             return self
-        if self.model.modality != "text" or self.objective.name != "sft":
+        if self.model.modality != "text" or not self.objective.packs:
             raise ValueError(
                 "data.packing: packs text SFT examples only (model.modality text, "
                 "objective.name sft)"
-            )
-        if self.objective.loss != "cross_entropy":
-            raise ValueError(
-                "data.packing: works with objective.loss=cross_entropy only (the weighted "
-                "losses weigh whole examples, and a packed row holds several)"
             )
         if self.data.balance.strategy != "none":
             raise ValueError(

@@ -128,6 +128,29 @@ def test_preference_objectives_are_refused_for_speech(config_file):
     assert "objective.name: dpo" in line
 
 
+def test_each_objective_takes_only_its_own_options(config_file):
+    """The objective section is the named objective's own model: another objective's option
+    is an unknown key listing this one's, a misspelt one gets a did-you-mean, errors name
+    the field as written (no tag), and `config show` prints only the options that apply."""
+    path = config_file(VALID)
+    line = _one_error_line(run_cli("config", "check", str(path), "objective.beta=0.5"))
+    assert line.endswith(
+        "objective.beta: unknown key (known keys: assistant_only_loss, focal_gamma, loss, name)"
+    )
+    dpo = ["objective.name=dpo"]
+    assert run_cli("config", "check", str(path), *dpo, "objective.beta=0.5").returncode == 0
+    line = _one_error_line(run_cli("config", "check", str(path), *dpo, "objective.bta=0.5"))
+    assert line.endswith("objective.bta: unknown key; did you mean 'beta'?")
+    line = _one_error_line(run_cli("config", "check", str(path), *dpo, "objective.beta=-1"))
+    assert line.endswith("objective.beta: Input should be greater than 0 (got -1)")
+    line = _one_error_line(run_cli("config", "check", str(path), "objective.name=kto"))
+    assert line.endswith("objective.name: unknown 'kto' (known: sft, dpo, orpo, grpo, ppo)")
+    shown = run_cli("config", "show", str(path), "objective.name=grpo", "--json")
+    objective = json.loads(shown.stdout)["objective"]
+    assert objective["name"] == "grpo" and "num_generations" in objective
+    assert not {"beta", "loss", "ppo_epochs"} & set(objective)
+
+
 def test_invalid_yaml_names_the_line(config_file):
     path = config_file("model:\n  name_or_path: [unclosed\n")
     line = _one_error_line(run_cli("config", "check", str(path)))

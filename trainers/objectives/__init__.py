@@ -17,6 +17,8 @@ objective module imports no torch (config checks use `modalities` without loadin
 - heads(model, config) -> {name: torch module}: trainable parts the objective adds beside the
   model (PPO's value head); the loop optimises them, checkpoints them with the adapter and
   writes them to `heads/<name>.safetensors` at the end (None: no heads)
+- options: the pydantic model of the `objective` section when this objective is named
+  (`options.ObjectiveOptions` and its subclasses): `RunConfig` picks it by `objective.name`
 - applies_updates: the loss takes its own optimizer steps through `LossContext.update` (PPO's
   minibatch epochs over one rollout); the loop then steps the scheduler once per call
 """
@@ -32,6 +34,9 @@ from omnitune.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from omnitune.trainers.config import RunConfig
+
+#: The objective of a run whose config names none.
+DEFAULT_OBJECTIVE = "sft"
 
 #: objective name -> module whose `OBJECTIVE` attribute is its `Objective`.
 OBJECTIVES: dict[str, str] = {
@@ -76,6 +81,8 @@ class Objective:
     loss: Callable[[LossContext], StepLoss]
     evaluate: Callable[..., dict[str, float]]
     metric_directions: Callable[[Any], dict[str, str]]
+    #: The pydantic model of this objective's `objective` section (options.ObjectiveOptions).
+    options: type[Any] = field(default=Any)
     heads: Callable[[Any, Any], dict[str, Any]] | None = None
     applies_updates: bool = False
 

@@ -12,9 +12,46 @@ log-probabilities precomputed once (`omnitune.trainers.objectives.reference`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
 from omnitune.trainers.objectives.preference import preference_objective, reward_metrics
+
+
+class DpoOptions(ObjectiveOptions):
+    """`objective.name: dpo`: the implicit reward's scale, the loss and its reference."""
+
+    name: Literal["dpo"] = Field("dpo", description=NAME_HELP)
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description=(
+            "How strongly the policy may move from the reference (the implicit reward's scale)."
+        ),
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid",
+        description="The loss: sigmoid (the DPO paper) or ipo (squared, per-token averaged).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Sigmoid loss: the assumed share of pairs whose labels are flipped.",
+    )
+    precompute_reference: bool = Field(
+        False,
+        description=(
+            "Score every pair under the reference once before training and cache it in the run "
+            "folder (one forward pass a step instead of two; no frozen copy for full "
+            "fine-tuning)."
+        ),
+    )
+
+    def precomputes_reference(self) -> bool:
+        return self.precompute_reference
 
 
 def dpo_terms(logps: Any, counts: Any, reference: Any, section: Any) -> tuple[Any, dict]:
@@ -35,4 +72,4 @@ def dpo_terms(logps: Any, counts: Any, reference: Any, section: Any) -> tuple[An
     return loss, {"loss": loss, **reward_metrics(chosen, rejected, logps)}
 
 
-OBJECTIVE = preference_objective("dpo", dpo_terms, needs_reference=True)
+OBJECTIVE = preference_objective("dpo", dpo_terms, needs_reference=True, options=DpoOptions)

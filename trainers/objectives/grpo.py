@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+from omnitune.trainers.objectives.options import NAME_HELP, SamplingOptions
 from omnitune.trainers.objectives.rollout import (
     Rollout,
     masked_mean,
@@ -183,6 +186,32 @@ def aggregate(per_token: Any, weights: Any, section: Any) -> Any:
     return (per_sequence * trained).sum() / trained.sum().clamp(min=1)
 
 
+class GrpoOptions(SamplingOptions):
+    """`objective.name: grpo`: the sampling options, and how a group's losses are summed."""
+
+    name: Literal["grpo"] = Field("grpo", description=NAME_HELP)
+    scale_rewards: bool = Field(
+        True, description="Divide advantages by the group's reward std (off: Dr. GRPO)."
+    )
+    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = Field(
+        "sequence",
+        description=(
+            "sequence (each completion's mean token loss, averaged: the GRPO paper), "
+            "token (every token weighs the same: DAPO), dr_grpo (summed per completion over "
+            "a constant max_new_tokens: Dr. GRPO)."
+        ),
+    )
+
+    @field_validator("num_generations")
+    @classmethod
+    def _a_group(cls, count: int) -> int:
+        if count < 2:
+            raise ValueError(
+                "GRPO compares completions within a group; sample at least 2 per prompt"
+            )
+        return count
+
+
 OBJECTIVE = Objective(
     name="grpo",
     reads="prompts",
@@ -193,4 +222,5 @@ OBJECTIVE = Objective(
     loss=make_loss,
     evaluate=evaluate,
     metric_directions=online_metric_directions,
+    options=GrpoOptions,
 )

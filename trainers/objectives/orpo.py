@@ -8,8 +8,11 @@ near the chosen answers. Rewards are beta * mean log-probability, as TRL reports
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
 from omnitune.trainers.objectives.preference import preference_objective, reward_metrics
 
 
@@ -36,6 +39,19 @@ def orpo_terms(logps: Any, counts: Any, reference: Any, section: Any) -> tuple[A
     return loss, metrics
 
 
+class OrpoOptions(ObjectiveOptions):
+    """`objective.name: orpo`: the weight of the odds-ratio term."""
+
+    name: Literal["orpo"] = Field("orpo", description=NAME_HELP)
+    beta: float = Field(
+        0.1, gt=0, description="The weight of the odds-ratio term (the paper's lambda)."
+    )
+
+
 OBJECTIVE = preference_objective(
-    "orpo", orpo_terms, needs_reference=False, more_metrics={"nll": "min", "log_odds_ratio": "max"}
+    "orpo",
+    orpo_terms,
+    needs_reference=False,
+    options=OrpoOptions,
+    more_metrics={"nll": "min", "log_odds_ratio": "max"},
 )

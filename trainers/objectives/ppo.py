@@ -24,7 +24,9 @@ comes from a generator seeded like the rollout, so a resumed run replays the sam
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.grpo import (
@@ -34,6 +36,7 @@ from omnitune.trainers.objectives.grpo import (
     reference_logps,
     rollout_and_score,
 )
+from omnitune.trainers.objectives.options import NAME_HELP, SamplingOptions
 from omnitune.trainers.objectives.rollout import (
     masked_mean,
     online_metric_directions,
@@ -201,6 +204,38 @@ def whiten(values: Any, mask: Any) -> Any:
     return (values - mean) * (variance + 1e-8).rsqrt() * mask
 
 
+class PpoOptions(SamplingOptions):
+    """`objective.name: ppo`: the sampling options, the epochs over each rollout, GAE and the
+    value head."""
+
+    name: Literal["ppo"] = Field("ppo", description=NAME_HELP)
+    ppo_epochs: int = Field(4, ge=1, le=64, description="Passes over each rollout buffer.")
+    ppo_minibatches: int = Field(
+        1, ge=1, le=1024, description="Minibatches (optimizer steps) per pass."
+    )
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Discount over tokens.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE's lambda.")
+    vf_coef: float = Field(0.1, ge=0.0, description="Weight of the value loss.")
+    value_clip: float = Field(
+        0.2, gt=0, description="How far a value may move from its rollout-time estimate."
+    )
+    kl_penalty: Literal["reward", "loss"] = Field(
+        "reward",
+        description=(
+            "Where the KL to the reference goes: reward (subtracted from each token's "
+            "reward, Ziegler et al.) or loss (k3 KL added to the loss, as in GRPO)."
+        ),
+    )
+
+    def fits(self, config: RunConfig) -> None:
+        super().fits(config)
+        if config.train.grad_accum != 1:
+            raise ValueError(
+                "train.grad_accum: PPO takes its own optimizer steps over each rollout; "
+                "use objective.ppo_minibatches to split it, with grad_accum 1"
+            )
+
+
 OBJECTIVE = Objective(
     name="ppo",
     reads="prompts",
@@ -213,4 +248,5 @@ OBJECTIVE = Objective(
     metric_directions=online_metric_directions,
     heads=value_head,
     applies_updates=True,
+    options=PpoOptions,
 )

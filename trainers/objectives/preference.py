@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+from omnitune.trainers.objectives.options import ObjectiveOptions
 
 if TYPE_CHECKING:
     from omnitune.trainers.config import RunConfig
@@ -125,7 +126,11 @@ def make_evaluate(terms: Terms) -> Callable[..., dict[str, float]]:
 
 
 def preference_objective(
-    name: str, terms: Terms, needs_reference: bool, more_metrics: dict[str, str] | None = None
+    name: str,
+    terms: Terms,
+    needs_reference: bool,
+    options: type[ObjectiveOptions],
+    more_metrics: dict[str, str] | None = None,
 ) -> Objective:
     def directions(modality: Any) -> dict[str, str]:
         return {**DIRECTIONS, **(more_metrics or {}), **modality.pair_metric_directions}
@@ -140,6 +145,7 @@ def preference_objective(
         loss=make_loss(terms),
         evaluate=make_evaluate(terms),
         metric_directions=directions,
+        options=options,
     )
 
 

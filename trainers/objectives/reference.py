@@ -82,7 +82,7 @@ def build_reference(
     pair of `sets` (split name -> Examples). Call before a checkpoint is loaded: the model
     must still be the starting model."""
     section = config.objective
-    precompute = section.precompute_reference or config.peft.method in MUTATING_INIT
+    precompute = section.precomputes_reference() or config.peft.method in MUTATING_INIT
     if not precompute:
         if is_peft:
             return Reference(model)

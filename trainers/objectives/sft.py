@@ -8,12 +8,47 @@ is the model's mean token cross-entropy, or one of the weighted losses of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
+from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
 
 if TYPE_CHECKING:
     from omnitune.trainers.config import RunConfig
+
+
+class SftOptions(ObjectiveOptions):
+    """`objective.name: sft`: which token loss."""
+
+    name: Literal["sft"] = Field("sft", description=NAME_HELP)
+    loss: Literal["cross_entropy", "class_weighted", "focal"] = Field(
+        "cross_entropy",
+        description=(
+            "cross_entropy: the model's own loss; class_weighted: examples weighted by the "
+            "inverse frequency of their data.balance.by group; focal: (1-p)^gamma * CE per token."
+        ),
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss focusing power.")
+
+    packs: ClassVar[bool] = True
+    streams: ClassVar[bool] = True
+
+    def fits(self, config: RunConfig) -> None:
+        if self.loss == "cross_entropy":
+            return
+        if config.data.streaming:
+            raise ValueError("objective.loss: not with data.streaming (needs groups)")
+        if self.loss == "class_weighted" and not config.data.balance.by:
+            raise ValueError(
+                "objective.loss: class_weighted needs data.balance.by to name the class field"
+            )
+        if config.data.packing:
+            raise ValueError(
+                "data.packing: works with objective.loss=cross_entropy only (the weighted "
+                "losses weigh whole examples, and a packed row holds several)"
+            )
 
 
 def read_examples(
@@ -82,4 +117,5 @@ OBJECTIVE = Objective(
     loss=make_loss,
     evaluate=evaluate,
     metric_directions=lambda modality: modality.metric_directions,
+    options=SftOptions,
 )
