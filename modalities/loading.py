@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: modality -> the transformers Auto class that loads its models.
 AUTO_MODEL_CLASS: dict[str, str] = {
@@ -49,7 +52,7 @@ def load_model_config(name_or_path: str, **hub: Any) -> Any:
         ) from None
 
 
-def infer_modality(config: Any) -> str:
+def infer_modality(config: PretrainedConfig) -> str:
     """Which modality a model config belongs to: speech, vision_language or text."""
     if config.model_type in _SPEECH_MODEL_TYPES:
         return "speech"

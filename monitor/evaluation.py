@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,24 +27,17 @@ QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 AlertKey = tuple[str, str, str]
 
 
+@dataclass
 class Evaluator:
     """Runs the checks and owns the alerts (`alerts`, keyed by model, kind and subject)."""
 
-    def __init__(
-        self,
-        config: MonitorConfig,
-        models: dict[str, ModelState],
-        store: Store,
-        gauges: Gauges,
-        lock: threading.Lock,
-    ) -> None:
-        self.config = config
-        self.models = models
-        self.store = store
-        self.gauges = gauges
-        self.lock = lock
-        self.alerts: dict[AlertKey, dict[str, Any]] = {}
-        self.evaluated_at: float | None = None
+    config: MonitorConfig
+    models: dict[str, ModelState]
+    store: Store
+    gauges: Gauges
+    lock: threading.Lock
+    alerts: dict[AlertKey, dict[str, Any]] = field(default_factory=dict)
+    evaluated_at: float | None = None
 
     def evaluate(self) -> None:
         """Run every model's detectors on its window and refresh gauges and alerts."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -53,27 +53,22 @@ class IngestResult:
     captured: int
 
 
+@dataclass
 class Ingestor:
     """The write side of the monitor: every event and refused request goes through here."""
 
-    def __init__(
-        self,
-        models: dict[str, ModelState],
-        store: Store,
-        counts: Counts,
-        scanners: list[Scanner],
-        capture: Capture | None,
-        lock: threading.Lock,
-    ) -> None:
-        self.models = models
-        self.store = store
-        self.counts = counts
-        self.scanners = scanners
-        #: PII scanners only: they also scrub the strings no safety flag is raised on (labels,
-        #: other input fields, categorical features), so no stored string keeps PII.
-        self.pii_scanners = [s for s in scanners if s.name == "pii"]
-        self.capture = capture
-        self.lock = lock
+    models: dict[str, ModelState]
+    store: Store
+    counts: Counts
+    scanners: list[Scanner]
+    capture: Capture | None
+    lock: threading.Lock
+    #: PII scanners only: they also scrub the strings no safety flag is raised on (labels,
+    #: other input fields, categorical features), so no stored string keeps PII.
+    pii_scanners: list[Scanner] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pii_scanners = [s for s in self.scanners if s.name == "pii"]
 
     def check(self, events: list[Event]) -> None:
         """Refuse the whole batch (nothing stored) when an event names an unknown model or a

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,27 +21,18 @@ from omnitune.monitor.store import Store
 from omnitune.monitor.windows import ModelState
 
 
+@dataclass
 class Queries:
     """Answers questions about the monitor's state; changes nothing."""
 
-    def __init__(
-        self,
-        config: MonitorConfig,
-        models: dict[str, ModelState],
-        store: Store,
-        counts: Counts,
-        evaluator: Evaluator,
-        capture: Capture | None,
-        lock: threading.Lock,
-    ) -> None:
-        self.config = config
-        self.models = models
-        self.store = store
-        self.counts = counts
-        self.evaluator = evaluator
-        self.capture = capture
-        self.lock = lock
-        self.started = time.time()
+    config: MonitorConfig
+    models: dict[str, ModelState]
+    store: Store
+    counts: Counts
+    evaluator: Evaluator
+    capture: Capture | None
+    lock: threading.Lock
+    started: float = field(default_factory=time.time)
 
     def status(self) -> dict[str, Any]:
         """Drift, safety and latency state per model and the active alerts (GET /v1/status)."""

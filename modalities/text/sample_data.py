@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +28,32 @@ def digit_chat(rng: random.Random, sizes: tuple[int, int] = (1, 3)) -> dict[str,
     }
 
 
-def write_digit_chat(
+def write_splits(
     folder: Path,
-    train: int = 256,
-    test: int = 48,
-    seed: int = 0,
-    sizes: tuple[int, int] = (1, 3),
-) -> dict:
+    counts: dict[str, int],
+    make_row: Callable[[], dict[str, Any]],
+    finish: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Path]:
+    """Write `counts["train"]` rows to `folder/train.jsonl`, then `counts["eval"]` to
+    `folder/test.jsonl`, each row from `make_row()` (`finish` may amend a split's rows before
+    they are written); returns {"train": path, "eval": path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
+    for split, path in paths.items():
+        rows = [make_row() for _ in range(counts[split])]
+        if finish is not None:
+            finish(rows)
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths
+
+
+def write_digit_chat(
+    folder: Path, train: int = 256, test: int = 48, seed: int = 0, sizes: tuple[int, int] = (1, 3)
+) -> dict[str, Path]:
     """Write train.jsonl and test.jsonl under `folder` (numbers of `sizes` digits); returns
     {"train": path, "eval": path}."""
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
-    for split, count in (("train", train), ("eval", test)):
-        rows = [json.dumps(digit_chat(rng, sizes)) for _ in range(count)]
-        paths[split].write_text("\n".join(rows) + "\n")
-    return paths
+    return write_splits(folder, {"train": train, "eval": test}, lambda: digit_chat(rng, sizes))
 
 
 def wrong_numerals(digits: list[int], rng: random.Random) -> str:
@@ -76,18 +87,9 @@ def digit_pair(rng: random.Random, sizes: tuple[int, int] = (1, 3)) -> dict[str,
 
 
 def write_digit_pairs(
-    folder: Path,
-    train: int = 256,
-    test: int = 48,
-    seed: int = 0,
-    sizes: tuple[int, int] = (1, 3),
-) -> dict:
+    folder: Path, train: int = 256, test: int = 48, seed: int = 0, sizes: tuple[int, int] = (1, 3)
+) -> dict[str, Path]:
     """Write preference pairs `train.jsonl` and `test.jsonl` (prompt/chosen/rejected) under
     `folder`, numbers of `sizes` digits; returns {"train": path, "eval": path}."""
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
-    for split, count in (("train", train), ("eval", test)):
-        rows = [json.dumps(digit_pair(rng, sizes)) for _ in range(count)]
-        paths[split].write_text("\n".join(rows) + "\n")
-    return paths
+    return write_splits(folder, {"train": train, "eval": test}, lambda: digit_pair(rng, sizes))

@@ -6,11 +6,10 @@ The sample datasets themselves (digit chats, digit images) are the library's
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from omnitune.modalities.text.sample_data import digit_pair
+from omnitune.modalities.text.sample_data import digit_pair, write_splits
 
 
 def write_model_pairs(
@@ -39,11 +38,9 @@ def write_model_pairs(
             "eval": {"batch_size": 64, "generation": {"max_new_tokens": 16}},
         }
     )
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    paths = {"train": folder / "train.jsonl", "eval": folder / "test.jsonl"}
-    for split, count in (("train", train), ("eval", test)):
-        rows = [digit_pair(rng, sizes) for _ in range(count)]
+
+    def answer_with_the_model(rows: list[dict]) -> None:
         prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
         for row, answer in zip(
             rows, answer_prompts(model, tokenizer, prompts, config), strict=True
@@ -51,5 +48,6 @@ def write_model_pairs(
             answer = " ".join(answer.split())
             if answer and answer != row["chosen"]:
                 row["rejected"] = answer
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
+
+    counts = {"train": train, "eval": test}
+    return write_splits(folder, counts, lambda: digit_pair(rng, sizes), answer_with_the_model)
