@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.monitor.recording import RECORDED_PATHS, Call, Recorder, chunk_text
+
+if TYPE_CHECKING:
+    from omnitune.monitor.config import ProxySection
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,7 +40,7 @@ class MonitorMiddleware:
         daemon_url: str = "http://127.0.0.1:9108",
         token: str | None = None,
         models: dict[str, str] | None = None,
-        section: Any = None,
+        section: ProxySection | None = None,
     ) -> None:
         """`recorder`, or one built from `daemon_url`/`token`, the monitored `models`
         ({name: modality}) and a `ProxySection` (`section`: routes, roles, redaction)."""

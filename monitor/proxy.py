@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.monitor.metrics import ProxyCollector
 from omnitune.monitor.middleware import MonitorMiddleware
 from omnitune.monitor.recording import Recorder
+
+if TYPE_CHECKING:
+    from omnitune.monitor.config import MonitorConfig
 
 #: Connection-level headers (RFC 9110 section 7.6.1) are for one hop, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -40,7 +43,7 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def build_proxy(config: Any, recorder: Recorder | None = None) -> Any:
+def build_proxy(config: MonitorConfig, recorder: Recorder | None = None) -> Any:
     """The proxy's ASGI app for a `MonitorConfig` whose `proxy.upstream` is set: a forwarding
     Starlette app (pooled upstream client opened by its lifespan) inside `MonitorMiddleware`."""
     import httpx
@@ -94,7 +97,7 @@ def build_proxy(config: Any, recorder: Recorder | None = None) -> Any:
     return MonitorMiddleware(app, recorder)
 
 
-def _recorder_for(config: Any) -> Recorder:
+def _recorder_for(config: MonitorConfig) -> Recorder:
     """A recorder whose events go to the config's daemon, for its declared models."""
     from omnitune.monitor.client import Client
 
@@ -163,7 +166,7 @@ def _failure(request: Any, error_class: str, status: int, message: str) -> Any:
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
-def daemon_url(config: Any) -> str:
+def daemon_url(config: MonitorConfig) -> str:
     if config.proxy.daemon_url:
         return config.proxy.daemon_url
     host = config.server.host
@@ -171,7 +174,7 @@ def daemon_url(config: Any) -> str:
     return f"http://{host}:{config.server.port}"
 
 
-def serve_proxy(config: Any) -> int:
+def serve_proxy(config: MonitorConfig) -> int:
     """Bind, print the address, and proxy until SIGTERM/SIGINT."""
     import uvicorn
 

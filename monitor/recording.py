@@ -30,7 +30,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnitune.monitor.config import ProxySection
 
 logger = logging.getLogger("omnitune.monitor.recording")
 
@@ -73,7 +76,7 @@ class RecorderStats:
 class Recorder:
     """Turns calls into events off the request path and logs them through `client`."""
 
-    def __init__(self, client: Any, section: Any, modalities: dict[str, str]) -> None:
+    def __init__(self, client: Any, section: ProxySection, modalities: dict[str, str]) -> None:
         self.client, self.section, self.modalities = client, section, modalities
         self.stats = RecorderStats()
         self._queue: queue.Queue[Call | None] = queue.Queue(maxsize=section.max_queue)

@@ -15,7 +15,10 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnitune.monitor.config import SafetySection
 
 #: Every category a scanner can report: the `category` label's whole value set.
 CATEGORIES = (
@@ -251,7 +254,7 @@ SCANNERS: dict[str, Callable[[Any], Scanner]] = {
 }
 
 
-def build_scanners(names: list[str], config: Any = None) -> list[Scanner]:
+def build_scanners(names: list[str], config: SafetySection | None = None) -> list[Scanner]:
     return [SCANNERS[name](config) for name in names]
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omnitune.trainers.config import PeftSection, TrainSection
 
 # peft 0.21's PeftModel reads `model.is_gradient_checkpointing`, which transformers 5 deprecated
 # with a FutureWarning on every wrap (three copies of it in one Python API session). The
@@ -100,7 +103,7 @@ def load_options(method: str) -> dict[str, Any]:
 
 
 def prepare_model(
-    model: Any, section: Any, targets: Any, task_type: str | None, seed: int
+    model: Any, section: PeftSection, targets: Any, task_type: str | None, seed: int
 ) -> Prepared:
     """Wrap or unfreeze `model` for `section.method`."""
     method = section.method
@@ -135,7 +138,7 @@ def prepare_model(
     return Prepared(wrapped, names, is_peft=True)
 
 
-def _peft_config(section: Any, targets: Any, task_type: str | None) -> Any:
+def _peft_config(section: PeftSection, targets: Any, task_type: str | None) -> Any:
     import peft
 
     method = section.method
@@ -170,7 +173,7 @@ def _peft_config(section: Any, targets: Any, task_type: str | None) -> Any:
     raise ConfigError(f"peft.method: unknown '{method}'")
 
 
-def build_optimizer(model: Any, section: Any, train: Any) -> Any:
+def build_optimizer(model: Any, section: PeftSection, train: TrainSection) -> Any:
     """AdamW over the trainable parameters (fused on CUDA); LoRA+ gives B matrices a higher lr."""
     import torch
 

@@ -54,7 +54,7 @@ class DpoOptions(ObjectiveOptions):
         return self.precompute_reference
 
 
-def dpo_terms(logps: Any, counts: Any, reference: Any, section: Any) -> tuple[Any, dict]:
+def dpo_terms(logps: Any, counts: Any, reference: Any, section: DpoOptions) -> tuple[Any, dict]:
     import torch.nn.functional as F
 
     half = logps.shape[0] // 2

@@ -176,7 +176,7 @@ def group_advantages(
     return advantages, usable, zero_variance
 
 
-def aggregate(per_token: Any, weights: Any, section: Any) -> Any:
+def aggregate(per_token: Any, weights: Any, section: GrpoOptions) -> Any:
     if section.loss_aggregation == "token":
         return (per_token * weights).sum() / weights.sum().clamp(min=1)
     if section.loss_aggregation == "dr_grpo":

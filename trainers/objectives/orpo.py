@@ -16,7 +16,7 @@ from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
 from omnitune.trainers.objectives.preference import preference_objective, reward_metrics
 
 
-def orpo_terms(logps: Any, counts: Any, reference: Any, section: Any) -> tuple[Any, dict]:
+def orpo_terms(logps: Any, counts: Any, reference: Any, section: OrpoOptions) -> tuple[Any, dict]:
     import torch
     import torch.nn.functional as F
 

@@ -136,7 +136,7 @@ def minibatch_loss(
     returns: Any,
     mask: Any,
     reference: Any,
-    section: Any,
+    section: PpoOptions,
 ) -> dict[str, Any]:
     """The clipped policy loss, the clipped value loss and their weighted sum for `rows`."""
     import torch
@@ -164,7 +164,7 @@ def minibatch_loss(
     }
 
 
-def shaped_rewards(sequence_reward: Any, log_ratio: Any, mask: Any, section: Any) -> Any:
+def shaped_rewards(sequence_reward: Any, log_ratio: Any, mask: Any, section: PpoOptions) -> Any:
     """Per-token rewards: the sequence's reward on its last token, and with
     `kl_penalty: reward` minus `kl_coef` x log(policy / reference) on every token."""
     import torch
