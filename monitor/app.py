@@ -5,7 +5,9 @@ GET  /metrics     Prometheus text format
 GET  /healthz     liveness (no auth, for probes)
 GET  /v1/status   drift, safety and latency state and active alerts
 GET  /v1/events   stored (redacted) events: ?since=UNIX&after_id=N&model=M&flagged=1&limit=N
-                  (&latest=1: the newest `limit` instead of the oldest)
+                  (&latest=1: the newest `limit`; &labelled=1: labelled only), with labels
+POST /v1/feedback a label of one stored event: {"request_id", "score", "correction", ...}
+GET  /v1/review   ?model=M&limit=N: the unlabelled flagged and captured events, most useful first
 
 Every refusal is a 4xx with `{"error": "..."}` naming the problem (the event index and field
 for invalid events), counted in `omnitune_rejected_requests_total{reason}`; the daemon goes on
@@ -30,6 +32,7 @@ from starlette.routing import Route
 from omnitune.monitor.engine import Monitor
 from omnitune.monitor.events import BodyError, parse_events
 from omnitune.monitor.ingest import IngestResult, Rejected
+from omnitune.monitor.labels import parse_feedback
 
 MAX_EVENTS_LISTED = 5000
 
@@ -200,6 +203,37 @@ class EventApi:
         except KeyError as exc:
             return JSONResponse({"error": exc.args[0]}, status_code=404)
 
+    async def post_feedback(self, request: Request) -> Response:
+        """A label of one stored event: score, correction, comment, annotator."""
+        if (denied := self.unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await self.read_body(request)
+        except (BodyTooLarge, BodyTimeout):
+            return self.refuse(413, "too_large", "feedback body too large or too slow")
+        try:
+            feedback = parse_feedback(body, self.server.max_label_bytes)
+            answer = await run_in_threadpool(self.monitor.feedback, feedback)
+        except Rejected as exc:
+            return self.refuse(exc.status, exc.reason, str(exc))
+        return JSONResponse(answer)
+
+    async def review(self, request: Request) -> Response:
+        """The model's queue of unlabelled flagged and captured events, most useful first."""
+        if (denied := self.unauthorized(request)) is not None:
+            return denied
+        try:
+            params = _required(dict(request.query_params), {"model"}, {"limit"})
+            limit = params.get("limit", "20")
+            if not limit.isdigit() or not 1 <= int(limit) <= MAX_EVENTS_LISTED:
+                raise ValueError(f"limit must be an integer from 1 to {MAX_EVENTS_LISTED}")
+            queue = await run_in_threadpool(self.monitor.review, params["model"], int(limit))
+        except ValueError as exc:
+            return self.refuse(400, "invalid_query", str(exc))
+        except KeyError as exc:
+            return JSONResponse({"error": exc.args[0]}, status_code=404)
+        return JSONResponse(queue)
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"no such endpoint: {request.url.path}"}, status_code=404)
 
@@ -229,6 +263,8 @@ def create_app(
         Route("/v1/status", api.status, methods=["GET"]),
         Route("/v1/drift", api.drift_history, methods=["GET"]),
         Route("/v1/drift/sample", api.drift_sample, methods=["GET"]),
+        Route("/v1/feedback", api.post_feedback, methods=["POST"]),
+        Route("/v1/review", api.review, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
@@ -252,7 +288,9 @@ def _required(
 
 
 def _event_filters(query: dict[str, str]) -> dict[str, Any]:
-    _required(query, set(), {"since", "after_id", "model", "flagged", "limit", "latest"})
+    _required(
+        query, set(), {"since", "after_id", "model", "flagged", "limit", "latest", "labelled"}
+    )
     filters: dict[str, Any] = {}
     try:
         if "since" in query:
@@ -267,7 +305,7 @@ def _event_filters(query: dict[str, str]) -> dict[str, Any]:
         raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LISTED}")
     if "model" in query:
         filters["model"] = query["model"]
-    for flag in ("flagged", "latest"):
+    for flag in ("flagged", "latest", "labelled"):
         if query.get(flag, "0").lower() in {"1", "true", "yes"}:
             filters[flag] = True
     return filters

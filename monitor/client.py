@@ -125,6 +125,44 @@ class Client:
         except Exception:  # never into the serving path
             self.dropped += 1
 
+    def feedback(
+        self,
+        request_id: str,
+        *,
+        score: bool | float | None = None,
+        correction: str | None = None,
+        comment: str | None = None,
+        annotator: str = "human",
+    ) -> dict[str, Any]:
+        """Label the call `request_id` names (the `X-Omnitune-Request-Id` header of a response
+        through the recording proxy or middleware, or the id given to `log`): a thumbs
+        up/down (`score=True/False`) or a score from 0 to 1, and/or the answer it should have
+        given. Sent at once, not queued; returns the daemon's answer with its HTTP `status`
+        (`{"status": 200, "label": "stored", ...}`; a refusal has `status` 4xx and `error`;
+        an unreachable daemon `status` None). Like the rest of the client it never raises."""
+        body: dict[str, Any] = {"request_id": request_id, "annotator": annotator}
+        for key, value in (("score", score), ("correction", correction), ("comment", comment)):
+            if value is not None:
+                body[key] = value
+        kind = (
+            http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        )
+        connection = kind(self._host, self._port, timeout=self.timeout_s)
+        path = self._path.removesuffix("/v1/events") + "/v1/feedback"
+        try:
+            connection.request("POST", path, body=json.dumps(body).encode(), headers=self._headers)
+            response = connection.getresponse()
+            status, text = response.status, response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            return {"status": None, "error": str(exc)}
+        finally:
+            connection.close()
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = {"error": text[:200]}
+        return {"status": status, **(answer if isinstance(answer, dict) else {"answer": answer})}
+
     def log_event(self, event: dict[str, Any]) -> None:
         """Queue an event given as a dict in the daemon's format (e.g. a line of a log file).
         A missing `request_id` is filled in, so retries never store it twice."""

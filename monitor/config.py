@@ -40,6 +40,11 @@ class ServerSection(Section):
         8 * 1024 * 1024, gt=0, description="larger POST bodies are refused with 413"
     )
     max_events_per_request: int = Field(10_000, gt=0, description="more are refused with 413")
+    max_label_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="a feedback correction or comment longer than this is refused with 413",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0,

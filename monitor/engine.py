@@ -2,13 +2,14 @@
 detectors, answer questions about the state.
 
 `Monitor` knows nothing about HTTP: the Starlette app, the log tailer and the tests all call
-`ingest()`, `evaluate()` and `status()`. It wires four parts with one job each and shares one
+`ingest()`, `evaluate()` and `status()`. It wires five parts with one job each and shares one
 lock between them:
 
 - `windows`: each model's in-memory windows, built at start and refilled from the store;
 - `ingest.Ingestor`: checks and commits events, then feeds windows, counters and capture;
 - `evaluation.Evaluator`: drift (`drift_results`), latency and safety checks, gauges, alerts;
-- `queries.Queries`: the status, events and drift answers of the HTTP API.
+- `queries.Queries`: the status, events and drift answers of the HTTP API;
+- `labels.Labelling`: feedback and corrections, and the review queue that asks for them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omnitune.monitor.config import MonitorConfig
 from omnitune.monitor.evaluation import Evaluator
 from omnitune.monitor.events import Event
 from omnitune.monitor.ingest import Ingestor, IngestResult
+from omnitune.monitor.labels import Feedback, Labelling
 from omnitune.monitor.metrics import Counts, build_registry
 from omnitune.monitor.queries import Queries
 from omnitune.monitor.safety import build_scanners
@@ -54,6 +56,7 @@ class Monitor:
         self.queries = Queries(
             config, self.models, self.store, self.counts, self.evaluator, self.capture, self.lock
         )
+        self.labelling = Labelling(config, self.store, self.counts, self.ingestor)
         # scipy.stats takes a second or two to import; pay that before serving, not in the
         # first evaluation after traffic arrives.
         import scipy.stats  # noqa: F401
@@ -71,6 +74,10 @@ class Monitor:
 
     def reject(self, reason: str) -> None:
         self.ingestor.reject(reason)
+
+    def feedback(self, feedback: Feedback) -> dict[str, Any]:
+        """Store a label of a stored event (POST /v1/feedback)."""
+        return self.labelling.feedback(feedback)
 
     # Evaluation.
 
@@ -98,6 +105,10 @@ class Monitor:
 
     def drift_sample(self, model: str, feature: str, limit: int = 1000) -> dict[str, Any]:
         return self.queries.drift_sample(model, feature, limit)
+
+    def review(self, model: str, limit: int = 20) -> dict[str, Any]:
+        """The model's review queue, most useful first (GET /v1/review)."""
+        return self.labelling.review(model, limit)
 
     # Housekeeping.
 

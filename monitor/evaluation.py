@@ -54,6 +54,8 @@ class Evaluator:
             self.gauges.window_events.labels(state.name).set(len(flags))
         self.gauges.stored_events.set(self.store.count())
         for model in self.models:
+            self.gauges.review_queue.labels(model).set(self.store.queue_length(model))
+        for model in self.models:
             for kind in ("drift", "safety", "latency"):
                 active = sum(1 for k in self.alerts if k[0] == model and k[1] == kind)
                 self.gauges.alerts.labels(model, kind).set(active)

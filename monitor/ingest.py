@@ -8,6 +8,7 @@ what happens after the commit (windows, capture files) may fail without losing a
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -154,14 +155,14 @@ class Ingestor:
             return value
         if isinstance(value, str) and value == text_in:
             return clean
-        return self._scrub(value)
+        return self.scrub(value)
 
     def _prepare(
         self, event: Event, arrival: float
     ) -> tuple[Row, dict[str, Any], tuple[tuple[str, str], ...], dict[str, Any]]:
         state = self.models[event.model]
         modality = state.section.modality
-        features = self._scrub(event_features(event, modality))
+        features = self.scrub(event_features(event, modality))
         text_in = event.input_text()
         found_in = scan(text_in, self.scanners, "input")
         found_out = scan(event.output or "", self.scanners, "output")
@@ -184,7 +185,7 @@ class Ingestor:
         payload = {
             "input": stored_input,
             "output": output,
-            "label": self._scrub(event.label),
+            "label": self.scrub(event.label),
             "features": kept,
             "error": event.error,
         }
@@ -204,22 +205,23 @@ class Ingestor:
         )
         return row, payload, flags, kept
 
-    def _scrub(self, value: Any) -> Any:
+    def scrub(self, value: Any) -> Any:
         """`value` with PII in every string inside it replaced by `[CATEGORY]`."""
         if not self.pii_scanners:
             return value
         if isinstance(value, str):
             return redact(value, scan(value, self.pii_scanners, "input"))
         if isinstance(value, dict):
-            return {key: self._scrub(item) for key, item in value.items()}
+            return {key: self.scrub(item) for key, item in value.items()}
         if isinstance(value, list) and value and isinstance(value[0], str):
-            return [self._scrub(item) for item in value]
+            return [self.scrub(item) for item in value]
         return value
 
     def _after_commit(self, prepared: list[Any], fresh: list[bool]) -> int:
         captures: dict[str, list[dict[str, Any]]] = {}
         capture_counts: dict[CountKey, float] = {}
         online: dict[str, tuple[list[dict[str, Any]], list[float], list[int | None]]] = {}
+        review: list[tuple[str, str, str, float]] = []  # flagged or captured: to be labelled
         with self.lock:
             for new, (row, payload, flags, kept) in zip(fresh, prepared, strict=True):
                 if not new:
@@ -232,6 +234,8 @@ class Ingestor:
                     batch[0].append(kept)
                     batch[1].append(ts)
                     batch[2].append(fingerprint(payload))
+                if flags and request_id is not None:
+                    review.append((request_id, model, "safety", ts))
                 if self.capture is None:
                     continue
                 reason = self.capture.reasons(bool(flags), state.drifting)
@@ -242,6 +246,8 @@ class Ingestor:
                 if record is None or not self.capture.take(model):
                     continue
                 captures.setdefault(model, []).append(record)
+                if not flags and request_id is not None:
+                    review.append((request_id, model, reason, ts))
                 key = ("captured", (model, reason))
                 capture_counts[key] = capture_counts.get(key, 0.0) + 1
             for model, (rows, stamps, marks) in online.items():
@@ -256,7 +262,16 @@ class Ingestor:
                             del capture_counts[key]
         if capture_counts:
             self.commit_counts(capture_counts)
+        self._queue_for_review(review)
         return int(sum(capture_counts.values()))
+
+    def _queue_for_review(self, rows: list[tuple[str, str, str, float]]) -> None:
+        """Put flagged and captured events on the review queue (GET /v1/review). The events
+        are committed already: a queue write that fails is logged, and the request succeeds."""
+        try:
+            self.store.add_to_review(rows)
+        except sqlite3.Error as exc:
+            logger.warning("could not queue %d events for review: %s", len(rows), exc)
 
     def reject(self, reason: str) -> None:
         """Count a refused request (kept across restarts like every counter)."""

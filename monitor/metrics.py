@@ -68,6 +68,11 @@ COUNTERS: dict[str, CounterSpec] = {
         "Events written to the capture datasets for re-training, by reason.",
         ("model", "reason"),
     ),
+    "labels": CounterSpec(
+        "omnitune_labels",
+        "Labels stored (one per event and annotator), by source: human or teacher.",
+        ("model", "source"),
+    ),
 }
 
 LATENCY_METRIC = "omnitune_inference_latency_seconds"
@@ -183,6 +188,7 @@ class Gauges:
     window_events: Gauge
     alerts: Gauge
     stored_events: Gauge
+    review_queue: Gauge
 
 
 def build_registry(counts: Counts) -> tuple[CollectorRegistry, Gauges]:
@@ -247,6 +253,11 @@ def build_registry(counts: Counts) -> tuple[CollectorRegistry, Gauges]:
             "omnitune_alerts_active",
             "Active alerts per model and kind (drift, safety, latency).",
             ["model", "kind"],
+        ),
+        review_queue=gauge(
+            "omnitune_review_queue_events",
+            "Flagged or captured events of the model that no one has labelled yet.",
+            ["model"],
         ),
         stored_events=gauge(
             "omnitune_store_events", "Events held in the store after retention.", []

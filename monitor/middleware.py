@@ -19,7 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from omnitune.monitor.recording import RECORDED_PATHS, Call, Recorder, chunk_text
+from omnitune.monitor.recording import (
+    RECORDED_PATHS,
+    REQUEST_ID_HEADER,
+    Call,
+    Recorder,
+    chunk_text,
+)
 
 if TYPE_CHECKING:
     from omnitune.monitor.config import ProxySection
@@ -91,6 +97,9 @@ class MonitorMiddleware:
             nonlocal streamed
             if message["type"] == "http.response.start":
                 call.status = message["status"]
+                # The caller learns the event's id, for feedback on this very answer.
+                header = (REQUEST_ID_HEADER.lower().encode(), call.request_id.encode())
+                message = {**message, "headers": [*message.get("headers", []), header]}
                 for key, value in message.get("headers", []):
                     if key.lower() == b"content-type":
                         call.response_type = value.decode("latin-1")

@@ -69,6 +69,7 @@ class Queries:
                     if len(values)
                 },
                 "safety": self._safety_totals(name),
+                "labels": self._label_totals(name),
             }
         return {
             "status": "ok",
@@ -107,6 +108,14 @@ class Queries:
             "deduplicated_events": state.sequential.deduplicated,
         }
 
+    def _label_totals(self, model: str) -> dict[str, float]:
+        """Labels stored for the model, by source (human, teacher)."""
+        return {
+            labels[1]: value
+            for (key, labels), value in self.counts.values.copy().items()
+            if key == "labels" and labels[0] == model
+        }
+
     def _safety_totals(self, model: str) -> dict[str, float]:
         totals: dict[str, float] = {}
         for (key, labels), value in self.counts.values.copy().items():
@@ -115,6 +124,11 @@ class Queries:
         return totals
 
     def recent_events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Stored events (GET /v1/events), each with the labels it has been given and why it
+        was queued for review (safety, drift; None if it was not)."""
+        events = self.store.events(**filters)
+        labels = self.store.labels(e.request_id for e in events if e.request_id)
+        queued = self.store.review_reasons(e.request_id for e in events if e.request_id)
         return [
             {
                 "id": e.id,
@@ -126,8 +140,10 @@ class Queries:
                 "latency_s": e.latency_s,
                 "flags": [f for f in e.flags.split(",") if f],
                 **e.payload,
+                "labels": labels.get(e.request_id or "", []),
+                "review": queued.get(e.request_id or ""),  # why it was queued, if it was
             }
-            for e in self.store.events(**filters)
+            for e in events
         ]
 
     def drift_history(self, model: str) -> dict[str, Any]:

@@ -45,6 +45,10 @@ CHAT, COMPLETIONS, TRANSCRIPTIONS = (
 RECORDED_PATHS = frozenset({CHAT, COMPLETIONS, TRANSCRIPTIONS})
 
 
+#: The response header that carries a recorded call's event id (its `request_id`).
+REQUEST_ID_HEADER = "X-Omnitune-Request-Id"
+
+
 @dataclass
 class Call:
     """One finished call as the proxy or middleware saw it (monotonic seconds)."""
@@ -62,6 +66,9 @@ class Call:
     error_class: str | None = None  # connect, timeout, protocol; 4xx/5xx from the status
     truncated: bool = False  # a body was larger than max_record_bytes: not parsed
     ts: float = field(default_factory=time.time)  # wall-clock start: the event's time
+    #: The event's id, sent back to the caller in REQUEST_ID_HEADER so that it can give
+    #: feedback on this call (POST /v1/feedback).
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -127,7 +134,7 @@ class Recorder:
         modality = self.modalities[model]
         event: dict[str, Any] = {
             "model": model,
-            "request_id": uuid.uuid4().hex,
+            "request_id": call.request_id,
             "ts": call.ts,
             "latency_s": max(0.0, call.ended - call.started),
         }

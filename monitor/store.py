@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,27 @@ CREATE TABLE IF NOT EXISTS counters (
     PRIMARY KEY (name, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labels (
+    request_id TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    source TEXT NOT NULL,
+    ts REAL NOT NULL,
+    score REAL,
+    correction TEXT,
+    comment TEXT,
+    PRIMARY KEY (request_id, annotator)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS review (
+    request_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ts REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS review_model ON review (model, ts);
 """
+
+#: A label's stored fields, after its (request_id, annotator) key.
+LABEL_FIELDS = ("source", "ts", "score", "correction", "comment")
 
 COLUMNS = [
     *("id", "request_id", "ts", "model", "adapter", "modality", "latency_s", "flags", "payload")
@@ -69,6 +89,7 @@ def is_disk_full(exc: BaseException) -> bool:
 #: (request_id, ts, model, adapter, modality, latency_s, flags, payload JSON)
 Row = tuple[str | None, float, str, str, str, float | None, str, str]
 CounterKey = tuple[str, tuple[str, ...]]
+CounterDeltas = Mapping[CounterKey, float]
 
 
 @dataclass(frozen=True)
@@ -126,20 +147,24 @@ class Store:
 
         Returns, per row, whether it was new. `counters` is called inside the transaction with
         that list and returns the deltas to add, so counts follow the new rows only."""
+        with self._transaction() as db:
+            fresh = self._insert(rows)
+            self._add_counters(counters(fresh) if counters else {})
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        with self._lock:
+            self._count += sum(fresh)
+        return fresh
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the store's lock: committed when the block ends,
+        rolled back if it raises (a full disk as `StoreFull`: nothing of it was kept)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                fresh = self._insert(rows)
-                deltas = counters(fresh) if counters else {}
-                if deltas:
-                    db.executemany(
-                        "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (name, labels) "
-                        "DO UPDATE SET value = value + excluded.value",
-                        [(n, json.dumps(lab), v) for (n, lab), v in deltas.items()],
-                    )
-                if meta:
-                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+                yield db
                 db.execute("COMMIT")
             except BaseException as exc:
                 # SQLite may have rolled back already (it does on a full disk).
@@ -148,8 +173,15 @@ class Store:
                 if is_disk_full(exc):
                     raise StoreFull(str(exc)) from None
                 raise
-            self._count += sum(fresh)
-        return fresh
+
+    def _add_counters(self, deltas: CounterDeltas) -> None:
+        """Add counter deltas inside the caller's transaction."""
+        if deltas:
+            self._db.executemany(
+                "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (name, labels) "
+                "DO UPDATE SET value = value + excluded.value",
+                [(n, json.dumps(lab), v) for (n, lab), v in deltas.items()],
+            )
 
     def _insert(self, rows: list[Row]) -> list[bool]:
         ids = [row[0] for row in rows if row[0] is not None]
@@ -207,6 +239,7 @@ class Store:
         flagged: bool = False,
         limit: int = 500,
         latest: bool = False,
+        labelled: bool = False,
     ) -> list[StoredEvent]:
         """Events matching the filters, oldest first (the dashboard's feed); with `latest`, the
         newest `limit` of them."""
@@ -222,6 +255,8 @@ class Store:
             args.append(model)
         if flagged:
             clauses.append("flags != ''")
+        if labelled:
+            clauses.append("request_id IN (SELECT request_id FROM labels)")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = (
             "SELECT id, request_id, ts, model, adapter, modality, latency_s, flags, payload "
@@ -235,6 +270,107 @@ class Store:
     def count(self) -> int:
         return self._count
 
+    # Labels and the review queue ------------------------------------------------------------
+
+    def event(self, request_id: str) -> StoredEvent | None:
+        """The stored event with `request_id`, if any."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM events WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return _stored(row) if row else None
+
+    def put_label(
+        self, request_id: str, annotator: str, label: Mapping[str, Any], counters: CounterDeltas
+    ) -> str:
+        """Store `annotator`'s label of `request_id` (LABEL_FIELDS) and, when it is the first
+        from that annotator, add `counters`, in one transaction. Returns "stored", "updated"
+        (a different label from the same annotator replaces the old one) or "unchanged" (the
+        same label again: a retried request)."""
+        values = tuple(label[name] for name in LABEL_FIELDS)
+        with self._transaction() as db:
+            old = db.execute(
+                f"SELECT {', '.join(LABEL_FIELDS)} FROM labels "
+                "WHERE request_id = ? AND annotator = ?",
+                (request_id, annotator),
+            ).fetchone()
+            outcome = "stored" if old is None else "updated"
+            if old is not None and _same_label(old, values):
+                outcome = "unchanged"
+            if outcome != "unchanged":
+                db.execute(
+                    "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, annotator, *values),
+                )
+            if outcome == "stored":
+                self._add_counters(counters)
+        return outcome
+
+    def labels(self, request_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every label of each of `request_ids`, oldest first."""
+        ids = [i for i in dict.fromkeys(request_ids) if i]
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT request_id, annotator, {', '.join(LABEL_FIELDS)} FROM labels "
+                    f"WHERE request_id IN ({','.join('?' * len(chunk))}) ORDER BY ts",
+                    chunk,
+                ).fetchall()
+                for request_id, annotator, *values in rows:
+                    label = {"annotator": annotator, **dict(zip(LABEL_FIELDS, values, strict=True))}
+                    found.setdefault(request_id, []).append(label)
+        return found
+
+    def review_reasons(self, request_ids: Iterable[str]) -> dict[str, str]:
+        """Why each of `request_ids` was queued for review (safety, drift), where it was."""
+        ids = [i for i in dict.fromkeys(request_ids) if i]
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found.update(
+                    self._db.execute(
+                        "SELECT request_id, reason FROM review "
+                        f"WHERE request_id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                )
+        return found
+
+    def add_to_review(self, rows: list[tuple[str, str, str, float]]) -> None:
+        """Queue (request_id, model, reason, ts) rows for review; a queued id stays as it is."""
+        if not rows:
+            return
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO review VALUES (?, ?, ?, ?)", rows)
+
+    def unlabelled(self, model: str, limit: int) -> list[tuple[StoredEvent, str]]:
+        """The newest `limit` queued events of `model` that nobody has labelled yet, with why
+        each was queued, newest first."""
+        columns = ", ".join(f"e.{c}" for c in COLUMNS)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {columns}, r.reason FROM review r "
+                "JOIN events e ON e.request_id = r.request_id "
+                "WHERE r.model = ? AND NOT EXISTS "
+                "(SELECT 1 FROM labels l WHERE l.request_id = r.request_id) "
+                "ORDER BY r.ts DESC, e.id DESC LIMIT ?",
+                (model, limit),
+            ).fetchall()
+        return [(_stored(row[:-1]), row[-1]) for row in rows]
+
+    def queue_length(self, model: str) -> int:
+        """How many queued events of `model` are still unlabelled (and still stored)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT count(*) FROM review r JOIN events e ON e.request_id = r.request_id "
+                "WHERE r.model = ? AND NOT EXISTS "
+                "(SELECT 1 FROM labels l WHERE l.request_id = r.request_id)",
+                (model,),
+            ).fetchone()[0]
+
     def enforce_retention(
         self, max_age_s: float | None, max_events: int | None, now: float | None = None
     ) -> int:
@@ -244,6 +380,9 @@ class Store:
             if max_age_s is not None:
                 cutoff = (now or time.time()) - max_age_s
                 deleted += self._db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+                # The queue joins its events, so a queued id whose event is gone never shows;
+                # this only keeps the table small. Labels stay: they are people's work.
+                self._db.execute("DELETE FROM review WHERE ts < ?", (cutoff,))
             if max_events is not None:
                 row = self._db.execute("SELECT max(id) FROM events").fetchone()
                 if row[0] is not None:
@@ -261,6 +400,11 @@ def unusable(path: Path, problem: str) -> str:
         f"store.path {path}: not an omnitune event store, or a damaged one ({problem}). Move "
         "it aside to start a new store, or restore it from a backup"
     )
+
+
+def _same_label(old: Iterable[Any], new: Iterable[Any]) -> bool:
+    """Whether two labels say the same (their time aside)."""
+    return [v for i, v in enumerate(old) if i != 1] == [v for i, v in enumerate(new) if i != 1]
 
 
 def _stored(row: Iterable[Any]) -> StoredEvent:

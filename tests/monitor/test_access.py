@@ -31,6 +31,9 @@ GUARDED = [
     ("GET", "/metrics", None),
     ("GET", "/v1/drift?model=assistant", None),
     ("GET", "/v1/drift/sample?model=assistant&feature=chars", None),
+    ("GET", "/v1/review?model=assistant", None),
+    ("POST", "/v1/events", json.dumps({**EVENT, "request_id": "guarded"})),
+    ("POST", "/v1/feedback", json.dumps({"request_id": "guarded", "score": True})),
 ]
 
 

@@ -300,6 +300,44 @@ def test_a_chat_completion_through_the_proxy_is_the_upstreams_answer_and_one_eve
     assert "sk-secret-token" not in json.dumps(event)
 
 
+def test_feedback_on_a_call_made_with_the_openai_client_is_stored_with_its_event(
+    monitor_setup,
+):
+    """The round trip an application makes: the official `openai` client calls the model
+    through the proxy, reads the event's id from the response header, and sends the user's
+    thumbs-down and correction with `Client.feedback`; the label shows on the event."""
+    from openai import OpenAI
+
+    from omnitune.monitor.client import Client
+
+    proxy = _proxy(monitor_setup, f"proxy.upstream={monitor_setup['stub']}")
+    openai = OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
+    raw = openai.chat.completions.with_raw_response.create(
+        model="stub-chat", messages=[{"role": "user", "content": "seven three one zero"}]
+    )
+    request_id = raw.headers["X-Omnitune-Request-Id"]
+    assert raw.parse().choices[0].message.content == "7 3 1"
+
+    daemon = monitor_setup["daemon"]
+    [event] = _events(daemon, "digits-chat", 1)
+    assert (event["request_id"], event["labels"]) == (request_id, [])
+    monitor = Client(daemon.url)
+    answer = monitor.feedback(
+        request_id, score=False, correction="7 3 1 0", comment="dropped the zero", annotator="ana"
+    )
+    monitor.close()
+    assert answer == {
+        "status": 200,
+        "request_id": request_id,
+        "model": "digits-chat",
+        "label": "stored",
+    }
+    [event] = _events(daemon, "digits-chat", 1)
+    [label] = event["labels"]
+    assert (label["annotator"], label["source"], label["score"]) == ("ana", "human", 0.0)
+    assert (label["correction"], label["comment"]) == ("7 3 1 0", "dropped the zero")
+
+
 def test_upstream_bytes_and_headers_pass_unchanged_and_other_paths_are_forwarded(
     monitor_setup,
 ):
