@@ -24,6 +24,7 @@ navigation = st.navigation(
         st.Page(PAGES / "overview.py", title="Overview", default=True),
         st.Page(PAGES / "drift.py", title="Drift"),
         st.Page(PAGES / "safety.py", title="Safety"),
+        st.Page(PAGES / "review.py", title="Review"),
         st.Page(PAGES / "runs.py", title="Training runs"),
     ]
 )

@@ -26,7 +26,20 @@ class SourceDown(Exception):
 def _get_json(
     url: str, token: str | None = None, timeout: float = 5.0, source: str = "Monitor daemon"
 ) -> Any:
-    request = urllib.request.Request(url)
+    return _json_of(urllib.request.Request(url), token, timeout, source)
+
+
+def _post_json(url: str, body: Any, token: str | None = None, timeout: float = 10.0) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    return _json_of(request, token, timeout, "Monitor daemon")
+
+
+def _json_of(
+    request: urllib.request.Request, token: str | None, timeout: float, source: str
+) -> Any:
+    """The request's JSON answer, or `SourceDown` saying in one line why there is none."""
+    url = request.full_url
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -55,10 +68,12 @@ class Daemon:
     url: str
     token: str | None = None
 
-    def status(self) -> dict[str, Any]:
+    def status(self, fresh: bool = False) -> dict[str, Any]:
+        """The daemon's /v1/status; a second-old answer is reused unless `fresh` (a page that
+        just changed the state, as the Review page does, wants it read anew)."""
         key = (self.url, self.token)
         cached = _STATUS.get(key)
-        if cached is not None and time.monotonic() - cached[0] < STATUS_REUSE_S:
+        if not fresh and cached is not None and time.monotonic() - cached[0] < STATUS_REUSE_S:
             return cached[1]
         answer = _get_json(f"{self.url.rstrip('/')}/v1/status", self.token)
         _STATUS[key] = (time.monotonic(), answer)
@@ -80,6 +95,15 @@ class Daemon:
         """One feature's reference and current-window values (or category counts)."""
         query = urllib.parse.urlencode({"model": model, "feature": feature, "limit": limit})
         return _get_json(f"{self.url.rstrip('/')}/v1/drift/sample?{query}", self.token)
+
+    def review(self, model: str, limit: int = 1) -> dict[str, Any]:
+        """The model's review queue: `queued` (unlabelled) and the first `limit` events."""
+        query = urllib.parse.urlencode({"model": model, "limit": limit})
+        return _get_json(f"{self.url.rstrip('/')}/v1/review?{query}", self.token)
+
+    def feedback(self, **label: Any) -> dict[str, Any]:
+        """Store a label (POST /v1/feedback): request_id, score, correction, annotator."""
+        return _post_json(f"{self.url.rstrip('/')}/v1/feedback", label, self.token)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,12 @@ def add_commands(commands: Any) -> None:
     )
     calibrate.set_defaults(handler=_calibrate)
 
+    _add_client_commands(actions)
+    _add_label_commands(actions)
+    monitor.set_defaults(handler=help_of(monitor))
+
+
+def _add_client_commands(actions: Any) -> None:
     replay = actions.add_parser("replay", help="send recorded events (JSONL) to a daemon")
     replay.add_argument("file", help="JSONL file of events")
     replay.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
@@ -95,7 +101,113 @@ def add_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     with_example(status, "omnitune monitor status --url http://127.0.0.1:9108 --json")
     status.set_defaults(handler=_status)
-    monitor.set_defaults(handler=help_of(monitor))
+
+
+def _add_label_commands(actions: Any) -> None:
+    export = actions.add_parser(
+        "export",
+        help="write a model's labelled events as training data (SFT rows, DPO pairs, KTO rows)",
+    )
+    export.add_argument("model", help="the monitored model's name")
+    export.add_argument("--out", required=True, help="folder to write (created if missing)")
+    export.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
+    export.add_argument("--token", help="bearer token, if the daemon wants one")
+    export.add_argument(
+        "--held-out", type=float, default=0.1, help="share of requests in test.jsonl (0.1)"
+    )
+    export.add_argument("--seed", type=int, default=0, help="seed of the split by request")
+    with_example(export, "omnitune monitor export assistant --out data/assistant-labels")
+    export.set_defaults(handler=_export)
+
+    review = actions.add_parser(
+        "review", help="list a model's review queue: unlabelled flagged and captured events"
+    )
+    review.add_argument("model", help="the monitored model's name")
+    review.add_argument("--limit", type=int, default=10, help="events to list (10)")
+    review.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
+    review.add_argument("--token", help="bearer token, if the daemon wants one")
+    with_example(review, "omnitune monitor review assistant --limit 5")
+    review.set_defaults(handler=_review)
+
+    label = actions.add_parser(
+        "label", help="label a model's review queue with a teacher model (OpenAI-compatible)"
+    )
+    label.add_argument("--teacher", required=True, help="the teacher endpoint's base URL")
+    label.add_argument("--model", required=True, help="the monitored model whose queue to label")
+    label.add_argument(
+        "--teacher-model", help="the model id to ask at the teacher endpoint (default: --model)"
+    )
+    label.add_argument("--teacher-key", help="the teacher endpoint's API key, if it wants one")
+    label.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
+    label.add_argument("--token", help="the daemon's bearer token, if it wants one")
+    label.add_argument("--limit", type=int, help="stop after this many labels")
+    label.add_argument(
+        "--rate", type=float, default=0.0, help="teacher calls per second at most (0: no limit)"
+    )
+    with_example(
+        label, "omnitune monitor label --teacher http://127.0.0.1:8000 --model assistant --rate 2"
+    )
+    label.set_defaults(handler=_label)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from omnitune.core.errors import UsageError
+    from omnitune.monitor.daemon_api import DaemonApi
+    from omnitune.monitor.label_export import export_labels
+
+    if not 0.0 <= args.held_out < 1.0:
+        raise UsageError(f"--held-out: {args.held_out} is not in [0, 1)")
+    api = DaemonApi(args.url, args.token)
+    result = export_labels(api, args.model, Path(args.out), args.held_out, args.seed)
+    print(
+        f"{args.model}: {result.events} labelled events"
+        + (f" ({result.unusable} with nothing to train on)" if result.unusable else "")
+    )
+    for kind, counts in result.rows.items():
+        written = ", ".join(str(path) for path in result.files[kind].values())
+        print(f"  {kind}: {counts['train']} train, {counts['test']} test ({written})")
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    from omnitune.monitor.daemon_api import DaemonApi
+
+    queue = DaemonApi(args.url, args.token).get("/v1/review", model=args.model, limit=args.limit)
+    shown = queue["events"]
+    print(f"{args.model}: {queue['queued']} events wait for review; the first {len(shown)}:")
+    for event in shown:
+        raw = event.get("input")
+        text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+        why = event["reason"] + (f" ({', '.join(event['flags'])})" if event["flags"] else "")
+        copies = f" x{event['duplicates']}" if event["duplicates"] > 1 else ""
+        print(
+            f"  {event['request_id']}  {why}{copies}: {_short(text)!r} -> "
+            f"{_short(event.get('output') or '')!r}"
+        )
+    return 0
+
+
+def _short(text: str, width: int = 48) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _label(args: argparse.Namespace) -> int:
+    from omnitune.monitor.daemon_api import DaemonApi
+    from omnitune.monitor.teacher import Teacher, label_queue
+
+    teacher = Teacher(args.teacher, args.teacher_model or args.model, args.teacher_key)
+    daemon = DaemonApi(args.url, args.token)
+    run = label_queue(daemon, teacher, args.model, limit=args.limit, rate=args.rate)
+    for request_id, why in run.skipped.items():
+        print(f"skipped {request_id}: {why}", file=sys.stderr)
+    skipped = f"; skipped {len(run.skipped)} (left for a person)" if run.skipped else ""
+    print(
+        f"{args.model}: {run.labelled} labelled by teacher:{teacher.model} in {run.seconds:.1f} s "
+        f"({run.agreed} agreed with the model's answer){skipped}"
+    )
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -217,23 +329,9 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from urllib.error import HTTPError, URLError
-    from urllib.request import Request, urlopen
+    from omnitune.monitor.daemon_api import DaemonApi
 
-    from omnitune.core.errors import OmnituneError
-
-    request = Request(args.url.rstrip("/") + "/v1/status")
-    if args.token:
-        request.add_header("Authorization", f"Bearer {args.token}")
-    try:
-        with urlopen(request, timeout=10) as response:
-            status = json.loads(response.read())
-    except HTTPError as exc:
-        raise OmnituneError(
-            f"{args.url}: {exc.code} {exc.read().decode(errors='replace')}"
-        ) from None
-    except (URLError, OSError) as exc:
-        raise OmnituneError(f"{args.url}: daemon not reachable ({exc})") from None
+    status = DaemonApi(args.url, args.token, timeout_s=10).get("/v1/status")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

@@ -152,7 +152,8 @@ def test_runs_page_shows_curves_serving_adapter_and_captures(app, live_daemon, t
 
 
 @pytest.mark.parametrize(
-    "page", ["pages/overview.py", "pages/drift.py", "pages/safety.py", "pages/runs.py"]
+    "page",
+    ["pages/overview.py", "pages/drift.py", "pages/safety.py", "pages/review.py", "pages/runs.py"],
 )
 def test_a_stopped_daemon_gives_a_banner_not_a_traceback(app, page):
     with socket.socket() as sock:
