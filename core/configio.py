@@ -109,7 +109,7 @@ def describe_error(error: dict[str, Any], root: type[BaseModel], prefix: str = "
 
     `prefix` names where `root` sits in a larger config (e.g. 'data.options')."""
     raw = [str(part) for part in error["loc"]]
-    loc = _field_path(root, raw)
+    loc, _ = _walk(root, raw)
     path = ".".join([prefix, *loc] if prefix else loc) or prefix or "(top level)"
     kind = error["type"]
     if kind == "unknown_choice":  # a section whose model a field picks: objective.name
@@ -133,9 +133,10 @@ def describe_error(error: dict[str, Any], root: type[BaseModel], prefix: str = "
     return f"{path}: {message}"
 
 
-def _field_path(root: type[BaseModel], loc: list[str]) -> list[str]:
-    """`loc` as the user wrote it: pydantic puts the tag of a section chosen by one of its
-    fields (objective: {name: dpo, ...}) into the location, after the section's name."""
+def _walk(root: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
+    """Follow `loc` through `root`'s nested models: the path as the user wrote it (pydantic
+    puts the tag of a section chosen by one of its fields, objective: {name: dpo, ...}, into
+    the location after the section's name) and the model reached (None past a plain field)."""
     model: Any = root
     path: list[str] = []
     parts = iter(loc)
@@ -146,16 +147,18 @@ def _field_path(root: type[BaseModel], loc: list[str]) -> list[str]:
             model = None
             continue
         members = _tagged_members(fields[part].annotation)
-        if members:
-            tag = next(parts, None)
-            if tag is None:
-                break
-            model = members.get(tag)
-            if model is None:  # not a tag after all: keep it
-                path.append(tag)
-        else:
+        if not members:
             model = _unwrap_model(fields[part].annotation)
-    return path
+            continue
+        tag = next(parts, None)
+        if tag is None:  # the section itself: its first member stands for the fields
+            model = _unwrap_model(fields[part].annotation)
+        elif tag in members:
+            model = members[tag]
+        else:  # not a tag after all: keep it
+            path.append(tag)
+            model = None
+    return path, model
 
 
 def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
@@ -169,20 +172,8 @@ def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
 
 
 def _field_names(root: type[BaseModel], loc: list[str]) -> list[str]:
-    """Names of the fields at `loc` inside `root`, following nested pydantic models (and,
-    in a section chosen by a field, the model it chose: `loc` still holds the tag)."""
-    model: Any = root
-    parts = iter(loc)
-    for part in parts:
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        members = _tagged_members(fields[part].annotation)
-        model = members.get(next(parts, ""), None) if members else None
-        model = model or _unwrap_model(fields[part].annotation)
-        if model is None:
-            return []
-    fields = getattr(model, "model_fields", None)
+    """Names of the fields of the model at `loc` inside `root`."""
+    fields = getattr(_walk(root, loc)[1], "model_fields", None)
     return list(fields) if fields else []
 
 

@@ -86,7 +86,7 @@ def training_rows(event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     }
     output, correction, score = event.get("output"), label["correction"], label["score"]
     made = []
-    target = correction if correction is not None else None
+    target = correction
     if target is None and score is not None and score >= APPROVED:
         target = output
     if target is not None:

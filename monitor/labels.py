@@ -18,6 +18,7 @@ instead of ten near-copies of the commonest request.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -84,8 +85,6 @@ class Feedback(BaseModel):
 def parse_feedback(body: bytes, max_bytes: int) -> Feedback:
     """The request body as a `Feedback`, or `Rejected` (413 for a correction or comment over
     `max_bytes`, 422 naming the field, 400 for a body that is not JSON)."""
-    import json
-
     try:
         data = json.loads(body)
     except ValueError as exc:

@@ -70,6 +70,7 @@ class Queries:
                 },
                 "safety": self._safety_totals(name),
                 "labels": self._label_totals(name),
+                "review_queue": self.store.queue_length(name),
             }
         return {
             "status": "ok",

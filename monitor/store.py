@@ -403,8 +403,12 @@ def unusable(path: Path, problem: str) -> str:
 
 
 def _same_label(old: Iterable[Any], new: Iterable[Any]) -> bool:
-    """Whether two labels say the same (their time aside)."""
-    return [v for i, v in enumerate(old) if i != 1] == [v for i, v in enumerate(new) if i != 1]
+    """Whether two labels (values in LABEL_FIELDS order) say the same, their time aside."""
+
+    def said(values: Iterable[Any]) -> dict[str, Any]:
+        return {k: v for k, v in zip(LABEL_FIELDS, values, strict=True) if k != "ts"}
+
+    return said(old) == said(new)
 
 
 def _stored(row: Iterable[Any]) -> StoredEvent:

@@ -37,7 +37,7 @@ def lay_out(tree: Path, repo: Path = REPO) -> Path:
         target = tree.joinpath(*package.split("."))
         for source in folder.rglob("*.py"):
             relative = source.relative_to(folder)
-            if relative.parts[0] in package_folders(repo) or "__pycache__" in relative.parts:
+            if "__pycache__" in relative.parts:
                 continue
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True)

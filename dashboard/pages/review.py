@@ -26,14 +26,12 @@ def progress(status: dict[str, Any]) -> None:
     columns = st.columns(max(1, len(status["models"])))
     for column, (name, model) in zip(columns, status["models"].items(), strict=False):
         labels = model.get("labels", {})
-        queue = views.shown(daemon.review, name, 1)
-        waiting = "?" if queue is None else f"{queue['queued']:,}"
         column.metric(
             f"{name}: labelled",
             f"{labels.get('human', 0):,.0f}",
             help=f"{labels.get('teacher', 0):,.0f} more by teacher models",
         )
-        column.caption(f"{waiting} waiting in the queue")
+        column.caption(f"{model.get('review_queue', 0):,} waiting in the queue")
 
 
 def show_input(event: dict[str, Any]) -> None:
