@@ -67,6 +67,8 @@ LABEL_FIELDS = ("source", "ts", "score", "correction", "comment")
 COLUMNS = [
     *("id", "request_id", "ts", "model", "adapter", "modality", "latency_s", "flags", "payload")
 ]
+#: Retention's filter: an event someone labelled stays (see `enforce_retention`).
+_UNLABELLED = "NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = events.request_id)"
 #: The WAL file is cut back to this size after a checkpoint (it only grows otherwise).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 _SQLITE_FULL = 13
@@ -374,22 +376,33 @@ class Store:
     def enforce_retention(
         self, max_age_s: float | None, max_events: int | None, now: float | None = None
     ) -> int:
-        """Delete events older than `max_age_s` and the oldest beyond `max_events`."""
+        """Delete events older than `max_age_s` and the oldest beyond `max_events`.
+
+        Labelled events are kept whatever their age: a label is someone's work, and
+        `omnitune monitor export` needs the event's input beside it.
+        """
         deleted = 0
         with self._lock:
             if max_age_s is not None:
                 cutoff = (now or time.time()) - max_age_s
-                deleted += self._db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
-                # The queue joins its events, so a queued id whose event is gone never shows;
-                # this only keeps the table small. Labels stay: they are people's work.
-                self._db.execute("DELETE FROM review WHERE ts < ?", (cutoff,))
+                deleted += self._db.execute(
+                    f"DELETE FROM events WHERE ts < ? AND {_UNLABELLED}", (cutoff,)
+                ).rowcount
             if max_events is not None:
                 row = self._db.execute("SELECT max(id) FROM events").fetchone()
                 if row[0] is not None:
                     deleted += self._db.execute(
-                        "DELETE FROM events WHERE id <= ?", (row[0] - max_events,)
+                        f"DELETE FROM events WHERE id <= ? AND {_UNLABELLED}",
+                        (row[0] - max_events,),
                     ).rowcount
             if deleted:
+                # The queue joins its events, so a queued id whose event is gone would never
+                # show again; left in place it would only grow the file. Labels stay: they are
+                # people's work, and retention keeps the events they label for the export.
+                self._db.execute(
+                    "DELETE FROM review WHERE NOT EXISTS "
+                    "(SELECT 1 FROM events e WHERE e.request_id = review.request_id)"
+                )
                 self._count -= deleted
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return deleted

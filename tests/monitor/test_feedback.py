@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
 
@@ -118,6 +119,28 @@ def test_acknowledged_labels_survive_a_sigkill(monitor_config):
         assert [len(e["labels"]) for e in page["events"]] == [1] * 20
         assert [e["labels"][0]["score"] for e in page["events"]] == [1.0, 0.0] * 10
         assert 'omnitune_labels_total{model="assistant",source="human"} 20.0' in daemon.metrics()
+    finally:
+        daemon.stop()
+
+
+def test_retention_keeps_labelled_events_and_drops_the_queue_entries_of_deleted_ones(
+    monitor_config,
+):
+    daemon = start_daemon(monitor_config(store={"max_events": 5, "retention_interval_s": 0.1}))
+    try:
+        flagged = [event(f"old{i}", f"{INJECTION} number {i}") for i in range(4)]
+        assert daemon.post(flagged)[0] == 200
+        assert feedback(daemon, {"request_id": "old0", "score": True, "correction": "no"})[0] == 200
+        assert daemon.post([event(f"new{i}") for i in range(10)])[0] == 200
+        for _ in range(50):  # retention runs every 0.1 s
+            if daemon.status()["store"]["events"] <= 6:
+                break
+            time.sleep(0.1)
+        code, page = daemon.request("GET", "/v1/events?model=assistant&limit=100")
+        kept = sorted(e["request_id"] for e in page["events"])
+        assert kept == ["new5", "new6", "new7", "new8", "new9", "old0"]  # the labelled one stays
+        code, queue = daemon.request("GET", "/v1/review?model=assistant")
+        assert (code, queue["queued"], queue["events"]) == (200, 0, [])  # deleted, dequeued
     finally:
         daemon.stop()
 

@@ -190,7 +190,7 @@ def test_retention_keeps_the_store_under_its_bound_over_a_long_replay(monitor_co
     store = Path(yaml.safe_load(config.read_text())["store"]["path"])
     events, _ = traffic.make_events(60_000, seed=7)
     daemon = start_daemon(config)
-    sizes, counts = [], []
+    counts, database, wal = [], [], []
     try:
         sent = 0
         for start in range(0, len(events), 1_000):
@@ -199,21 +199,42 @@ def test_retention_keeps_the_store_under_its_bound_over_a_long_replay(monitor_co
             if sent % 10_000 == 0:
                 time.sleep(0.5)  # a retention pass
                 counts.append(daemon.status()["store"]["events"])
-                sizes.append(sum(p.stat().st_size for p in store.parent.glob("events.sqlite*")))
+                database.append(_database_bytes(store))
+                wal.append(Path(f"{store}-wal").stat().st_size)
         status = daemon.status()
     finally:
         daemon.stop()
     assert status["models"]["assistant"]["events_total"] == len(events)  # all counted
     assert max(counts) <= bound, counts
-    assert sizes[-1] <= 1.25 * sizes[1], sizes  # flat once retention reached steady state
+    # The database, as SQLite sees it with the WAL's commits, is flat once retention reached
+    # steady state (freed pages are reused). The WAL file's size is the high-water mark of
+    # frames written between checkpoints, which depends on timing; it is bounded separately
+    # by `journal_size_limit`, so it is reported here but not compared.
+    assert database[-1] <= 1.1 * database[1], database
     reliability.record(
         "retention",
         "Retention over a long replay",
         f"{len(events):,} events posted in batches of 1,000 to a daemon with "
-        f"`store.max_events: {bound:,}` and retention every 0.2 s; the store's events and its "
-        "files' size (database and WAL) every 10,000 events.",
+        f"`store.max_events: {bound:,}` and retention every 0.2 s; every 10,000 events, the "
+        "store's events, its database's size as SQLite sees it (pages in use and free pages "
+        "it will reuse), and the WAL file's size.",
         [
-            {"events sent": f"{10_000 * (i + 1):,}", "events in store": c, "store MiB": s / 2**20}
-            for i, (c, s) in enumerate(zip(counts, sizes, strict=True))
+            {
+                "events sent": f"{10_000 * (i + 1):,}",
+                "events in store": count,
+                "database MiB": size / 2**20,
+                "WAL file MiB": log / 2**20,
+            }
+            for i, (count, size, log) in enumerate(zip(counts, database, wal, strict=True))
         ],
     )
+
+
+def _database_bytes(path: Path) -> int:
+    """The database's size including the WAL's committed pages (a reader's view)."""
+    db = sqlite3.connect(path)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        return pages * db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
