@@ -181,8 +181,12 @@ class Modality:
     - metric_directions: metric name -> "min" or "max", for best checkpoints and early stopping
     - pairs(source, run_config, processor, training) -> Examples of preference pairs, for the
       preference objectives (None: the modality has no preference data)
-    - pair_collator(processor, run_config, training) -> callable(pairs) -> batch of the chosen
-      rows then the rejected rows
+    - pair_collator(processor, run_config, training, sides=("chosen", "rejected")) ->
+      callable(pairs) -> batch of the chosen rows then the rejected rows (KTO's answers pass
+      sides=("completion", "mismatched"))
+    - unpaired(source, run_config, processor, training) -> Examples of answers labelled
+      desirable or not, each with a mismatched answer for the KL estimate, for KTO (None: the
+      modality has no such data)
     - pair_metrics(model, processor, pairs, run_config) -> generated metrics of the chosen
       answers that `eval.metrics` asks for (exact_match, vqa_accuracy)
     - prompt_batch(processor, items, run_config) -> left-padded generation inputs (input_ids,
@@ -206,6 +210,7 @@ class Modality:
     pair_collator: Callable[..., Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = None
     pair_metrics: Callable[..., dict[str, float]] | None = None
     pair_metric_directions: dict[str, str] = field(default_factory=dict)
+    unpaired: Callable[..., Examples] | None = None
     prompt_batch: Callable[..., dict[str, Any]] | None = None
     adapt: Callable[[Any, Any, Any], None] | None = None
 

@@ -319,12 +319,11 @@ class RunConfig(Section):
                 f"objective.name: {self.objective.name} is for "
                 f"{' and '.join(sorted(objective.modalities))} models, not {self.model.modality}"
             )
-        if objective.reads == "preference pairs" and self.data.options.get("overlong") == (
-            "truncate"
-        ):
+        if not self.objective.truncates and self.data.options.get("overlong") == "truncate":
             raise ValueError(
-                "data.options.overlong: preference pairs are never truncated (the two answers "
-                "would be scored after different prompts); use drop or fail"
+                f"data.options.overlong: {objective.reads} are never truncated (answers would "
+                "be scored after different prompts, or cut short against the reference); use "
+                "drop or fail"
             )
         return self
 

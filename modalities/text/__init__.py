@@ -2,8 +2,8 @@
 
 Data: chat JSONL (`messages`), `prompt`/`completion` pairs, or `text`; assistant-only loss from
 the chat template's {% generation %} marks; preference pairs (`prompt`, `chosen`, `rejected`)
-for DPO and ORPO. Metrics: perplexity, and `exact_match` of generated answers when
-`eval.metrics` asks for it.
+for DPO and ORPO, and unpaired answers (`prompt`, `completion`, `label`) for KTO. Metrics:
+perplexity, and `exact_match` of generated answers when `eval.metrics` asks for it.
 """
 
 from __future__ import annotations
@@ -93,5 +93,6 @@ MODALITY = Modality(
     pair_collator=pair_collator,
     pair_metrics=pair_metrics,
     pair_metric_directions={"exact_match": "max"},
+    unpaired=lazy("omnitune.modalities.text.preference:read_text_unpaired"),
     prompt_batch=lazy("omnitune.modalities.text.generation:prompt_batch"),
 )

@@ -1,9 +1,13 @@
-"""Text preference pairs for DPO and ORPO: a prompt, a chosen and a rejected answer.
+"""Text preference data: pairs for DPO and ORPO (a prompt, a chosen and a rejected answer),
+and unpaired answers for KTO (a prompt, a completion and a desirable/undesirable label).
 
-Both answers are encoded after the same prompt with the chat template; labels keep only the
-final answer's tokens. A pair whose prompt plus either answer is longer than
-`data.max_length` is dropped and counted (or fails the run under `data.options.overlong:
-fail`): it is never truncated, which would score the two answers on different prefixes.
+Answers are encoded after their prompt with the chat template; labels keep only the final
+answer's tokens. A pair whose prompt plus either answer (an unpaired row whose prompt plus its
+completion) is longer than `data.max_length` is dropped and counted (or fails the run under
+`data.options.overlong: fail`): it is never truncated, which would score the two answers on
+different prefixes. An unpaired row also carries its prompt followed by another row's
+completion (`modalities.preference.mismatched_partners`), which KTO's KL estimate scores; that
+row is cut to `data.max_length` where needed, since it only samples the policy's drift.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
 from omnitune.modalities.preference import (
+    PAIR_SIDES,
     last_span,
+    mismatched_partners,
     overlong_pair_reason,
     parse_pair,
+    parse_unpaired,
     with_reference_logps,
 )
 from omnitune.modalities.text.collate import padded_batch
@@ -66,6 +73,50 @@ def read_text_pairs(source: str, config: RunSettings, tokenizer: Any, training: 
     return pairs
 
 
+def read_text_unpaired(
+    source: str, config: RunSettings, tokenizer: Any, training: bool
+) -> Examples:
+    answers = Examples(items=[], source=source, noun="answers")
+    fail = text_options(config).overlong == "fail"
+    limit = config.data.max_length
+    for line, record in answers.usable_records():
+        prompt, completion, desirable, problem = parse_unpaired(record)
+        if prompt is None:
+            answers.skipped[problem] += 1
+            continue
+        if any(not isinstance(m["content"], str) for m in prompt):
+            answers.skipped["prompt content is not text"] += 1
+            continue
+        ids, labels = encode_answer(tokenizer, prompt, completion)
+        if all(t == IGNORE for t in labels):
+            answers.skipped["no answer tokens after the chat template"] += 1
+            continue
+        if len(ids) > limit:
+            if fail:
+                raise DataError(
+                    f"{source}:{line}: row of {len(ids)} tokens, over data.max_length={limit}; "
+                    "raise it, or set data.options.overlong=drop to skip such rows"
+                )
+            answers.skipped[f"row longer than data.max_length ({limit} tokens)"] += 1
+            continue
+        item = {
+            "completion_ids": ids,
+            "completion_labels": labels,
+            "completion": completion,
+            "desirable": desirable,
+            "prompt": " ".join(str(m["content"]) for m in prompt),
+            "prompt_messages": prompt,
+            "answer": completion,
+        }
+        answers.add(item, record, config.data.balance.by, length=len(ids))
+    for item, partner in zip(answers.items, mismatched_partners(len(answers), seed=0), strict=True):
+        other = answers.items[partner]["completion"]
+        ids, labels = encode_answer(tokenizer, item["prompt_messages"], other)
+        item["mismatched"], item["mismatched_ids"] = other, ids[:limit]
+        item["mismatched_labels"] = labels[:limit]
+    return answers
+
+
 def encode_answer(tokenizer: Any, prompt: list[dict[str, Any]], answer: str) -> tuple[list, list]:
     """Token ids of prompt + answer and labels on the answer only.
 
@@ -83,15 +134,17 @@ def encode_answer(tokenizer: Any, prompt: list[dict[str, Any]], answer: str) -> 
 
 
 def make_pair_collator(
-    tokenizer: Any, config: RunSettings, training: bool
+    tokenizer: Any, config: RunSettings, training: bool, sides: tuple[str, str] = PAIR_SIDES
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    """2B right-padded rows: the B chosen answers, then the B rejected ones (one forward pass
-    scores both); `reference_logps` rides along where they were precomputed."""
+    """2B right-padded rows: the B first answers (chosen, or KTO's completions), then the B
+    second ones (rejected, or the mismatched completions), so one forward pass scores both;
+    `reference_logps` and KTO's `desirable` flags ride along."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    first, second = sides
 
     def collate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-        rows = [(p["chosen_ids"], p["chosen_labels"]) for p in pairs]
-        rows += [(p["rejected_ids"], p["rejected_labels"]) for p in pairs]
+        rows = [(p[f"{first}_ids"], p[f"{first}_labels"]) for p in pairs]
+        rows += [(p[f"{second}_ids"], p[f"{second}_labels"]) for p in pairs]
         batch = padded_batch(rows, pad_id)
         return with_reference_logps(batch, pairs)
 

@@ -3,7 +3,8 @@ numerals out.
 
 `seven three` -> `7 3`. Deterministic for a seed; each row also carries a `length` field
 (`short` for one digit, `long` otherwise), an imbalanced label to balance on. Preference pairs
-for the same task (`write_digit_pairs`) choose the right numerals over a plausible wrong answer.
+for the same task (`write_digit_pairs`) choose the right numerals over a plausible wrong answer;
+unpaired feedback (`write_digit_feedback`, KTO's rows) labels one answer right or wrong.
 """
 
 from __future__ import annotations
@@ -93,3 +94,31 @@ def write_digit_pairs(
     `folder`, numbers of `sizes` digits; returns {"train": path, "eval": path}."""
     rng = random.Random(seed)
     return write_splits(folder, {"train": train, "eval": test}, lambda: digit_pair(rng, sizes))
+
+
+def digit_feedback(rng: random.Random, sizes: tuple[int, int], desirable: float) -> dict:
+    """A labelled answer for the digit-chat task: the right numerals (desirable) or wrong ones
+    (undesirable), one answer per row as thumbs feedback gives them."""
+    pair = digit_pair(rng, sizes)
+    good = rng.random() < desirable
+    return {
+        "prompt": pair["prompt"],
+        "completion": pair["chosen"] if good else pair["rejected"],
+        "label": good,
+    }
+
+
+def write_digit_feedback(
+    folder: Path,
+    train: int = 256,
+    test: int = 48,
+    seed: int = 0,
+    sizes: tuple[int, int] = (1, 3),
+    desirable: float = 0.5,
+) -> dict[str, Path]:
+    """Write unpaired feedback `train.jsonl` and `test.jsonl` (prompt/completion/label, KTO's
+    rows) under `folder`, a `desirable` share of them right; returns {"train", "eval"} paths."""
+    rng = random.Random(seed)
+    return write_splits(
+        folder, {"train": train, "eval": test}, lambda: digit_feedback(rng, sizes, desirable)
+    )

@@ -1,7 +1,8 @@
 """Vision-language modality: LLaVA, Idefics3/SmolVLM and Qwen2-VL style models.
 
 Data: conversations with image parts, or image/question/answer rows; preference pairs (an
-image prompt, `chosen`, `rejected`) for DPO and ORPO. Default trainable parts:
+image prompt, `chosen`, `rejected`) for DPO and ORPO, and unpaired answers (an image prompt, a
+`completion` and a desirable/undesirable `label`) for KTO. Default trainable parts:
 LoRA on the language model's attention, the projector trained in full, the vision tower
 frozen. Metrics: VQA exact-match accuracy from generate() (the selection metric), token loss.
 """
@@ -109,5 +110,6 @@ MODALITY = Modality(
     pair_collator=pair_collator,
     pair_metrics=pair_metrics,
     pair_metric_directions={"vqa_accuracy": "max"},
+    unpaired=lazy("omnitune.modalities.vision_language.preference:read_vlm_unpaired"),
     prompt_batch=prompt_batch,
 )

@@ -8,6 +8,7 @@ background with sensor noise: scans from another device), for the adapt-to-a-shi
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -79,5 +80,26 @@ def write_digit_vqa_pairs(folder: Path, start: int, count: int, domain: str = "b
             }
         )
     path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_digit_vqa_feedback(
+    folder: Path, start: int, count: int, domain: str = "base", desirable: float = 0.5
+) -> Path:
+    """The digits of `write_digit_vqa` as unpaired feedback (KTO's rows), `feedback.jsonl`
+    beside the images: the right digit labelled desirable, or a look-alike labelled not, a
+    `desirable` share of them right (seeded by `start`)."""
+    data = write_digit_vqa(folder, start, count, domain=domain)
+    rng = random.Random(start)
+    rows = []
+    for line in data.read_text().splitlines():
+        row = json.loads(line)
+        good = rng.random() < desirable
+        answer = row["answer"] if good else str(LOOKALIKES[int(row["answer"])])
+        rows.append(
+            {"image": row["image"], "prompt": row["question"], "completion": answer, "label": good}
+        )
+    path = folder / "feedback.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

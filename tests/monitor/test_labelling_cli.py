@@ -167,7 +167,7 @@ def test_export_writes_sft_dpo_and_kto_rows_with_provenance_that_train(
     assert 0 < tests < 15  # about a tenth held out, by request
 
     model = tiny_model("text")
-    for kind, objective in (("sft", "sft"), ("dpo", "dpo")):
+    for kind, objective in (("sft", "sft"), ("dpo", "dpo"), ("kto", "kto")):
         config = tmp_path / f"{kind}.yaml"
         config.write_text(
             json.dumps(
@@ -233,3 +233,92 @@ def test_a_speech_correction_becomes_a_training_row_with_its_clip(monitor_config
         assert Path(row["audio"]).is_file()
     finally:
         daemon.stop()
+
+
+@pytest.mark.slow
+def test_image_labels_export_as_rows_that_train_kto_on_a_vision_language_model(
+    monitor_config, tmp_path, tiny_model
+):
+    from omnitune.modalities.profile import build_profile
+    from omnitune.modalities.vision_language.images import image_features, open_image
+    from omnitune.modalities.vision_language.sample_data import LOOKALIKES, write_digit_vqa
+
+    data = write_digit_vqa(tmp_path / "digits", 0, 24)
+    digits = [json.loads(line) for line in data.read_text().splitlines()]
+    images = [str(data.parent / row["image"]) for row in digits]
+    reference = tmp_path / "digits.json"
+    profile = (image_features(open_image(path)) for path in images)
+    reference.write_text(json.dumps(build_profile("vision_language", profile, "tests")))
+    models = {"reader": {"modality": "vision_language", "reference": str(reference)}}
+    daemon = start_daemon(monitor_config(models=models))
+    try:
+        events = []
+        for i, (row, image) in enumerate(zip(digits, images, strict=True)):
+            wrong = str(LOOKALIKES[int(row["answer"])])
+            events.append(
+                {
+                    "model": "reader",
+                    "request_id": f"v{i}",
+                    "input": {"image_path": image, "question": row["question"]},
+                    "output": row["answer"] if i % 2 else wrong,
+                }
+            )
+        assert daemon.post(events)[0] == 200
+        for i, row in enumerate(digits):
+            body = {"request_id": f"v{i}", "score": bool(i % 2)}
+            if not i % 2:
+                body["correction"] = row["answer"]
+            assert daemon.request("POST", "/v1/feedback", json.dumps(body))[0] == 200
+        out = tmp_path / "labels"
+        result = run_cli(
+            "monitor",
+            "export",
+            "reader",
+            "--out",
+            str(out),
+            "--url",
+            daemon.url,
+            "--held-out",
+            "0.25",
+        )
+        assert result.returncode == 0, result.stderr
+    finally:
+        daemon.stop()
+    kto = [json.loads(line) for line in (out / "kto" / "train.jsonl").open()]
+    assert kto[0] == {
+        "image": images[0],
+        "question": "Which digit is this?",
+        "completion": events[0]["output"],
+        "label": False,
+        "request_id": "v0",
+        "annotator": "human",
+        "label_source": "human",
+        "reason": "feedback",
+    }
+    dpo = json.loads((out / "dpo" / "train.jsonl").open().readline())
+    assert (dpo["chosen"], dpo["rejected"]) == (digits[0]["answer"], events[0]["output"])
+
+    config = {
+        "model": {"name_or_path": str(tiny_model("llava")), "modality": "vision_language"},
+        "data": {
+            "train": str(out / "kto" / "train.jsonl"),
+            "eval": str(out / "kto" / "test.jsonl"),
+        },
+        "objective": {"name": "kto"},
+        "train": {"max_steps": 2, "batch_size": 4, "num_threads": 1},
+        "output_dir": str(tmp_path / "run-kto"),
+    }
+    (tmp_path / "kto.yaml").write_text(json.dumps(config))
+    trained = run_cli("train", str(tmp_path / "kto.yaml"))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert f"{out / 'kto' / 'train.jsonl'}: {len(kto)} answers" in trained.stderr
+    assert "2 steps" in trained.stdout
+    for kind, objective in (("sft", "sft"), ("dpo", "dpo")):  # read as training reads them
+        config["data"] = {"train": str(out / kind / "train.jsonl")}
+        config["objective"] = {"name": objective}
+        (tmp_path / f"{kind}.yaml").write_text(json.dumps(config))
+        info = run_cli("data", "info", str(tmp_path / f"{kind}.yaml"))
+        assert info.returncode == 0, info.stderr[-3000:]
+        rows = sum(1 for _ in (out / kind / "train.jsonl").open())
+        noun = "pairs" if kind == "dpo" else "examples"
+        assert f"{out / kind / 'train.jsonl'}: {rows} {noun}" in info.stdout

@@ -1,5 +1,5 @@
-"""DPO and ORPO through the CLI: metrics move the right way, adapters reload with the same
-scores, bad pairs are counted, and a killed DPO run resumes exactly."""
+"""DPO, ORPO and KTO through the CLI: metrics move the right way, adapters reload with the same
+scores, bad rows are counted, and killed runs resume exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omnitune.modalities.text.sample_data import write_digit_pairs
+from omnitune.modalities.text.sample_data import write_digit_feedback, write_digit_pairs
 from omnitune.modalities.vision_language.sample_data import write_digit_vqa_pairs
 from tests.conftest import run_cli
 from tests.trainers.conftest import read_metrics
@@ -18,6 +18,11 @@ from tests.trainers.test_resume import RESUMABLE, kill_resume_and_compare
 @pytest.fixture(scope="session")
 def pair_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_digit_pairs(tmp_path_factory.mktemp("pairs"), train=256, test=48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def feedback_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_digit_feedback(tmp_path_factory.mktemp("feedback"), train=256, test=48, seed=0)
 
 
 def _pairs_run(run_config, pair_data, name: str, **sections):
@@ -166,10 +171,114 @@ def test_objectives_that_do_not_fit_the_modality_are_refused_naming_the_field(tm
         speech.stderr
     )
     unknown = run_cli(
-        "config", "check", str(REPO / "configs" / "demo-text.yaml"), "objective.name=kto"
+        "config", "check", str(REPO / "configs" / "demo-text.yaml"), "objective.name=simpo"
     )
     assert unknown.returncode == 2
-    assert "objective.name: unknown 'kto' (known: sft, dpo, orpo, grpo, ppo)" in unknown.stderr
+    assert "objective.name: unknown 'simpo' (known: sft, dpo, orpo, kto, grpo, ppo)" in (
+        unknown.stderr
+    )
+
+
+@pytest.mark.slow
+def test_kto_raises_the_desirable_answers_over_the_undesirable_and_eval_agrees(
+    run_config, feedback_data
+):
+    path = _pairs_run(
+        run_config,
+        feedback_data,
+        "kto",
+        objective={"name": "kto", "beta": 1.0},
+        train={"max_steps": 80, "eval_steps": 40, "lr": 3e-3},
+    )
+    trained = run_cli("train", str(path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert f"{feedback_data['train']}: 256 answers" in trained.stderr
+    run_dir = path.parent / "kto"
+    evals = _evals(run_dir)
+    first, last = evals[0], evals[-1]
+    assert first["loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - sigmoid(0): policy = reference
+    assert first["kl"] == 0.0 and first["reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    assert last["reward_margin"] > 0.1
+    assert last["reward_desirable"] > last["reward_undesirable"]
+    assert last["loss"] < first["loss"]
+
+    scored = run_cli("eval", str(run_dir), "--json", "--checkpoint", "last")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    again = json.loads(scored.stdout)
+    for name in ("loss", "kl", "label_accuracy", "reward_margin", "logp_desirable"):
+        assert again[name] == pytest.approx(last[name], abs=1e-5), name
+
+
+@pytest.mark.slow
+def test_kto_with_a_precomputed_reference_gives_the_live_scores(run_config, feedback_data):
+    runs = {}
+    for name, precompute in (("kto-live", False), ("kto-cached", True)):
+        path = _pairs_run(
+            run_config,
+            feedback_data,
+            name,
+            objective={"name": "kto", "beta": 1.0, "precompute_reference": precompute},
+            train={"max_steps": 6, "eval_steps": 6},
+        )
+        trained = run_cli("train", str(path))
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        runs[name] = _evals(path.parent / name)[-1]
+    for metric in ("loss", "kl", "label_accuracy", "reward_margin"):
+        assert runs["kto-live"][metric] == pytest.approx(runs["kto-cached"][metric], abs=1e-5)
+    assert "reference log-probabilities of 256 train pairs computed" not in trained.stderr
+    assert "reference log-probabilities of 256 train answers computed" in trained.stderr
+
+
+def test_unpaired_rows_are_checked_and_an_unbalanced_set_gets_the_advised_weight(
+    run_config, tmp_path
+):
+    rows = [
+        {"prompt": "one two", "completion": "1 2", "label": True},
+        {"prompt": "three", "completion": "3", "label": "yes"},
+        {"prompt": "four", "label": False},
+        {"prompt": "five", "completion": "  ", "label": True},
+        {"completion": "6", "label": True},
+        {"prompt": "seven", "completion": "7", "label": True},
+        {"prompt": "eight", "completion": "3", "label": False},
+        {"prompt": "nine", "completion": "9", "label": True},
+    ]
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = run_config(
+        "feedback-info",
+        data={"train": str(data), "eval": None},
+        objective={"name": "kto"},
+    )
+    info = run_cli("data", "info", str(path))
+    assert info.returncode == 0, info.stderr[-3000:]
+    assert f"{data}: 4 answers; skipped" in info.stdout
+    for reason in (
+        "1 label is not true or false",
+        "1 no completion",
+        "1 empty completion",
+        "1 no prompt or messages field",
+    ):
+        assert reason in info.stdout, reason
+    # 3 desirable to 1 undesirable weigh 3:1; the advised 4:3 at most needs 4/9 = 0.44.
+    assert "3 desirable and 1 undesirable answers weigh 3.00:1" in info.stderr
+    assert "objective.desirable_weight=0.44" in info.stderr
+    fitted = run_cli("data", "info", str(path), "objective.desirable_weight=0.44")
+    assert fitted.returncode == 0 and "weigh" not in fitted.stderr
+    refused = run_cli("config", "check", str(path), "data.options.overlong=truncate")
+    assert refused.returncode == 2
+    assert "data.options.overlong: labelled answers are never truncated" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_sigkill_then_resume_of_a_kto_run_equals_an_uninterrupted_run(run_config, feedback_data):
+    kill_resume_and_compare(
+        lambda name, **s: _pairs_run(run_config, feedback_data, name, **s),
+        60,
+        objective={"name": "kto"},
+        peft=RESUMABLE["peft"],
+        train={**RESUMABLE["train"], "max_steps": 60},
+    )
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ OBJECTIVES: dict[str, str] = {
     "sft": "omnitune.trainers.objectives.sft",
     "dpo": "omnitune.trainers.objectives.dpo",
     "orpo": "omnitune.trainers.objectives.orpo",
+    "kto": "omnitune.trainers.objectives.kto",
     "grpo": "omnitune.trainers.objectives.grpo",
     "ppo": "omnitune.trainers.objectives.ppo",
 }

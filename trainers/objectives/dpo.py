@@ -12,7 +12,7 @@ log-probabilities precomputed once (`omnitune.trainers.objectives.reference`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -41,6 +41,8 @@ class DpoOptions(ObjectiveOptions):
         lt=0.5,
         description="Sigmoid loss: the assumed share of pairs whose labels are flipped.",
     )
+    truncates: ClassVar[bool] = False
+
     precompute_reference: bool = Field(
         False,
         description=(
@@ -54,7 +56,9 @@ class DpoOptions(ObjectiveOptions):
         return self.precompute_reference
 
 
-def dpo_terms(logps: Any, counts: Any, reference: Any, section: DpoOptions) -> tuple[Any, dict]:
+def dpo_terms(
+    logps: Any, counts: Any, reference: Any, section: DpoOptions, batch: dict[str, Any]
+) -> tuple[Any, dict]:
     import torch.nn.functional as F
 
     half = logps.shape[0] // 2

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from omnitune.trainers.config import RunConfig
 
 NAME_HELP = (
-    "Training objective: sft (supervised), dpo or orpo (preference pairs), grpo or ppo "
-    "(online, with reward functions; docs/alignment.md). Objectives are a registry "
+    "Training objective: sft (supervised), dpo or orpo (preference pairs), kto (answers "
+    "labelled desirable or not), grpo or ppo (online, with reward functions; "
+    "docs/alignment.md). Objectives are a registry "
     "(omnitune.trainers.objectives), each with its own options."
 )
 
@@ -41,6 +42,9 @@ class ObjectiveOptions(Section):
     packs: ClassVar[bool] = False
     #: Whether this objective can read `data.streaming` sources.
     streams: ClassVar[bool] = False
+    #: Whether its rows may be cut to `data.max_length` (`data.options.overlong: truncate`);
+    #: answers scored against each other or a reference never are.
+    truncates: ClassVar[bool] = True
 
     def precomputes_reference(self) -> bool:
         """Whether the reference policy's scores are computed once before training."""

@@ -8,7 +8,7 @@ near the chosen answers. Rewards are beta * mean log-probability, as TRL reports
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -16,7 +16,9 @@ from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
 from omnitune.trainers.objectives.preference import preference_objective, reward_metrics
 
 
-def orpo_terms(logps: Any, counts: Any, reference: Any, section: OrpoOptions) -> tuple[Any, dict]:
+def orpo_terms(
+    logps: Any, counts: Any, reference: Any, section: OrpoOptions, batch: dict[str, Any]
+) -> tuple[Any, dict]:
     import torch
     import torch.nn.functional as F
 
@@ -43,6 +45,7 @@ class OrpoOptions(ObjectiveOptions):
     """`objective.name: orpo`: the weight of the odds-ratio term."""
 
     name: Literal["orpo"] = Field("orpo", description=NAME_HELP)
+    truncates: ClassVar[bool] = False
     beta: float = Field(
         0.1, gt=0, description="The weight of the odds-ratio term (the paper's lambda)."
     )

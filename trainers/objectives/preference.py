@@ -1,10 +1,11 @@
-"""What DPO and ORPO share: preference pairs, one forward pass for both answers, and metrics.
+"""What DPO, ORPO and KTO share: two answers per item, one forward pass for both, and metrics.
 
-A batch holds the B chosen rows then the B rejected rows (the modality's `pair_collator`), so
-one forward pass scores both answers of every pair. Each answer's score is the sum of its
-tokens' log-probabilities under the policy (and, for DPO, under the reference); the objective's
-`terms` turn those into the loss and its metrics. Evaluation runs the same terms over the eval
-pairs, so the training log and `omnitune eval` report the same quantities.
+A batch holds the B first answers then the B second ones (the modality's `pair_collator`): a
+pair's chosen then rejected answers, or KTO's labelled completions then their mismatched
+partners. One forward pass scores both. Each answer's score is the sum of its tokens'
+log-probabilities under the policy (and, with a reference, under the reference); the
+objective's `terms` turn those into the loss and its metrics. Evaluation runs the same terms
+over the eval set, so the training log and `omnitune eval` report the same quantities.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError
+from omnitune.modalities.preference import PAIR_SIDES
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.options import ObjectiveOptions
 
@@ -20,8 +22,9 @@ if TYPE_CHECKING:
     from omnitune.trainers.config import RunConfig
 
 #: (policy logps [2B], answer token counts [2B], reference logps [2B] or None, objective
-#: section) -> (loss, {metric: tensor}); chosen rows first, then rejected.
-Terms = Callable[[Any, Any, Any, Any], tuple[Any, dict[str, Any]]]
+#: section, batch) -> (loss, {metric: tensor}); first answers, then second. The batch brings
+#: what else the collator put there (KTO's `desirable` flags).
+Terms = Callable[[Any, Any, Any, Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 
 #: Metrics every preference objective reports; what best-checkpoint selection may use.
 DIRECTIONS = {
@@ -33,7 +36,7 @@ DIRECTIONS = {
     "logp_chosen": "max",
     "logp_rejected": "min",
 }
-MODEL_INPUTS_EXCLUDED = ("labels", "reference_logps")
+MODEL_INPUTS_EXCLUDED = ("labels", "reference_logps", "desirable")
 
 
 def read_pairs(
@@ -47,8 +50,24 @@ def read_pairs(
     return modality.pairs(source, config, processor, training)
 
 
-def pair_collator(modality: Any, processor: Any, config: RunConfig, training: bool) -> Any:
-    return modality.pair_collator(processor, config, training)
+def read_unpaired(
+    modality: Any, source: str, config: RunConfig, processor: Any, training: bool
+) -> Any:
+    if modality.unpaired is None:
+        raise ConfigError(
+            f"objective.name: {config.objective.name} needs answers labelled desirable or not, "
+            f"which the {modality.name} modality does not read"
+        )
+    return modality.unpaired(source, config, processor, training)
+
+
+def collator_of(sides: tuple[str, str]) -> Callable[..., Any]:
+    """The objective's collator: the modality's pair collator over `sides` of each item."""
+
+    def collator(modality: Any, processor: Any, config: RunConfig, training: bool) -> Any:
+        return modality.pair_collator(processor, config, training, sides=sides)
+
+    return collator
 
 
 def answer_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -81,7 +100,7 @@ def make_loss(terms: Terms) -> Callable[[LossContext], StepLoss]:
         def step_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
             logps, counts = answer_logps(model, batch)
             reference_logps = None if reference is None else reference.logps(batch)
-            loss, metrics = terms(logps, counts, reference_logps, section)
+            loss, metrics = terms(logps, counts, reference_logps, section, batch)
             return loss, {k: v.detach() for k, v in metrics.items()}
 
         return step_loss
@@ -89,40 +108,78 @@ def make_loss(terms: Terms) -> Callable[[LossContext], StepLoss]:
     return build
 
 
-def make_evaluate(terms: Terms) -> Callable[..., dict[str, float]]:
+def make_evaluate(
+    terms: Terms, sides: tuple[str, str], pooled: bool
+) -> Callable[..., dict[str, float]]:
+    """The objective's evaluation: its terms over the eval set, then the generated metrics of
+    the wanted answers that `eval.metrics` asks for. Per batch, weighted by the batch's items
+    (pairs weigh equally), or `pooled`: over the whole set at once, for terms that estimate
+    something across items (KTO's reference point, its per-label means)."""
+
     def evaluate(
-        modality: Any, model: Any, processor: Any, pairs: Any, config: RunConfig, reference: Any
+        modality: Any, model: Any, processor: Any, items: Any, config: RunConfig, reference: Any
     ) -> dict[str, float]:
-        """Means over the eval pairs of every metric the terms report (pairs weigh equally),
-        then the generated metrics of the chosen answers that `eval.metrics` asks for."""
         import torch
 
-        limit = min(len(pairs), config.data.max_eval_samples or len(pairs))
-        items = [pairs[i] for i in range(limit)]
-        collate = modality.pair_collator(processor, config, False)
+        limit = min(len(items), config.data.max_eval_samples or len(items))
+        chosen = [items[i] for i in range(limit)]
+        collate = modality.pair_collator(processor, config, False, sides=sides)
         device = next(model.parameters()).device
         totals: dict[str, float] = {}
+        scored: list[tuple] = []
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
                 for start in range(0, limit, config.eval.batch_size):
-                    chunk = items[start : start + config.eval.batch_size]
+                    chunk = chosen[start : start + config.eval.batch_size]
                     batch = collate(chunk)
                     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
                     logps, counts = answer_logps(model, batch)
                     reference_logps = None if reference is None else reference.logps(batch)
-                    _, metrics = terms(logps, counts, reference_logps, config.objective)
+                    if pooled:
+                        scored.append((logps, counts, reference_logps, batch))
+                        continue
+                    _, metrics = terms(logps, counts, reference_logps, config.objective, batch)
                     for name, value in metrics.items():
                         totals[name] = totals.get(name, 0.0) + float(value) * len(chunk)
         finally:
             model.train(was_training)
-        result = {name: total / limit for name, total in totals.items()}
+        if pooled:
+            _, metrics = terms(*_pooled(scored), config.objective, _pooled_batch(scored))
+            result = {name: float(value) for name, value in metrics.items()}
+        else:
+            result = {name: total / limit for name, total in totals.items()}
         if modality.pair_metrics is not None:
-            result.update(modality.pair_metrics(model, processor, items, config))
+            wanted = [item for item in chosen if item.get("desirable", True)]
+            if wanted:
+                result.update(modality.pair_metrics(model, processor, wanted, config))
         return result
 
     return evaluate
+
+
+def _pooled(scored: list[tuple]) -> tuple[Any, Any, Any]:
+    """The batches' (logps, counts, reference logps) as one batch: first answers, then second."""
+    import torch
+
+    def joined(position: int) -> Any:
+        if scored[0][position] is None:
+            return None
+        halves = [s[position].chunk(2) for s in scored]
+        return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+    return joined(0), joined(1), joined(2)
+
+
+def _pooled_batch(scored: list[tuple]) -> dict[str, Any]:
+    """What the terms read of the batches beside the scores (`desirable`), joined."""
+    import torch
+
+    batches = [s[3] for s in scored]
+    return {
+        key: torch.cat([b[key] for b in batches]) for key in ("desirable",) if key in batches[0]
+    }
 
 
 def preference_objective(
@@ -132,6 +189,8 @@ def preference_objective(
     options: type[ObjectiveOptions],
     more_metrics: dict[str, str] | None = None,
 ) -> Objective:
+    """A pair objective (DPO, ORPO): preference pairs in, `terms` per batch."""
+
     def directions(modality: Any) -> dict[str, str]:
         return {**DIRECTIONS, **(more_metrics or {}), **modality.pair_metric_directions}
 
@@ -141,9 +200,9 @@ def preference_objective(
         modalities=frozenset({"text", "vision_language"}),
         needs_reference=needs_reference,
         data=read_pairs,
-        collator=pair_collator,
+        collator=collator_of(PAIR_SIDES),
         loss=make_loss(terms),
-        evaluate=make_evaluate(terms),
+        evaluate=make_evaluate(terms, PAIR_SIDES, pooled=False),
         metric_directions=directions,
         options=options,
     )

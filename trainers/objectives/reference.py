@@ -1,4 +1,4 @@
-"""The reference policy of DPO: the model as it was before preference training.
+"""The reference policy of DPO and KTO: the model as it was before preference training.
 
 Three ways to score answers under it, chosen by how the model trains:
 - an adapter (LoRA, IA3, prompt tuning, ...): the same model with the adapter disabled, so no
@@ -34,8 +34,9 @@ CACHE_NAME = "reference-logps.pt"
 
 
 class Reference:
-    """Answer log-probabilities under the reference policy for a pair batch (chosen rows, then
-    rejected), from the batch's precomputed `reference_logps` when it has them."""
+    """Answer log-probabilities under the reference policy for a batch of two answers per item
+    (chosen rows then rejected, or KTO's completions then their mismatched partners), from the
+    batch's precomputed `reference_logps` when it has them."""
 
     def __init__(
         self, policy: Any, frozen: Any = None, load_frozen: Callable[[], Any] | None = None
@@ -103,7 +104,9 @@ def build_reference(
         values = saved.get(split, {}).get(key)
         if values is None:
             values = _score_all(scorer, pairs, collate, config.eval.batch_size)
-            log.info("reference log-probabilities of %d %s pairs computed", len(pairs), split)
+            log.info(
+                "reference log-probabilities of %d %s %s computed", len(pairs), split, pairs.noun
+            )
         computed[split] = {key: values}
         for item, (chosen, rejected) in zip(pairs.items, values, strict=True):
             item["reference_logps"] = (chosen, rejected)
@@ -112,12 +115,13 @@ def build_reference(
 
 
 def fingerprint(pairs: Any) -> str:
-    """A digest of the pairs' token ids: cached scores are reused only for the same data."""
+    """A digest of what the items score (token ids, answers, images, a KTO answer's
+    mismatched partner): cached scores are reused only for the same data."""
     digest = hashlib.sha256()
     for item in pairs.items:
-        for side in ("chosen_ids", "rejected_ids", "chosen_labels", "rejected_labels"):
-            digest.update(repr(item.get(side)).encode())
-        digest.update(repr(item.get("images")).encode())
+        for key in sorted(item):
+            if key != "reference_logps":
+                digest.update(f"{key}={item[key]!r};".encode())
     return digest.hexdigest()
 
 

@@ -1,0 +1,164 @@
+"""Kahneman-Tversky Optimization (Ethayarajh et al., 2024): alignment from unpaired feedback.
+
+Each row is one answer with a verdict (thumbs up or down), not a pair: what the monitor's
+labels give (`omnitune monitor export` writes them under `kto/`). With r(y) = log pi(y|x) -
+log pi_ref(y|x) an answer's log-ratio and z0 the reference point,
+- a desirable answer costs w_d * (1 - sigmoid(beta * (r - z0))),
+- an undesirable one costs w_u * (1 - sigmoid(beta * (z0 - r))),
+and the loss is the mean over the batch's answers (the paper's eq. 7; TRL's `KTOTrainer`
+computes the same). z0 estimates KL(pi || pi_ref) from answers paired with other rows' prompts
+(`modalities.preference.mismatched_partners`): the batch's mean log-ratio of those mismatched
+answers, clamped at 0 and detached, so that it sets the point the rewards are judged from but
+is not itself trained. Within a batch of one process (TRL averages it over processes).
+
+The paper advises weights with w_d * desirable / (w_u * undesirable) between 1 and 4/3; a run
+whose data and weights fall outside says so once, with the weight that would fit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from omnitune.modalities.preference import UNPAIRED_SIDES
+from omnitune.trainers.objectives import Objective
+from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
+from omnitune.trainers.objectives.preference import (
+    collator_of,
+    make_evaluate,
+    make_loss,
+    read_unpaired,
+)
+
+log = logging.getLogger("omnitune.train")
+
+#: The paper's advised range of (w_d * desirable) / (w_u * undesirable).
+BALANCE_RANGE = (1.0, 4 / 3)
+
+DIRECTIONS = {
+    "label_accuracy": "max",
+    "loss": "min",
+    "reward_margin": "max",
+    "reward_desirable": "max",
+    "reward_undesirable": "min",
+    "logp_desirable": "max",
+    "logp_undesirable": "min",
+}
+
+
+class KtoOptions(ObjectiveOptions):
+    """`objective.name: kto`: the rewards' scale, the weights of the two verdicts and the
+    reference."""
+
+    name: Literal["kto"] = Field("kto", description=NAME_HELP)
+    truncates: ClassVar[bool] = False
+
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="How strongly the policy may move from the reference (the rewards' scale).",
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="Weight of a desirable answer's loss (thumbs up)."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="Weight of an undesirable answer's loss (thumbs down)."
+    )
+    precompute_reference: bool = Field(
+        False,
+        description=(
+            "Score every answer and its mismatched partner under the reference once before "
+            "training and cache them in the run folder (one forward pass a step instead of two)."
+        ),
+    )
+
+    def precomputes_reference(self) -> bool:
+        return self.precompute_reference
+
+
+def kto_terms(
+    logps: Any, counts: Any, reference: Any, section: KtoOptions, batch: dict[str, Any]
+) -> tuple[Any, dict]:
+    import torch
+
+    half = logps.shape[0] // 2
+    ratios = logps - reference
+    answered, mismatched = ratios[:half], ratios[half:]
+    z0 = mismatched.mean().detach().clamp(min=0)
+    desirable = batch["desirable"].to(logps.device)
+    rewards = section.beta * (answered - z0)
+    # 1 - sigmoid(x) = sigmoid(-x): a desirable answer's reward is pushed up, an undesirable
+    # one's down, each relative to z0.
+    signed = torch.where(desirable, rewards, -rewards)
+    weights = torch.where(
+        desirable,
+        torch.full_like(rewards, section.desirable_weight),
+        torch.full_like(rewards, section.undesirable_weight),
+    )
+    loss = (weights * torch.sigmoid(-signed)).mean()
+    metrics = {
+        "loss": loss,
+        "kl": z0,
+        # An answer is on its label's side when its reward beats the reference point (desirable)
+        # or falls short of it (undesirable): the analogue of DPO's reward accuracy.
+        "label_accuracy": (signed > 0).float().mean(),
+    }
+    implicit = section.beta * answered.detach()
+    for verdict, rows in (("desirable", desirable), ("undesirable", ~desirable)):
+        if rows.any():
+            metrics[f"reward_{verdict}"] = implicit[rows].mean()
+            metrics[f"logp_{verdict}"] = logps[:half][rows].detach().mean()
+    if "reward_desirable" in metrics and "reward_undesirable" in metrics:
+        metrics["reward_margin"] = metrics["reward_desirable"] - metrics["reward_undesirable"]
+    return loss, metrics
+
+
+def read_answers(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+    """The modality's unpaired answers; for the training set, a warning when the verdicts'
+    weighted balance is outside the paper's advised range."""
+    answers = read_unpaired(modality, source, config, processor, training)
+    if training and len(answers):
+        _check_balance(answers, config.objective)
+    return answers
+
+
+def _check_balance(answers: Any, section: KtoOptions) -> None:
+    desirable = sum(1 for item in answers.items if item["desirable"])
+    undesirable = len(answers) - desirable
+    if not desirable or not undesirable:
+        only = "desirable" if desirable else "undesirable"
+        log.warning(
+            "objective kto: every training answer is %s; KTO learns from both verdicts, and "
+            "with one alone it only moves the policy away from (or towards) the reference",
+            only,
+        )
+        return
+    balance = section.desirable_weight * desirable / (section.undesirable_weight * undesirable)
+    low, high = BALANCE_RANGE
+    if low <= balance <= high:
+        return
+    fitting = section.undesirable_weight * undesirable / desirable
+    log.warning(
+        "objective kto: %d desirable and %d undesirable answers weigh %.2f:1 with these weights; "
+        "the KTO paper advises 1:1 to 4:3 (e.g. objective.desirable_weight=%.2f)",
+        desirable,
+        undesirable,
+        balance,
+        fitting * (1 if balance < low else high),
+    )
+
+
+OBJECTIVE = Objective(
+    name="kto",
+    reads="labelled answers",
+    modalities=frozenset({"text", "vision_language"}),
+    needs_reference=True,
+    data=read_answers,
+    collator=collator_of(UNPAIRED_SIDES),
+    loss=make_loss(kto_terms),
+    evaluate=make_evaluate(kto_terms, UNPAIRED_SIDES, pooled=True),
+    metric_directions=lambda modality: {**DIRECTIONS, **modality.pair_metric_directions},
+    options=KtoOptions,
+)
