@@ -146,27 +146,40 @@ def packed_sft(pairs: int = 3) -> Comparison:
 
 
 def preference(objective: str, pairs: int = 3) -> Comparison:
-    """DPO or ORPO (LoRA) vs TRL's trainer for it, on digit-chat preference pairs."""
-    from omnitune.modalities.text.sample_data import write_digit_pairs
+    """DPO, ORPO or KTO (LoRA) vs TRL's trainer for it, on digit-chat preference pairs (KTO:
+    the same task as unpaired answers labelled right or wrong, half of each)."""
+    from omnitune.modalities.text.sample_data import write_digit_feedback, write_digit_pairs
     from omnitune.modalities.tiny import build_tiny
 
     model = build_tiny("text", CACHE / "tiny-text", seed=0)
-    data = CACHE / "digit-pairs"
+    unpaired = objective == "kto"
+    data = CACHE / ("digit-feedback" if unpaired else "digit-pairs")
     if not (data / "test.jsonl").is_file():
-        write_digit_pairs(data, train=512, test=64, seed=0)
+        write = write_digit_feedback if unpaired else write_digit_pairs
+        write(data, train=512, test=64, seed=0)
     common = ["--objective", objective, "--model", str(model), "--data", str(data)]
     common += ["--steps", "100"]
     module = [python(), "-m", "bench.preference_finetune"]
-    peer = {"dpo": "trl.DPOTrainer", "orpo": "trl.experimental.orpo.ORPOTrainer"}[objective]
+    peer = {
+        "dpo": "trl.DPOTrainer",
+        "orpo": "trl.experimental.orpo.ORPOTrainer",
+        "kto": "trl.KTOTrainer",
+    }[objective]
+    quality = ("label_accuracy", "reward_margin") if unpaired else ("reward_accuracy",)
     return compare(
         Comparison(
-            task=f"{objective.upper()} LoRA vs TRL (tiny Llama, digit-chat pairs, 1 thread)",
-            figure="pairs_per_second",
-            unit="pairs/s",
+            task=(
+                f"{objective.upper()} LoRA vs TRL (tiny Llama, digit-chat "
+                f"{'answers labelled right/wrong' if unpaired else 'pairs'}, 1 thread)"
+            ),
+            figure="rows_per_second",
+            unit="answers/s" if unpaired else "pairs/s",
             higher_is_better=True,
             reference_name=f"{peer} (TRL 1.16) + PEFT LoRA",
-            target=">= 1.3 at equal or better held-out reward accuracy, no more memory",
-            also=("reward_accuracy", "reward_margin"),
+            target=(
+                f">= 1.3 at equal or better held-out {quality[0].replace('_', ' ')}, no more memory"
+            ),
+            also=(*quality, "reward_margin") if not unpaired else quality,
         ),
         [*module, "--side", "omnitune", *common, "--out", str(CACHE / f"{objective}-run")],
         [*module, "--side", "trl", *common, "--out", str(CACHE / f"{objective}-trl")],
@@ -620,6 +633,7 @@ BENCHMARKS = {
     "packed_sft": packed_sft,
     "dpo": lambda: preference("dpo"),
     "orpo": lambda: preference("orpo"),
+    "kto": lambda: preference("kto"),
     "grpo": grpo,
     "monitor_ingest": monitor_ingest,
     "monitor_client": monitor_client,

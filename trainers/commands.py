@@ -116,6 +116,13 @@ def _add_data_commands(commands: Any) -> None:
         "config on",
     )
     sample.add_argument("kind", choices=("text", "vision_language"))
+    sample.add_argument(
+        "--format",
+        choices=SAMPLE_FORMATS,
+        default="sft",
+        help="sft: questions and answers; pairs: a right and a wrong answer (dpo, orpo); "
+        "feedback: one answer labelled right or wrong (kto)",
+    )
     sample.add_argument("--out", required=True, help="folder to write (created if missing)")
     sample.add_argument("--rows", type=int, default=512, help="training rows (held out: 1/8)")
     sample.add_argument("--seed", type=int, default=0)
@@ -282,25 +289,36 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What `omnitune data sample --format` writes: the rows each kind of objective reads.
+SAMPLE_FORMATS = ("sft", "pairs", "feedback")
+
+
 def _data_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     out, held_out = Path(args.out), max(1, args.rows // 8)
     if args.kind == "text":
-        from omnitune.modalities.text.sample_data import write_digit_chat
+        from omnitune.modalities.text import sample_data
 
-        paths = write_digit_chat(out, train=args.rows, test=held_out, seed=args.seed)
+        write = {
+            "sft": sample_data.write_digit_chat,
+            "pairs": sample_data.write_digit_pairs,
+            "feedback": sample_data.write_digit_feedback,
+        }[args.format]
+        paths = write(out, train=args.rows, test=held_out, seed=args.seed)
         written = [paths["train"], paths["eval"]]
     else:
         from omnitune.core.errors import UsageError
-        from omnitune.modalities.vision_language.sample_data import write_digit_vqa
+        from omnitune.modalities.vision_language import sample_data
 
         if args.rows + held_out > 1797:  # scikit-learn's digits: 1,797 images
             raise UsageError("--rows: at most 1,597 for vision_language (1,797 digit images)")
-        written = [
-            write_digit_vqa(out / "train", 0, args.rows),
-            write_digit_vqa(out / "test", args.rows, held_out),
-        ]
+        write = {
+            "sft": sample_data.write_digit_vqa,
+            "pairs": sample_data.write_digit_vqa_pairs,
+            "feedback": sample_data.write_digit_vqa_feedback,
+        }[args.format]
+        written = [write(out / "train", 0, args.rows), write(out / "test", args.rows, held_out)]
     for path in written:
         rows = sum(1 for line in path.open() if line.strip())
         print(f"{path}: {rows} rows")

@@ -35,86 +35,86 @@ if TYPE_CHECKING:
 
 
 def read_text_pairs(source: str, config: RunSettings, tokenizer: Any, training: bool) -> Examples:
-    pairs = Examples(items=[], source=source, noun="pairs")
-    group_field = config.data.balance.by
-    fail = text_options(config).overlong == "fail"
-    limit = config.data.max_length
-    for line, record in pairs.usable_records():
-        prompt, chosen, rejected, problem = parse_pair(record)
-        if prompt is None:
-            pairs.skipped[problem] += 1
-            continue
-        if any(not isinstance(m["content"], str) for m in prompt):
-            pairs.skipped["prompt content is not text"] += 1
-            continue
-        encoded = {}
-        for side, answer in (("chosen", chosen), ("rejected", rejected)):
-            ids, labels = encode_answer(tokenizer, prompt, answer)
-            encoded[f"{side}_ids"], encoded[f"{side}_labels"] = ids, labels
-        if any(all(t == IGNORE for t in encoded[f"{s}_labels"]) for s in ("chosen", "rejected")):
-            pairs.skipped["no answer tokens after the chat template"] += 1
-            continue
-        tokens = max(len(encoded["chosen_ids"]), len(encoded["rejected_ids"]))
-        if tokens > limit:
-            if fail:
-                raise DataError(
-                    f"{source}:{line}: pair of {tokens} tokens, over data.max_length={limit}; "
-                    "raise it, or set data.options.overlong=drop to skip such pairs"
-                )
-            pairs.skipped[overlong_pair_reason(limit)] += 1
-            continue
-        item = {
-            **encoded,
-            "prompt": " ".join(str(m["content"]) for m in prompt),
-            "prompt_messages": prompt,
-            "answer": chosen,
-        }
-        pairs.add(item, record, group_field, length=tokens)
-    return pairs
+    return _read(
+        source,
+        config,
+        tokenizer,
+        Examples(items=[], source=source, noun="pairs"),
+        parse_pair,
+        lambda parsed: ({"chosen": parsed[1], "rejected": parsed[2]}, {}),
+    )
 
 
 def read_text_unpaired(
     source: str, config: RunSettings, tokenizer: Any, training: bool
 ) -> Examples:
-    answers = Examples(items=[], source=source, noun="answers")
-    fail = text_options(config).overlong == "fail"
+    answers = _read(
+        source,
+        config,
+        tokenizer,
+        Examples(items=[], source=source, noun="answers"),
+        parse_unpaired,
+        lambda parsed: ({"completion": parsed[1]}, {"desirable": parsed[2]}),
+    )
     limit = config.data.max_length
-    for line, record in answers.usable_records():
-        prompt, completion, desirable, problem = parse_unpaired(record)
-        if prompt is None:
-            answers.skipped[problem] += 1
-            continue
-        if any(not isinstance(m["content"], str) for m in prompt):
-            answers.skipped["prompt content is not text"] += 1
-            continue
-        ids, labels = encode_answer(tokenizer, prompt, completion)
-        if all(t == IGNORE for t in labels):
-            answers.skipped["no answer tokens after the chat template"] += 1
-            continue
-        if len(ids) > limit:
-            if fail:
-                raise DataError(
-                    f"{source}:{line}: row of {len(ids)} tokens, over data.max_length={limit}; "
-                    "raise it, or set data.options.overlong=drop to skip such rows"
-                )
-            answers.skipped[f"row longer than data.max_length ({limit} tokens)"] += 1
-            continue
-        item = {
-            "completion_ids": ids,
-            "completion_labels": labels,
-            "completion": completion,
-            "desirable": desirable,
-            "prompt": " ".join(str(m["content"]) for m in prompt),
-            "prompt_messages": prompt,
-            "answer": completion,
-        }
-        answers.add(item, record, config.data.balance.by, length=len(ids))
     for item, partner in zip(answers.items, mismatched_partners(len(answers), seed=0), strict=True):
         other = answers.items[partner]["completion"]
         ids, labels = encode_answer(tokenizer, item["prompt_messages"], other)
         item["mismatched"], item["mismatched_ids"] = other, ids[:limit]
         item["mismatched_labels"] = labels[:limit]
     return answers
+
+
+def _read(
+    source: str,
+    config: RunSettings,
+    tokenizer: Any,
+    found: Examples,
+    parse: Callable[[dict[str, Any]], tuple],
+    answers_of: Callable[[tuple], tuple[dict[str, str], dict[str, Any]]],
+) -> Examples:
+    """Fill `found` with the rows that `parse` accepts whose prompt plus each answer fits.
+    `answers_of(parsed)` gives the answers by side (each kept as `SIDE`, `SIDE_ids` and
+    `SIDE_labels`; the first is the one generated metrics compare with) and the item's other
+    fields. The rest are counted in `found.skipped` by reason, or an over-long row stops the
+    run under `data.options.overlong: fail`."""
+    fail = text_options(config).overlong == "fail"
+    limit = config.data.max_length
+    noun = found.noun[:-1] if found.noun == "pairs" else "row"
+    for line, record in found.usable_records():
+        parsed = parse(record)
+        prompt = parsed[0]
+        if prompt is None:
+            found.skipped[parsed[-1]] += 1
+            continue
+        if any(not isinstance(m["content"], str) for m in prompt):
+            found.skipped["prompt content is not text"] += 1
+            continue
+        answers, fields = answers_of(parsed)
+        item: dict[str, Any] = {}
+        for side, answer in answers.items():
+            ids, labels = encode_answer(tokenizer, prompt, answer)
+            item[side], item[f"{side}_ids"], item[f"{side}_labels"] = answer, ids, labels
+        if any(all(t == IGNORE for t in item[f"{side}_labels"]) for side in answers):
+            found.skipped["no answer tokens after the chat template"] += 1
+            continue
+        tokens = max(len(item[f"{side}_ids"]) for side in answers)
+        if tokens > limit:
+            if fail:
+                raise DataError(
+                    f"{source}:{line}: {noun} of {tokens} tokens, over data.max_length={limit}; "
+                    f"raise it, or set data.options.overlong=drop to skip such {noun}s"
+                )
+            found.skipped[overlong_pair_reason(limit).replace("pair", noun, 1)] += 1
+            continue
+        item |= {
+            **fields,
+            "prompt": " ".join(str(m["content"]) for m in prompt),
+            "prompt_messages": prompt,
+            "answer": next(iter(answers.values())),
+        }
+        found.add(item, record, config.data.balance.by, length=tokens)
+    return found
 
 
 def encode_answer(tokenizer: Any, prompt: list[dict[str, Any]], answer: str) -> tuple[list, list]:

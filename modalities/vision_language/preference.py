@@ -13,8 +13,7 @@ it only samples the policy's drift.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import DataError
@@ -37,94 +36,77 @@ if TYPE_CHECKING:
 
 
 def read_vlm_pairs(source: str, config: RunSettings, processor: Any, training: bool) -> Examples:
-    pairs = Examples(items=[], source=source, noun="pairs")
-    for where, base, record, parsed in _parsed(source, config, pairs, parse_pair):
-        prompt, chosen, rejected, _ = parsed
-        found = _prompt_images(prompt, record, where, base, config, pairs)
-        if found is None:
-            continue
-        messages, images, opened = found
-        tokens = _longest(processor, (messages, opened), (chosen, rejected), config, where, pairs)
-        if tokens is None:
-            continue
-        item = {
-            "messages": messages,
-            "images": images,
-            "chosen": chosen,
-            "rejected": rejected,
-            "answer": chosen,
-            "prompt": " ".join(text_of(m) for m in messages),
-        }
-        pairs.add(item, record, config.data.balance.by, length=tokens)
-    return pairs
+    return _read(
+        source,
+        config,
+        processor,
+        Examples(items=[], source=source, noun="pairs"),
+        parse_pair,
+        lambda parsed: ((parsed[1], parsed[2]), {"chosen": parsed[1], "rejected": parsed[2]}),
+    )
 
 
 def read_vlm_unpaired(source: str, config: RunSettings, processor: Any, training: bool) -> Examples:
-    answers = Examples(items=[], source=source, noun="answers")
-    for where, base, record, parsed in _parsed(source, config, answers, parse_unpaired):
-        prompt, completion, desirable, _ = parsed
-        found = _prompt_images(prompt, record, where, base, config, answers)
-        if found is None:
-            continue
-        messages, images, opened = found
-        tokens = _longest(processor, (messages, opened), (completion,), config, where, answers)
-        if tokens is None:
-            continue
-        item = {
-            "messages": messages,
-            "images": images,
-            "completion": completion,
-            "desirable": desirable,
-            "answer": completion,
-            "prompt": " ".join(text_of(m) for m in messages),
-        }
-        answers.add(item, record, config.data.balance.by, length=tokens)
+    answers = _read(
+        source,
+        config,
+        processor,
+        Examples(items=[], source=source, noun="answers"),
+        parse_unpaired,
+        lambda parsed: ((parsed[1],), {"completion": parsed[1], "desirable": parsed[2]}),
+    )
     partners = mismatched_partners(len(answers), seed=0)
     for item, partner in zip(answers.items, partners, strict=True):
         item["mismatched"] = answers.items[partner]["completion"]
     return answers
 
 
-def _parsed(
-    source: str, config: RunSettings, found: Examples, parse: Callable[[dict], tuple]
-) -> Iterator[tuple[str, Path, dict[str, Any], tuple]]:
-    """`(where, folder for relative paths, record, parse(record))` of each row that `parse`
-    accepts (a `question` is the prompt where the row has no other); the others are counted
-    under the reason it gives."""
-    for where, base, record in records(source, vision_options(config), found):
+def _read(
+    source: str,
+    config: RunSettings,
+    processor: Any,
+    found: Examples,
+    parse: Callable[[dict[str, Any]], tuple],
+    answers_of: Callable[[tuple], tuple[tuple[str, ...], dict[str, Any]]],
+) -> Examples:
+    """Fill `found` with the rows that `parse` accepts (a `question` is the prompt where the
+    row has no other), whose images open and whose prompt plus each answer fits;
+    `answers_of(parsed)` gives the answers to check (the first is the one generated metrics
+    compare with) and the item's fields beside the prompt's messages and images. The rest
+    are counted in `found.skipped` by reason."""
+    options = vision_options(config)
+    for where, base, record in records(source, options, found):
         if "prompt" not in record and "messages" not in record and "question" in record:
             record = {**record, "prompt": record["question"]}
         parsed = parse(record)
         if parsed[0] is None:
             found.skipped[parsed[-1]] += 1
             continue
-        yield where, base, record, parsed
-
-
-def _prompt_images(
-    prompt: list[dict[str, Any]],
-    record: dict[str, Any],
-    where: str,
-    base: Path,
-    config: RunSettings,
-    found: Examples,
-) -> tuple[list[dict[str, Any]], list[Any], list[Any]] | None:
-    """The prompt's messages with image parts, its image paths and the opened images; None
-    (the row counted as skipped) when it has no image or one cannot be used."""
-    options = vision_options(config)
-    messages = _with_parts(prompt, record)
-    images = image_paths(messages, record, where, base)
-    if not images:
-        found.skipped["no image in the prompt"] += 1
-        return None
-    try:
-        opened = [
-            open_image(path, options.max_pixels, options.max_decode_pixels) for path in images
-        ]
-    except ImageProblem as problem:
-        found.skipped[problem.reason] += 1
-        return None
-    return messages, images, opened
+        messages = _with_parts(parsed[0], record)
+        images = image_paths(messages, record, where, base)
+        if not images:
+            found.skipped["no image in the prompt"] += 1
+            continue
+        try:
+            opened = [
+                open_image(path, options.max_pixels, options.max_decode_pixels) for path in images
+            ]
+        except ImageProblem as problem:
+            found.skipped[problem.reason] += 1
+            continue
+        texts, fields = answers_of(parsed)
+        tokens = _longest(processor, (messages, opened), texts, config, where, found)
+        if tokens is None:
+            continue
+        item = {
+            "messages": messages,
+            "images": images,
+            **fields,
+            "answer": texts[0],
+            "prompt": " ".join(text_of(m) for m in messages),
+        }
+        found.add(item, record, config.data.balance.by, length=tokens)
+    return found
 
 
 def _longest(

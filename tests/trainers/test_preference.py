@@ -270,18 +270,6 @@ def test_unpaired_rows_are_checked_and_an_unbalanced_set_gets_the_advised_weight
 
 
 @pytest.mark.slow
-@pytest.mark.reliability
-def test_sigkill_then_resume_of_a_kto_run_equals_an_uninterrupted_run(run_config, feedback_data):
-    kill_resume_and_compare(
-        lambda name, **s: _pairs_run(run_config, feedback_data, name, **s),
-        60,
-        objective={"name": "kto"},
-        peft=RESUMABLE["peft"],
-        train={**RESUMABLE["train"], "max_steps": 60},
-    )
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llava", "idefics3", "qwen2-vl"])
 def test_dpo_on_each_vision_language_family_reloads_with_the_same_scores(
     tiny_model, tmp_path, family
@@ -317,25 +305,20 @@ def test_dpo_on_each_vision_language_family_reloads_with_the_same_scores(
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_sigkill_then_resume_of_a_dpo_run_equals_an_uninterrupted_run(run_config, pair_data):
+@pytest.mark.parametrize(
+    ("objective", "data", "steps"),
+    [("dpo", "pair_data", 100), ("orpo", "pair_data", 60), ("kto", "feedback_data", 60)],
+)
+def test_sigkill_then_resume_of_a_preference_run_equals_an_uninterrupted_run(
+    run_config, request, objective, data, steps
+):
+    rows = request.getfixturevalue(data)
     kill_resume_and_compare(
-        lambda name, **s: _pairs_run(run_config, pair_data, name, **s),
-        100,
-        objective={"name": "dpo"},
+        lambda name, **s: _pairs_run(run_config, rows, name, **s),
+        steps,
+        objective={"name": objective},
         peft=RESUMABLE["peft"],
-        train={**RESUMABLE["train"], "max_steps": 100},
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.reliability
-def test_sigkill_then_resume_of_an_orpo_run_equals_an_uninterrupted_run(run_config, pair_data):
-    kill_resume_and_compare(
-        lambda name, **s: _pairs_run(run_config, pair_data, name, **s),
-        60,
-        objective={"name": "orpo"},
-        peft=RESUMABLE["peft"],
-        train={**RESUMABLE["train"], "max_steps": 60},
+        train={**RESUMABLE["train"], "max_steps": steps},
     )
 
 

@@ -12,25 +12,18 @@ log-probabilities precomputed once (`omnitune.trainers.objectives.reference`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
+from omnitune.trainers.objectives.options import NAME_HELP, ReferenceOptions
 from omnitune.trainers.objectives.preference import preference_objective, reward_metrics
 
 
-class DpoOptions(ObjectiveOptions):
+class DpoOptions(ReferenceOptions):
     """`objective.name: dpo`: the implicit reward's scale, the loss and its reference."""
 
     name: Literal["dpo"] = Field("dpo", description=NAME_HELP)
-    beta: float = Field(
-        0.1,
-        gt=0,
-        description=(
-            "How strongly the policy may move from the reference (the implicit reward's scale)."
-        ),
-    )
     dpo_loss: Literal["sigmoid", "ipo"] = Field(
         "sigmoid",
         description="The loss: sigmoid (the DPO paper) or ipo (squared, per-token averaged).",
@@ -41,19 +34,6 @@ class DpoOptions(ObjectiveOptions):
         lt=0.5,
         description="Sigmoid loss: the assumed share of pairs whose labels are flipped.",
     )
-    truncates: ClassVar[bool] = False
-
-    precompute_reference: bool = Field(
-        False,
-        description=(
-            "Score every pair under the reference once before training and cache it in the run "
-            "folder (one forward pass a step instead of two; no frozen copy for full "
-            "fine-tuning)."
-        ),
-    )
-
-    def precomputes_reference(self) -> bool:
-        return self.precompute_reference
 
 
 def dpo_terms(

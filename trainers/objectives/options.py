@@ -55,6 +55,33 @@ class ObjectiveOptions(Section):
         of `config`; called by `RunConfig` after every section validated."""
 
 
+class ReferenceOptions(ObjectiveOptions):
+    """Options of the objectives that score answers against a reference policy (DPO, KTO):
+    the implicit reward's scale and whether the reference's scores are computed once. Their
+    answers are never truncated (a cut answer would be scored short against the reference)."""
+
+    truncates: ClassVar[bool] = False
+
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description=(
+            "How strongly the policy may move from the reference (the implicit reward's scale)."
+        ),
+    )
+    precompute_reference: bool = Field(
+        False,
+        description=(
+            "Score every row's answers under the reference once before training and cache them "
+            "in the run folder (one forward pass a step instead of two; no frozen copy for full "
+            "fine-tuning)."
+        ),
+    )
+
+    def precomputes_reference(self) -> bool:
+        return self.precompute_reference
+
+
 class SamplingOptions(ObjectiveOptions):
     """The online objectives' options (GRPO, PPO): sampling, the KL to the reference, the
     clipped policy ratio and the rewards."""

@@ -13,7 +13,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from omnitune.trainers.objectives.options import NAME_HELP, ObjectiveOptions
-from omnitune.trainers.objectives.preference import preference_objective, reward_metrics
+from omnitune.trainers.objectives.preference import (
+    DIRECTIONS,
+    preference_objective,
+    reward_metrics,
+)
 
 
 def orpo_terms(
@@ -56,5 +60,5 @@ OBJECTIVE = preference_objective(
     orpo_terms,
     needs_reference=False,
     options=OrpoOptions,
-    more_metrics={"nll": "min", "log_odds_ratio": "max"},
+    directions={**DIRECTIONS, "nll": "min", "log_odds_ratio": "max"},
 )

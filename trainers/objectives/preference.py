@@ -39,26 +39,24 @@ DIRECTIONS = {
 MODEL_INPUTS_EXCLUDED = ("labels", "reference_logps", "desirable")
 
 
-def read_pairs(
-    modality: Any, source: str, config: RunConfig, processor: Any, training: bool
-) -> Any:
-    if modality.pairs is None:
-        raise ConfigError(
-            f"objective.name: {config.objective.name} needs preference pairs, which the "
-            f"{modality.name} modality does not read"
-        )
-    return modality.pairs(source, config, processor, training)
+def reader_of(attribute: str, what: str) -> Callable[..., Any]:
+    """The objective's data reader: the modality's `attribute` reader (`pairs`, `unpaired`),
+    or a config error naming `what` the modality cannot read."""
+
+    def read(modality: Any, source: str, config: RunConfig, processor: Any, training: bool) -> Any:
+        reader = getattr(modality, attribute)
+        if reader is None:
+            raise ConfigError(
+                f"objective.name: {config.objective.name} needs {what}, which the "
+                f"{modality.name} modality does not read"
+            )
+        return reader(source, config, processor, training)
+
+    return read
 
 
-def read_unpaired(
-    modality: Any, source: str, config: RunConfig, processor: Any, training: bool
-) -> Any:
-    if modality.unpaired is None:
-        raise ConfigError(
-            f"objective.name: {config.objective.name} needs answers labelled desirable or not, "
-            f"which the {modality.name} modality does not read"
-        )
-    return modality.unpaired(source, config, processor, training)
+read_pairs = reader_of("pairs", "preference pairs")
+read_unpaired = reader_of("unpaired", "answers labelled desirable or not")
 
 
 def collator_of(sides: tuple[str, str]) -> Callable[..., Any]:
@@ -187,23 +185,32 @@ def preference_objective(
     terms: Terms,
     needs_reference: bool,
     options: type[ObjectiveOptions],
-    more_metrics: dict[str, str] | None = None,
+    directions: dict[str, str] = DIRECTIONS,
+    reads: tuple[str, Callable[..., Any], tuple[str, str]] = (
+        "preference pairs",
+        read_pairs,
+        PAIR_SIDES,
+    ),
+    pooled: bool = False,
 ) -> Objective:
-    """A pair objective (DPO, ORPO): preference pairs in, `terms` per batch."""
+    """An objective over two answers per item: pairs by default (DPO, ORPO); `reads` is what
+    a row is called, its reader and the item's two sides (KTO: labelled answers and their
+    mismatched partners); `pooled` evaluates the terms over the whole eval set at once."""
+    noun, data, sides = reads
 
-    def directions(modality: Any) -> dict[str, str]:
-        return {**DIRECTIONS, **(more_metrics or {}), **modality.pair_metric_directions}
+    def metric_directions(modality: Any) -> dict[str, str]:
+        return {**directions, **modality.pair_metric_directions}
 
     return Objective(
         name=name,
-        reads="preference pairs",
+        reads=noun,
         modalities=frozenset({"text", "vision_language"}),
         needs_reference=needs_reference,
-        data=read_pairs,
-        collator=collator_of(PAIR_SIDES),
+        data=data,
+        collator=collator_of(sides),
         loss=make_loss(terms),
-        evaluate=make_evaluate(terms, PAIR_SIDES, pooled=False),
-        metric_directions=directions,
+        evaluate=make_evaluate(terms, sides, pooled=pooled),
+        metric_directions=metric_directions,
         options=options,
     )
 
