@@ -20,54 +20,60 @@ FAMILIES = {
     "qwen2-vl": ("AutoProcessor", "AutoModelForImageTextToText", "image"),
 }
 
-# Plain transformers, no omnitune import: proves the folder is an ordinary HF checkpoint.
+# Plain transformers, no omnitune import: proves each folder is an ordinary HF checkpoint.
+# One process loads every family (a process's imports cost more than a tiny model's load).
 LOAD_AND_GENERATE = """
-import json, sys
+import json
 import numpy as np
 import transformers
-folder, processor_class, model_class, kind = sys.argv[1:5] if len(sys.argv) > 4 else ARGS
-processor = getattr(transformers, processor_class).from_pretrained(folder)
-model = getattr(transformers, model_class).from_pretrained(folder)
-if kind == "audio":
-    audio = np.zeros(16000, dtype=np.float32)
-    inputs = processor(audio=audio, sampling_rate=16000, return_tensors="pt")
-elif kind == "image":
-    from PIL import Image
-    image = Image.new("RGB", (40, 50), (120, 30, 200))
-    parts = [{"type": "image"}, {"type": "text", "text": "Which digit?"}]
-    messages = [{"role": "user", "content": parts}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
-else:
-    inputs = processor.apply_chat_template([{"role": "user", "content": "hello"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True)
-out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-text_config = model.config.get_text_config()
-print(json.dumps({
-    "model": type(model).__name__,
-    "generated": int(out.shape[-1]),
-    "hidden": getattr(text_config, "hidden_size", None) or text_config.d_model,
-    "layers": getattr(text_config, "num_hidden_layers", None) or text_config.decoder_layers,
-}))
+from PIL import Image
+
+for folder, processor_class, model_class, kind in ARGS:
+    processor = getattr(transformers, processor_class).from_pretrained(folder)
+    model = getattr(transformers, model_class).from_pretrained(folder)
+    if kind == "audio":
+        audio = np.zeros(16000, dtype=np.float32)
+        inputs = processor(audio=audio, sampling_rate=16000, return_tensors="pt")
+    elif kind == "image":
+        image = Image.new("RGB", (40, 50), (120, 30, 200))
+        parts = [{"type": "image"}, {"type": "text", "text": "Which digit?"}]
+        messages = [{"role": "user", "content": parts}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    else:
+        inputs = processor.apply_chat_template([{"role": "user", "content": "hello"}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    text_config = model.config.get_text_config()
+    print(json.dumps({
+        "folder": folder,
+        "model": type(model).__name__,
+        "generated": int(out.shape[-1]),
+        "hidden": getattr(text_config, "hidden_size", None) or text_config.d_model,
+        "layers": getattr(text_config, "num_hidden_layers", None) or text_config.decoder_layers,
+    }))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_built_model_loads_with_auto_classes_in_a_new_process(family, tmp_path):
-    out = tmp_path / family
-    built = run_cli("models", "build-tiny", family, "--out", str(out))
+def test_build_tiny_writes_a_checkpoint_and_prints_its_folder(tmp_path):
+    out = tmp_path / "text"
+    built = run_cli("models", "build-tiny", "text", "--out", str(out))
     assert built.returncode == 0, built.stderr
     assert built.stdout.strip() == str(out)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
-    processor_class, model_class, kind = FAMILIES[family]
-    code = f"ARGS = {[str(out), processor_class, model_class, kind]!r}\n" + LOAD_AND_GENERATE
-    result = run_python(code)
+
+@pytest.mark.slow
+def test_every_family_loads_with_auto_classes_and_generates_in_a_new_process(tiny_model):
+    args = [[str(tiny_model(family)), *FAMILIES[family]] for family in FAMILIES]
+    result = run_python(f"ARGS = {args!r}\n" + LOAD_AND_GENERATE)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["generated"] >= 4
-    assert report["hidden"] <= 128 and report["layers"] == 2
+    reports = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(args) :]]
+    assert [r["folder"] for r in reports] == [a[0] for a in args]
+    for family, report in zip(FAMILIES, reports, strict=True):
+        assert report["generated"] >= 4, family
+        assert report["hidden"] <= 128 and report["layers"] == 2, family
 
 
 @pytest.mark.slow
