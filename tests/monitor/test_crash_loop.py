@@ -25,7 +25,7 @@ from tests.monitor.conftest import free_port, start_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
-KILLS = 20
+KILLS = 12
 SENDERS = 3
 BATCH = 10
 RATE = 1_000  # events/s, all senders together
