@@ -313,12 +313,21 @@ def test_image_labels_export_as_rows_that_train_kto_on_a_vision_language_model(
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert f"{out / 'kto' / 'train.jsonl'}: {len(kto)} answers" in trained.stderr
     assert "2 steps" in trained.stdout
-    for kind, objective in (("sft", "sft"), ("dpo", "dpo")):  # read as training reads them
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model("llava"))
+    adapted = PeftModel.from_pretrained(base, str(tmp_path / "run-kto" / "adapter"))
+    assert sum("lora_" in name for name, _ in adapted.named_parameters()) > 0
+
+    for kind in ("sft", "dpo"):  # the other two files train as they are
         config["data"] = {"train": str(out / kind / "train.jsonl")}
-        config["objective"] = {"name": objective}
+        config["objective"] = {"name": kind}
+        config["train"]["max_steps"] = 1
+        config["output_dir"] = str(tmp_path / f"run-{kind}")
         (tmp_path / f"{kind}.yaml").write_text(json.dumps(config))
-        info = run_cli("data", "info", str(tmp_path / f"{kind}.yaml"))
-        assert info.returncode == 0, info.stderr[-3000:]
+        trained = run_cli("train", str(tmp_path / f"{kind}.yaml"))
+        assert trained.returncode == 0, trained.stderr[-3000:]
         rows = sum(1 for _ in (out / kind / "train.jsonl").open())
         noun = "pairs" if kind == "dpo" else "examples"
-        assert f"{out / kind / 'train.jsonl'}: {rows} {noun}" in info.stdout
+        assert f"{out / kind / 'train.jsonl'}: {rows} {noun}" in trained.stderr

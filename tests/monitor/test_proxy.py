@@ -31,31 +31,9 @@ TRANSFORMERS = REPO / ".venv" / "bin" / "transformers"
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory, tiny_model) -> Path:
-    """The tiny chat model after 60 steps on digit chats, so that it answers with numerals
-    (the untrained one only repeats special tokens, which decode to nothing)."""
-    from omnitune.modalities.text.sample_data import write_digit_chat
-    from omnitune.trainers.config import RunConfig
-    from omnitune.trainers.loop import train
-
-    folder = tmp_path_factory.mktemp("chat")
-    data = write_digit_chat(folder / "data", train=256, test=16, seed=0)
-    config = RunConfig.model_validate(
-        {
-            "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
-            "data": {"train": str(data["train"])},
-            "peft": {"method": "full"},
-            "train": {"max_steps": 60, "batch_size": 32, "lr": 3e-3, "num_threads": 1},
-            "output_dir": str(folder / "run"),
-        }
-    )
-    return train(config).output
-
-
-@pytest.fixture(scope="module")
-def served(chat_model) -> Iterator[tuple[str, str]]:
+def served(sft_model) -> Iterator[tuple[str, str]]:
     """(URL, model id) of `transformers serve` running the tiny chat model on loopback."""
-    model = str(chat_model)
+    model = str(sft_model)
     port = free_port()
     log = open(Path(model).parent / "serve.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(

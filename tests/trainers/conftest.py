@@ -11,33 +11,6 @@ import pytest
 import yaml
 
 
-@pytest.fixture(scope="session")
-def sft_model(tmp_path_factory, tiny_model, text_data) -> Path:
-    """The tiny chat model after 60 steps of SFT: right about a third of the time (where the
-    online objectives start from)."""
-    from omnitune.trainers.config import RunConfig
-    from omnitune.trainers.loop import train
-
-    out = tmp_path_factory.mktemp("sft")
-    config = RunConfig.model_validate(
-        {
-            "model": {"name_or_path": str(tiny_model("text")), "modality": "text"},
-            "data": {"train": str(text_data["train"])},
-            "peft": {"method": "full"},
-            "train": {
-                "max_steps": 60,
-                "batch_size": 32,
-                "lr": 3e-3,
-                "lr_schedule": "cosine",
-                "warmup_steps": 5,
-                "num_threads": 1,
-            },
-            "output_dir": str(out),
-        }
-    )
-    return train(config).output
-
-
 @pytest.fixture
 def run_config(tmp_path: Path, tiny_model, text_data) -> Callable[..., Path]:
     """`run_config(name, **sections)` writes a text run config; sections update the defaults."""
