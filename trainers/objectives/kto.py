@@ -18,13 +18,17 @@ whose data and weights fall outside says so once, with the weight that would fit
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from omnitune.modalities.preference import UNPAIRED_SIDES
 from omnitune.trainers.objectives.options import NAME_HELP, ReferenceOptions
 from omnitune.trainers.objectives.preference import preference_objective, read_unpaired
+
+if TYPE_CHECKING:
+    from omnitune.modalities.base import Examples, Modality
+    from omnitune.trainers.config import RunConfig
 
 log = logging.getLogger("omnitune.train")
 
@@ -95,7 +99,9 @@ def kto_terms(
     return loss, metrics
 
 
-def read_answers(modality: Any, source: str, config: Any, processor: Any, training: bool) -> Any:
+def read_answers(
+    modality: Modality, source: str, config: RunConfig, processor: Any, training: bool
+) -> Examples:
     """The modality's unpaired answers; for the training set, a warning when the verdicts'
     weighted balance is outside the paper's advised range."""
     answers = read_unpaired(modality, source, config, processor, training)
@@ -104,15 +110,16 @@ def read_answers(modality: Any, source: str, config: Any, processor: Any, traini
     return answers
 
 
-def _check_balance(answers: Any, section: KtoOptions) -> None:
+def _check_balance(answers: Examples, section: KtoOptions) -> None:
     desirable = sum(1 for item in answers.items if item["desirable"])
     undesirable = len(answers) - desirable
     if not desirable or not undesirable:
-        only = "desirable" if desirable else "undesirable"
+        only, missing = ("desirable", "undesirable") if desirable else ("undesirable", "desirable")
         log.warning(
-            "objective kto: every training answer is %s; KTO learns from both verdicts, and "
-            "with one alone it only moves the policy away from (or towards) the reference",
+            "objective kto: every training answer is %s (none %s); KTO still trains, but "
+            "judges answers on one side of its reference point only",
             only,
+            missing,
         )
         return
     balance = section.desirable_weight * desirable / (section.undesirable_weight * undesirable)
