@@ -66,6 +66,24 @@ def parse_prompt(record: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, s
     return messages, ""
 
 
+def pair_answers(parsed: tuple) -> tuple[dict[str, str], dict[str, Any]]:
+    """A parsed pair's answers by side, and its other item fields (none)."""
+    return {"chosen": parsed[1], "rejected": parsed[2]}, {}
+
+
+def unpaired_answers(parsed: tuple) -> tuple[dict[str, str], dict[str, Any]]:
+    """A parsed unpaired row's answer by side, and its verdict."""
+    return {"completion": parsed[1]}, {"desirable": parsed[2]}
+
+
+def add_mismatched(items: list[dict[str, Any]], seed: int = 0) -> None:
+    """Give each unpaired item the completion of its `mismatched_partners` partner as its
+    `mismatched` answer (KTO's KL estimate scores it after the item's own prompt)."""
+    partners = mismatched_partners(len(items), seed)
+    for item, partner in zip(items, partners, strict=True):
+        item["mismatched"] = items[partner]["completion"]
+
+
 def mismatched_partners(count: int, seed: int) -> list[int]:
     """For each of `count` rows, another row whose answer it is paired with for KTO's KL
     estimate: a seeded shuffle of the rows, each taking the answer of the next one round
@@ -96,8 +114,9 @@ def answer_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def overlong_pair_reason(limit: int) -> str:
-    return f"pair longer than data.max_length ({limit} tokens)"
+def overlong_reason(limit: int, noun: str = "pair") -> str:
+    """Why an over-long `noun` ("pair", or "row" for an unpaired answer) was skipped."""
+    return f"{noun} longer than data.max_length ({limit} tokens)"
 
 
 def last_span(labels: list[int], ignore: int = -100) -> list[int]:
@@ -118,9 +137,9 @@ PAIR_SIDES = ("chosen", "rejected")
 UNPAIRED_SIDES = ("completion", "mismatched")
 
 
-def with_reference_logps(batch: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add the items' precomputed reference log-probabilities (first answers then second),
-    if any, and an unpaired batch's `desirable` flags."""
+def with_item_tensors(batch: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add what the items carry beside their answers, as tensors: KTO's `desirable` flags,
+    and precomputed reference log-probabilities (first answers then second) where there are."""
     import torch
 
     if "desirable" in pairs[0]:

@@ -19,12 +19,14 @@ from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
 from omnitune.modalities.preference import (
     PAIR_SIDES,
+    add_mismatched,
     last_span,
-    mismatched_partners,
-    overlong_pair_reason,
+    overlong_reason,
+    pair_answers,
     parse_pair,
     parse_unpaired,
-    with_reference_logps,
+    unpaired_answers,
+    with_item_tensors,
 )
 from omnitune.modalities.text.collate import padded_batch
 from omnitune.modalities.text.data import IGNORE, encode_chat
@@ -41,7 +43,7 @@ def read_text_pairs(source: str, config: RunSettings, tokenizer: Any, training: 
         tokenizer,
         Examples(items=[], source=source, noun="pairs"),
         parse_pair,
-        lambda parsed: ({"chosen": parsed[1], "rejected": parsed[2]}, {}),
+        pair_answers,
     )
 
 
@@ -54,14 +56,13 @@ def read_text_unpaired(
         tokenizer,
         Examples(items=[], source=source, noun="answers"),
         parse_unpaired,
-        lambda parsed: ({"completion": parsed[1]}, {"desirable": parsed[2]}),
+        unpaired_answers,
     )
+    add_mismatched(answers.items)
     limit = config.data.max_length
-    for item, partner in zip(answers.items, mismatched_partners(len(answers), seed=0), strict=True):
-        other = answers.items[partner]["completion"]
-        ids, labels = encode_answer(tokenizer, item["prompt_messages"], other)
-        item["mismatched"], item["mismatched_ids"] = other, ids[:limit]
-        item["mismatched_labels"] = labels[:limit]
+    for item in answers.items:
+        ids, labels = encode_answer(tokenizer, item["prompt_messages"], item["mismatched"])
+        item["mismatched_ids"], item["mismatched_labels"] = ids[:limit], labels[:limit]
     return answers
 
 
@@ -80,7 +81,6 @@ def _read(
     run under `data.options.overlong: fail`."""
     fail = text_options(config).overlong == "fail"
     limit = config.data.max_length
-    noun = found.noun[:-1] if found.noun == "pairs" else "row"
     for line, record in found.usable_records():
         parsed = parse(record)
         prompt = parsed[0]
@@ -91,6 +91,7 @@ def _read(
             found.skipped["prompt content is not text"] += 1
             continue
         answers, fields = answers_of(parsed)
+        noun = "pair" if len(answers) == 2 else "row"
         item: dict[str, Any] = {}
         for side, answer in answers.items():
             ids, labels = encode_answer(tokenizer, prompt, answer)
@@ -105,7 +106,7 @@ def _read(
                     f"{source}:{line}: {noun} of {tokens} tokens, over data.max_length={limit}; "
                     f"raise it, or set data.options.overlong=drop to skip such {noun}s"
                 )
-            found.skipped[overlong_pair_reason(limit).replace("pair", noun, 1)] += 1
+            found.skipped[overlong_reason(limit, noun)] += 1
             continue
         item |= {
             **fields,
@@ -146,6 +147,6 @@ def make_pair_collator(
         rows = [(p[f"{first}_ids"], p[f"{first}_labels"]) for p in pairs]
         rows += [(p[f"{second}_ids"], p[f"{second}_labels"]) for p in pairs]
         batch = padded_batch(rows, pad_id)
-        return with_reference_logps(batch, pairs)
+        return with_item_tensors(batch, pairs)
 
     return collate

@@ -20,11 +20,13 @@ from omnitune.core.errors import DataError
 from omnitune.modalities.base import Examples
 from omnitune.modalities.preference import (
     PAIR_SIDES,
-    mismatched_partners,
-    overlong_pair_reason,
+    add_mismatched,
+    overlong_reason,
+    pair_answers,
     parse_pair,
     parse_unpaired,
-    with_reference_logps,
+    unpaired_answers,
+    with_item_tensors,
 )
 from omnitune.modalities.vision_language.collate import encode_conversations, with_images
 from omnitune.modalities.vision_language.data import image_paths, records, text_of, token_length
@@ -42,7 +44,7 @@ def read_vlm_pairs(source: str, config: RunSettings, processor: Any, training: b
         processor,
         Examples(items=[], source=source, noun="pairs"),
         parse_pair,
-        lambda parsed: ((parsed[1], parsed[2]), {"chosen": parsed[1], "rejected": parsed[2]}),
+        pair_answers,
     )
 
 
@@ -53,11 +55,9 @@ def read_vlm_unpaired(source: str, config: RunSettings, processor: Any, training
         processor,
         Examples(items=[], source=source, noun="answers"),
         parse_unpaired,
-        lambda parsed: ((parsed[1],), {"completion": parsed[1], "desirable": parsed[2]}),
+        unpaired_answers,
     )
-    partners = mismatched_partners(len(answers), seed=0)
-    for item, partner in zip(answers.items, partners, strict=True):
-        item["mismatched"] = answers.items[partner]["completion"]
+    add_mismatched(answers.items)
     return answers
 
 
@@ -67,13 +67,13 @@ def _read(
     processor: Any,
     found: Examples,
     parse: Callable[[dict[str, Any]], tuple],
-    answers_of: Callable[[tuple], tuple[tuple[str, ...], dict[str, Any]]],
+    answers_of: Callable[[tuple], tuple[dict[str, str], dict[str, Any]]],
 ) -> Examples:
     """Fill `found` with the rows that `parse` accepts (a `question` is the prompt where the
     row has no other), whose images open and whose prompt plus each answer fits;
-    `answers_of(parsed)` gives the answers to check (the first is the one generated metrics
-    compare with) and the item's fields beside the prompt's messages and images. The rest
-    are counted in `found.skipped` by reason."""
+    `answers_of(parsed)` gives the answers by side (the first is the one generated metrics
+    compare with) and the item's other fields, kept beside the prompt's messages and images.
+    The rest are counted in `found.skipped` by reason."""
     options = vision_options(config)
     for where, base, record in records(source, options, found):
         if "prompt" not in record and "messages" not in record and "question" in record:
@@ -94,13 +94,15 @@ def _read(
         except ImageProblem as problem:
             found.skipped[problem.reason] += 1
             continue
-        texts, fields = answers_of(parsed)
+        answers, fields = answers_of(parsed)
+        texts = tuple(answers.values())
         tokens = _longest(processor, (messages, opened), texts, config, where, found)
         if tokens is None:
             continue
         item = {
             "messages": messages,
             "images": images,
+            **answers,
             **fields,
             "answer": texts[0],
             "prompt": " ".join(text_of(m) for m in messages),
@@ -133,8 +135,7 @@ def _longest(
             f"{where}: {noun} of {tokens} tokens with its image tokens, over "
             f"data.max_length={limit}; raise it, or set data.options.overlong=drop"
         )
-    reason = overlong_pair_reason(limit)
-    found.skipped[reason if noun == "pair" else reason.replace("pair", "row", 1)] += 1
+    found.skipped[overlong_reason(limit, noun)] += 1
     return None
 
 
@@ -183,7 +184,7 @@ def make_pair_collator(
         examples = [conversation(p, p[first]) for p in pairs]
         examples += [conversation(p, p[second]) for p in pairs]
         conversations = [with_images(e, options) for e in examples]
-        return with_reference_logps(encode_conversations(processor, conversations, True), pairs)
+        return with_item_tensors(encode_conversations(processor, conversations, True), pairs)
 
     return collate
 

@@ -120,7 +120,7 @@ def make_evaluate(
         import torch
 
         limit = min(len(items), config.data.max_eval_samples or len(items))
-        chosen = [items[i] for i in range(limit)]
+        subset = [items[i] for i in range(limit)]
         collate = modality.pair_collator(processor, config, False, sides=sides)
         device = next(model.parameters()).device
         totals: dict[str, float] = {}
@@ -130,7 +130,7 @@ def make_evaluate(
         try:
             with torch.inference_mode():
                 for start in range(0, limit, config.eval.batch_size):
-                    chunk = chosen[start : start + config.eval.batch_size]
+                    chunk = subset[start : start + config.eval.batch_size]
                     batch = collate(chunk)
                     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
                     logps, counts = answer_logps(model, batch)
@@ -149,7 +149,7 @@ def make_evaluate(
         else:
             result = {name: total / limit for name, total in totals.items()}
         if modality.pair_metrics is not None:
-            wanted = [item for item in chosen if item.get("desirable", True)]
+            wanted = [item for item in subset if item.get("desirable", True)]
             if wanted:
                 result.update(modality.pair_metrics(model, processor, wanted, config))
         return result
