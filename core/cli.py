@@ -25,6 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: Modules with an `add_commands(commands)`, in the order their commands appear in `--help`.
 COMMAND_PROVIDERS = (
     "omnitune.trainers.commands",
+    "omnitune.trainers.closed_loop.commands",
     "omnitune.monitor.cli",
     "omnitune.dashboard.cli",
 )

@@ -1,10 +1,11 @@
 """Evaluation helpers every modality shares: token-weighted loss over a dataset, generations
-with their loss, the check that generation is long enough to score, and per-example
-predictions for `omnitune eval --predictions`."""
+with their loss, the check that generation is long enough to score, per-example predictions
+for `omnitune eval --predictions`, and per-example scores for the loop's gate (a paired
+bootstrap resamples examples, so it needs each example's share of every metric)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ def token_loss(
     count = len(examples) if max_samples is None else min(len(examples), max_samples)
     shift = 0 if model.config.is_encoder_decoder else 1
     device = next(model.parameters()).device
+    per_example = _SCORES.get() is not None
     total, tokens = 0.0, 0
     was_training = model.training
     model.eval()
@@ -38,12 +40,30 @@ def token_loss(
             batch = collate([examples[i] for i in range(start, min(start + batch_size, count))])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             n = int((batch["labels"][:, shift:] != -100).sum())
-            if n == 0:
-                continue
-            total += float(model(**batch).loss) * n
+            if per_example:
+                sums, counts = _row_losses(model(**batch), batch["labels"], shift)
+                log_example_scores("loss", sums, counts)
+                total += sum(sums)
+            elif n:
+                total += float(model(**batch).loss) * n
             tokens += n
     model.train(was_training)
     return total / tokens if tokens else float("nan")
+
+
+def _row_losses(output: Any, labels: Any, shift: int) -> tuple[list[float], list[float]]:
+    """Each row's summed target-token cross-entropy and its number of target tokens: what the
+    batch's mean loss is made of (a causal model's logits predict the next position)."""
+    import torch
+
+    logits = output.logits[:, -labels.shape[1] :]  # prompt tuning prepends virtual tokens
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    counts = (labels != -100).sum(-1)
+    return losses.sum(-1).tolist(), counts.float().tolist()
 
 
 def loss_and_generations(
@@ -140,3 +160,42 @@ def log_predictions(
                 "score": score(reference, prediction),
             }
         )
+
+
+#: Where `record_example_scores` collects per-example scores; None: nobody asked.
+_SCORES: ContextVar[dict[str, tuple[list[float], list[float]]] | None] = ContextVar(
+    "example_scores", default=None
+)
+
+
+@contextmanager
+def record_example_scores() -> Iterator[dict[str, tuple[list[float], list[float]]]]:
+    """Collect, while the block runs, each metric's per-example parts as `{metric: (values,
+    weights)}`: the metric over any subset of examples is sum(values) / sum(weights) (exact
+    match: 1 or 0 over 1; WER: word errors over reference words; loss: summed token loss over
+    target tokens). Examples come in evaluation order, so two models scored on the same data
+    line up example by example."""
+    scores: dict[str, tuple[list[float], list[float]]] = {}
+    token = _SCORES.set(scores)
+    try:
+        yield scores
+    finally:
+        _SCORES.reset(token)
+
+
+def log_example_scores(
+    metric: str, values: Sequence[float], weights: Sequence[float] | None = None
+) -> None:
+    """Hand per-example parts of `metric` to `record_example_scores` (weights default to 1);
+    does nothing unless it is collecting."""
+    scores = _SCORES.get()
+    if scores is None:
+        return
+    column = scores.setdefault(metric, ([], []))
+    column[0].extend(float(v) for v in values)
+    column[1].extend([1.0] * len(values) if weights is None else [float(w) for w in weights])
+
+
+def example_scores_wanted() -> bool:
+    """Whether someone collects per-example scores (so a modality computes them)."""
+    return _SCORES.get() is not None

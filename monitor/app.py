@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -234,6 +235,34 @@ class EventApi:
             return JSONResponse({"error": exc.args[0]}, status_code=404)
         return JSONResponse(queue)
 
+    async def put_reference(self, request: Request) -> Response:
+        """A new drift baseline for a model (`omnitune loop promote` / `rollback`): body
+        {"version": NAME, "profile": a run's reference.json}. Changing what drift is measured
+        against is an operator's act, so it needs the bearer token even where events do not
+        (a daemon without `server.token` refuses it)."""
+        if self.server.token is None:
+            return self.refuse(
+                403,
+                "forbidden",
+                "reference updates need a bearer token: set server.token on the daemon",
+            )
+        if (denied := self.unauthorized(request)) is not None:
+            return denied
+        try:
+            body = await self.read_body(request)
+        except (BodyTooLarge, BodyTimeout):
+            return self.refuse(413, "too_large", "reference body too large or too slow")
+        try:
+            version, profile = _reference_body(body)
+            answer = await run_in_threadpool(
+                self.monitor.load_reference, request.path_params["model"], version, profile
+            )
+        except ValueError as exc:
+            return self.refuse(400, "invalid_reference", str(exc))
+        except KeyError as exc:
+            return JSONResponse({"error": exc.args[0]}, status_code=404)
+        return JSONResponse(answer)
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"no such endpoint: {request.url.path}"}, status_code=404)
 
@@ -265,12 +294,28 @@ def create_app(
         Route("/v1/drift/sample", api.drift_sample, methods=["GET"]),
         Route("/v1/feedback", api.post_feedback, methods=["POST"]),
         Route("/v1/review", api.review, methods=["GET"]),
+        Route("/v1/models/{model}/reference", api.put_reference, methods=["PUT"]),
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: api.not_found, 405: api.not_allowed, 500: api.crashed},
     )
+
+
+def _reference_body(body: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("body: not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("body: not a JSON object")
+    version, profile = data.get("version"), data.get("profile")
+    if not isinstance(version, str) or not version:
+        raise ValueError("version: missing (a name such as v3)")
+    if not isinstance(profile, dict) or not isinstance(profile.get("features"), dict):
+        raise ValueError("profile: missing or not a reference profile (no 'features')")
+    return version, profile
 
 
 def _required(

@@ -29,7 +29,8 @@ from omnitune.monitor.metrics import Counts, build_registry
 from omnitune.monitor.queries import Queries
 from omnitune.monitor.safety import build_scanners
 from omnitune.monitor.store import Store, is_disk_full
-from omnitune.monitor.windows import model_state, restore
+from omnitune.monitor.versions import ReferenceVersions
+from omnitune.monitor.windows import model_state, refill, restore
 
 logger = logging.getLogger("omnitune.monitor")
 
@@ -44,8 +45,14 @@ class Monitor:
         self.registry, self.gauges = build_registry(self.counts)
         scanners = build_scanners(config.safety.scanners, config.safety)
         self.capture = Capture(config.capture) if config.capture.dir is not None else None
+        self.versions = ReferenceVersions(config.store.path)
+        loaded = self.versions.active()
+        #: the reference version each model measures drift against ("config": the file's)
+        self.reference_versions = {
+            name: loaded.get(name, {}).get("version", "config") for name in config.models
+        }
         self.models = {
-            name: model_state(name, section, config, self.gauges)
+            name: model_state(name, _with_loaded(section, loaded.get(name)), config, self.gauges)
             for name, section in config.models.items()
         }
         self.lock = threading.Lock()
@@ -54,7 +61,14 @@ class Monitor:
         )
         self.evaluator = Evaluator(config, self.models, self.store, self.gauges, self.lock)
         self.queries = Queries(
-            config, self.models, self.store, self.counts, self.evaluator, self.capture, self.lock
+            config,
+            self.models,
+            self.store,
+            self.counts,
+            self.evaluator,
+            self.capture,
+            self.lock,
+            self.reference_versions,
         )
         self.labelling = Labelling(config, self.store, self.counts, self.ingestor)
         # scipy.stats takes a second or two to import; pay that before serving, not in the
@@ -78,6 +92,38 @@ class Monitor:
     def feedback(self, feedback: Feedback) -> dict[str, Any]:
         """Store a label of a stored event (POST /v1/feedback)."""
         return self.labelling.feedback(feedback)
+
+    def load_reference(self, model: str, version: str, profile: dict[str, Any]) -> dict[str, Any]:
+        """Measure `model`'s drift against `profile` (a run's reference.json) from now on,
+        without a restart (PUT /v1/models/MODEL/reference). The new detectors are built and
+        calibrated first, then refilled from the store's newest events and swapped in under
+        the lock; the profile is on disk and named active before this returns. Raises
+        KeyError for an unknown model, ValueError for a profile that is not one."""
+        if model not in self.models:
+            raise KeyError(f"unknown model {model!r} (configured: {', '.join(self.models)})")
+        from omnitune.core.errors import ConfigError
+
+        path = self.versions.write_profile(model, version, profile)
+        section = self.models[model].section.model_copy(update={"reference": path})
+        try:
+            state = model_state(model, section, self.config, self.gauges)
+        except ConfigError as exc:
+            path.unlink(missing_ok=True)
+            message = str(exc).replace(f"models.{model}.reference: ", "profile: ")
+            raise ValueError(message.replace(str(path), f"version {version}")) from None
+        self.versions.activate(model, version, path)
+        with self.lock:
+            refill(self.store, state)
+            self.models[model] = state
+            self.reference_versions[model] = version
+        logger.info("%s: drift measured against reference version %s from now on", model, version)
+        return {
+            "model": model,
+            "version": version,
+            "features": state.tracked(),
+            "calibration": "cached" if state.calibration_cached else "calibrated",
+            "window": len(state.flags),
+        }
 
     # Evaluation.
 
@@ -125,3 +171,12 @@ class Monitor:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _with_loaded(section: Any, loaded: dict[str, str] | None) -> Any:
+    """The model's config section, its reference replaced by one loaded over the API."""
+    if not loaded:
+        return section
+    from pathlib import Path
+
+    return section.model_copy(update={"reference": Path(loaded["path"])})

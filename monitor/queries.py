@@ -32,6 +32,8 @@ class Queries:
     evaluator: Evaluator
     capture: Capture | None
     lock: threading.Lock
+    #: each model's reference version (engine.Monitor.load_reference); "config": the file's
+    reference_versions: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
     def status(self) -> dict[str, Any]:
@@ -47,6 +49,7 @@ class Queries:
             models[name] = {
                 "modality": state.section.modality,
                 "reference": state.reference.source if state.reference else None,
+                "reference_version": self.reference_versions.get(name, "config"),
                 "events_total": self.counts.total("events", model=name),
                 "window": window,
                 "drifting": any(r.drifted for r in decisions.values()),

@@ -193,19 +193,23 @@ def _build_sequential(state: ModelState, drift: DriftSection, gauges: Gauges) ->
 def restore(store: Store, counts: Counts, models: dict[str, ModelState]) -> None:
     """Counters from the store's counts table, windows from each model's newest events."""
     counts.add(store.counters())
-    for name, state in models.items():
-        recent = store.recent(name, state.size)
-        for stored in recent:
-            flags = tuple(tuple(f.split("@")) for f in stored.flags.split(",") if f)
-            state.observe(
-                stored.payload.get("features", {}), stored.latency_s, stored.adapter, flags
-            )
-        if state.sequential is not None and recent:
-            state.sequential.update(
-                [stored.payload.get("features", {}) for stored in recent],
-                [stored.ts for stored in recent],
-                [fingerprint(stored.payload) for stored in recent],
-            )
+    for state in models.values():
+        refill(store, state)
     restored = sum(len(s.flags) for s in models.values())
     if restored:
         logger.info("restored %d events into the windows from %s", restored, store.path)
+
+
+def refill(store: Store, state: ModelState) -> None:
+    """Fill `state`'s windows (and its sequential detector) from the model's newest stored
+    events: after a restart, or when a new reference replaces the detectors."""
+    recent = store.recent(state.name, state.size)
+    for stored in recent:
+        flags = tuple(tuple(f.split("@")) for f in stored.flags.split(",") if f)
+        state.observe(stored.payload.get("features", {}), stored.latency_s, stored.adapter, flags)
+    if state.sequential is not None and recent:
+        state.sequential.update(
+            [stored.payload.get("features", {}) for stored in recent],
+            [stored.ts for stored in recent],
+            [fingerprint(stored.payload) for stored in recent],
+        )

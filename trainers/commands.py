@@ -195,14 +195,18 @@ def _train(args: argparse.Namespace) -> int:
     from omnitune.trainers.loop import train
 
     result = train(config)
-    if not result.main_process:
-        return 0
+    if result.main_process:
+        print(describe_result(result))
+    return 0
+
+
+def describe_result(result: RunResult) -> str:
+    """`RUN: N steps, train loss L; saved ...`: what `train` prints when a run ends."""
     # A run resumed from its last checkpoint trains no step here, so it has no train loss.
     loss = (
         "none (no step left to train)" if result.train_loss is None else f"{result.train_loss:.4f}"
     )
-    print(f"{result.run_dir}: {result.steps} steps, train loss {loss}; {_saved(result)}")
-    return 0
+    return f"{result.run_dir}: {result.steps} steps, train loss {loss}; {_saved(result)}"
 
 
 def _saved(result: RunResult) -> str:

@@ -171,6 +171,14 @@ class PeftSection(Section):
     hft_round_steps: int = Field(
         50, ge=1, description="Half Fine-Tuning: optimizer steps per round."
     )
+    init_from: str | None = Field(
+        None,
+        description=(
+            "Start from a saved adapter's weights (a run's adapter/ folder) instead of a fresh "
+            "adapter: continued training, as `omnitune loop retune` does. Its method, rank and "
+            "target modules must match this section's."
+        ),
+    )
 
 
 def _objective_name(value: Any) -> str:

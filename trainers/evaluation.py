@@ -77,6 +77,42 @@ def evaluate_target(
     return Evaluated(examples.summary(), len(examples), metrics, chosen, predictions)
 
 
+@dataclass
+class ScoredSlice:
+    """One dataset scored by one run: the metrics and each metric's per-example parts
+    (`modalities/evaluation.py: record_example_scores`)."""
+
+    data: str
+    examples: int
+    metrics: dict[str, float]
+    per_example: dict[str, tuple[list[float], list[float]]]
+
+
+def score_run(
+    run_dir: Path, config: RunConfig, slices: list[tuple[str, RunConfig]]
+) -> list[ScoredSlice]:
+    """Load the run's best checkpoint once and score each `(data, owner config)` slice with
+    the owner's objective, data options and eval settings (so that two runs scored with the
+    same owner config see the same examples in the same order)."""
+    from omnitune.modalities.evaluation import record_example_scores
+
+    base = config.model.model_copy()
+    model, processor, _ = _load_run_model(run_dir, config.model_copy(deep=True), "best")
+    model.eval()
+    scored = []
+    for source, owner in slices:
+        modality = get_modality(owner.model.modality)
+        objective = get_objective(owner.objective.name)
+        examples = objective.data(modality, source, owner, processor, False)
+        if len(examples) == 0:
+            raise ConfigError(f"{source}: no usable {objective.reads} ({examples.summary()})")
+        reference = _reference(model, modality, base) if objective.needs_reference else None
+        with record_example_scores() as per_example:
+            metrics = objective.evaluate(modality, model, processor, examples, owner, reference)
+        scored.append(ScoredSlice(source, len(examples), metrics, per_example))
+    return scored
+
+
 def _reference(model: Any, modality: Any, base: Any) -> Any:
     """Training's reference policy: the adapter disabled; for a full fine-tune, the base
     model it started from (loaded when first used); a model that is no run is scored against

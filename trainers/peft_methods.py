@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError
@@ -107,6 +108,11 @@ def prepare_model(
 ) -> Prepared:
     """Wrap or unfreeze `model` for `section.method`."""
     method = section.method
+    if method in FULL_WEIGHT_METHODS and section.init_from:
+        raise ConfigError(
+            f"peft.init_from: method {method} trains the model's own weights; start from a "
+            "saved model by pointing model.name_or_path at it"
+        )
     if method in FULL_WEIGHT_METHODS:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -134,8 +140,36 @@ def prepare_model(
                 f"model; its linear layers are named: {', '.join(linear_layer_names(model))}"
             ) from None
         raise
+    if section.init_from:
+        load_adapter_weights(wrapped, section.init_from)
     names = [name for name, p in wrapped.named_parameters() if p.requires_grad]
     return Prepared(wrapped, names, is_peft=True)
+
+
+def load_adapter_weights(model: Any, folder: str) -> None:
+    """Put a saved adapter's weights into `model`'s fresh adapter (`peft.init_from`). Every
+    adapter tensor must be there with its shape: a partial start is a different model."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"peft.init_from: {folder} is not a saved adapter (no adapter_config.json)"
+        )
+    weights = load_peft_weights(folder, device="cpu")
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # size mismatch: another rank or other modules
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(
+            f"peft.init_from: {folder} does not fit this adapter (rank or target modules "
+            f"differ from the peft section): {first}"
+        ) from None
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ConfigError(
+            f"peft.init_from: {folder} holds weights this adapter does not have "
+            f"(e.g. {unexpected[0]}); its target modules differ from the peft section's"
+        )
 
 
 def _peft_config(section: PeftSection, targets: Any, task_type: str | None) -> Any:

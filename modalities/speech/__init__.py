@@ -28,11 +28,17 @@ def evaluate(
     model: Any, processor: Any, examples: Examples, config: RunSettings
 ) -> dict[str, float]:
     from omnitune.modalities.evaluation import (
+        log_example_scores,
         log_predictions,
         loss_and_generations,
         warn_if_generation_too_short,
     )
-    from omnitune.modalities.speech.metrics import error_rates, error_rates_by_field, transcribe
+    from omnitune.modalities.speech.metrics import (
+        error_counts,
+        error_rates,
+        error_rates_by_field,
+        transcribe,
+    )
 
     subset, loss, transcripts = loss_and_generations(
         model,
@@ -49,6 +55,8 @@ def evaluate(
         transcripts,
         lambda reference, transcript: error_rates([reference], [transcript])["wer"],
     )
+    for metric, (errors, lengths) in error_counts(references, transcripts).items():
+        log_example_scores(metric, errors, lengths)
     return {**error_rates_by_field(subset, transcripts), "loss": loss}
 
 

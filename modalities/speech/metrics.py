@@ -61,6 +61,33 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
+def error_counts(
+    references: list[str], hypotheses: list[str]
+) -> dict[str, tuple[list[int], list[int]]]:
+    """Per utterance, word and character errors (substitutions + deletions + insertions) and
+    the reference's length: summed over any subset they give that subset's WER and CER, as
+    jiwer computes them over a list. Utterances with an empty reference count 0 over 0."""
+    import jiwer
+
+    counts: dict[str, tuple[list[int], list[int]]] = {"wer": ([], []), "cer": ([], [])}
+    for reference, hypothesis in zip(references, hypotheses, strict=True):
+        reference, hypothesis = normalise(reference), normalise(hypothesis)
+        if not reference:
+            for errors, lengths in counts.values():
+                errors.append(0)
+                lengths.append(0)
+            continue
+        words = jiwer.process_words(reference, hypothesis)
+        chars = jiwer.process_characters(reference, hypothesis)
+        for metric, out, length in (
+            ("wer", words, len(reference.split())),
+            ("cer", chars, len(reference)),
+        ):
+            counts[metric][0].append(out.substitutions + out.deletions + out.insertions)
+            counts[metric][1].append(length)
+    return counts
+
+
 #: Manifest columns that get their own error rates when present (`wer/speaker=alice`).
 BREAKDOWN_FIELDS = ("speaker", "domain", "language")
 

@@ -84,7 +84,11 @@ def exact_match_of(
     usable = [i for i in items if "prompt_messages" in i]
     limit = config.data.max_eval_samples or len(usable)
     usable = usable[:limit]
-    from omnitune.modalities.evaluation import log_predictions, warn_if_generation_too_short
+    from omnitune.modalities.evaluation import (
+        log_example_scores,
+        log_predictions,
+        warn_if_generation_too_short,
+    )
 
     warn_if_generation_too_short(tokenizer, [i["answer"] for i in usable], config)
     answers = answer_prompts(model, tokenizer, [i["prompt_messages"] for i in usable], config)
@@ -94,5 +98,8 @@ def exact_match_of(
         references,
         answers,
         lambda reference, answer: exact_match([reference], [answer]),
+    )
+    log_example_scores(
+        "exact_match", [exact_match([r], [a]) for r, a in zip(references, answers, strict=True)]
     )
     return exact_match(references, answers)

@@ -38,6 +38,7 @@ def evaluate(
     model: Any, processor: Any, examples: Examples, config: RunSettings
 ) -> dict[str, float]:
     from omnitune.modalities.evaluation import (
+        log_example_scores,
         log_predictions,
         loss_and_generations,
         warn_if_generation_too_short,
@@ -58,6 +59,9 @@ def evaluate(
         references,
         answers,
         lambda reference, answer: vqa_accuracy([reference], [answer]),
+    )
+    log_example_scores(
+        "vqa_accuracy", [vqa_accuracy([r], [a]) for r, a in zip(references, answers, strict=True)]
     )
     return {"vqa_accuracy": vqa_accuracy(references, answers), "loss": loss}
 

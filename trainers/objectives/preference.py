@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError
+from omnitune.modalities.evaluation import example_scores_wanted, log_example_scores
 from omnitune.modalities.preference import PAIR_SIDES
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.options import ObjectiveOptions
@@ -141,6 +142,8 @@ def make_evaluate(
                     _, metrics = terms(logps, counts, reference_logps, config.objective, batch)
                     for name, value in metrics.items():
                         totals[name] = totals.get(name, 0.0) + float(value) * len(chunk)
+                    if example_scores_wanted():
+                        _log_item_metrics(terms, logps, counts, reference_logps, config, batch)
         finally:
             model.train(was_training)
         if pooled:
@@ -155,6 +158,30 @@ def make_evaluate(
         return result
 
     return evaluate
+
+
+def _log_item_metrics(
+    terms: Terms, logps: Any, counts: Any, reference_logps: Any, config: RunConfig, batch: dict
+) -> None:
+    """Each item's metrics, from the terms over that item alone (its first and second answer):
+    the gate's paired bootstrap resamples items. Only for terms that average over items."""
+    half = len(logps) // 2
+    per_item: dict[str, list[float]] = {}
+    for i in range(half):
+        rows = [i, half + i]
+
+        def one(value: Any, rows: list[int] = rows, i: int = i) -> Any:
+            if not hasattr(value, "shape") or not value.shape:
+                return value
+            return value[rows] if value.shape[0] == 2 * half else value[i : i + 1]
+
+        item_batch = {k: one(v) for k, v in batch.items()}
+        reference = None if reference_logps is None else reference_logps[rows]
+        _, metrics = terms(logps[rows], counts[rows], reference, config.objective, item_batch)
+        for name, value in metrics.items():
+            per_item.setdefault(name, []).append(float(value))
+    for name, values in per_item.items():
+        log_example_scores(name, values)
 
 
 def _pooled(scored: list[tuple]) -> tuple[Any, Any, Any]:
