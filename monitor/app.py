@@ -235,6 +235,20 @@ class EventApi:
             return JSONResponse({"error": exc.args[0]}, status_code=404)
         return JSONResponse(queue)
 
+    async def compare(self, request: Request) -> Response:
+        """Champion and canary side by side: each adapter version's calls since `since`."""
+        if (denied := self.unauthorized(request)) is not None:
+            return denied
+        try:
+            params = _required(dict(request.query_params), {"model"}, {"since"})
+            since = float(params.get("since", "0"))
+            answer = await run_in_threadpool(self.monitor.compare, params["model"], since)
+        except ValueError as exc:
+            return self.refuse(400, "invalid_query", str(exc))
+        except KeyError as exc:
+            return JSONResponse({"error": exc.args[0]}, status_code=404)
+        return JSONResponse(answer)
+
     async def put_reference(self, request: Request) -> Response:
         """A new drift baseline for a model (`omnitune loop promote` / `rollback`): body
         {"version": NAME, "profile": a run's reference.json}. Changing what drift is measured
@@ -295,6 +309,7 @@ def create_app(
         Route("/v1/feedback", api.post_feedback, methods=["POST"]),
         Route("/v1/review", api.review, methods=["GET"]),
         Route("/v1/models/{model}/reference", api.put_reference, methods=["PUT"]),
+        Route("/v1/compare", api.compare, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

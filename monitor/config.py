@@ -285,6 +285,46 @@ class ProxyRoute(Section):
     adapter: str = Field("", max_length=200, description="the adapter version serving them")
 
 
+class CanarySection(Section):
+    """A share of a model's calls (or the calls that ask for it by header) served by a
+    challenger: `omnitune loop promote --canary` sets it on a running proxy."""
+
+    share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of calls the canary serves (exact per 100 calls)"
+    )
+    upstream: str | None = Field(
+        None, description="the canary's server (default: proxy.upstream, with `model` rewritten)"
+    )
+    model: str | None = Field(
+        None,
+        description="the request `model` the canary's server knows it by (e.g. a vLLM LoRA "
+        "adapter's name); JSON requests only (none: unchanged)",
+    )
+    adapter: str = Field(
+        "canary",
+        min_length=1,
+        max_length=200,
+        description="the adapter version its calls are recorded under (e.g. v3)",
+    )
+    header: str = Field(
+        "x-omnitune-canary",
+        description="a call with this header set to 1/true goes to the canary, 0/false never",
+    )
+
+    @field_validator("upstream")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be http(s)://HOST[:PORT], not {url!r}")
+        return url.rstrip("/") if url else url
+
+    @model_validator(mode="after")
+    def _goes_somewhere(self) -> CanarySection:
+        if self.upstream is None and self.model is None:
+            raise ValueError("set the canary's upstream, or the model name it is served under")
+        return self
+
+
 class ProxySection(Section):
     upstream: str | None = Field(
         None,
@@ -327,6 +367,9 @@ class ProxySection(Section):
         None,
         description="keep each request's image or audio here, named by its content, and give "
         "the event its path, so that captured samples can be trained on (none: features only)",
+    )
+    canary: CanarySection | None = Field(
+        None, description="route a share of calls to a challenger (none: every call upstream)"
     )
     max_record_bytes: int = Field(
         32 * 1024 * 1024,

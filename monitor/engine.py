@@ -152,6 +152,10 @@ class Monitor:
     def drift_sample(self, model: str, feature: str, limit: int = 1000) -> dict[str, Any]:
         return self.queries.drift_sample(model, feature, limit)
 
+    def compare(self, model: str, since: float = 0.0) -> dict[str, Any]:
+        """Each adapter version's calls since `since`, side by side (GET /v1/compare)."""
+        return self.queries.compare(model, since)
+
     def review(self, model: str, limit: int = 20) -> dict[str, Any]:
         """The model's review queue, most useful first (GET /v1/review)."""
         return self.labelling.review(model, limit)

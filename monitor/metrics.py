@@ -280,8 +280,9 @@ class ProxyCollector:
     time: failed calls by class, calls recorded or not and why, and its monitor client's
     dropped and queued events. `recorder` is a `monitor.recording.Recorder`."""
 
-    def __init__(self, recorder: Any) -> None:
+    def __init__(self, recorder: Any, canary: Any = None) -> None:
         self.recorder = recorder
+        self.canary = canary or (lambda: None)  # -> the proxy's CanaryRouter, or None
 
     def describe(self) -> list[Metric]:
         return []
@@ -312,3 +313,20 @@ class ProxyCollector:
         )
         queued.add_metric([], client["queued"])
         yield queued
+        router = self.canary()
+        share = GaugeMetricFamily(
+            "omnitune_proxy_canary_share",
+            "Share of calls the canary is configured to serve (0: no canary).",
+            labels=["adapter"],
+        )
+        arms = CounterMetricFamily(
+            "omnitune_proxy_routed_calls",
+            "Recorded-path calls by the arm that served them (champion or canary).",
+            labels=["arm"],
+        )
+        if router is not None:
+            share.add_metric([router.section.adapter], router.section.share)
+            for arm, count in sorted(router.calls.items()):
+                arms.add_metric([arm], count)
+        yield share
+        yield arms

@@ -125,6 +125,7 @@ class MonitorMiddleware:
             call.request_body = b"".join(request_parts)
             call.response_body = b"".join(response_parts)
             call.error_class = scope.get("state", {}).get("omnitune_error_class")
+            call.adapter = scope.get("state", {}).get("omnitune_adapter")
             if call.status is None and call.error_class is None:
                 call.error_class = "protocol"  # the app ended without answering
             self.recorder.record(call)

@@ -36,6 +36,34 @@ class Queries:
     reference_versions: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
+    def compare(self, model: str, since: float) -> dict[str, Any]:
+        """Each adapter version's calls since `since` (GET /v1/compare): champion and canary
+        side by side on latency, failures, safety flags and feedback. Input drift is the
+        model's, not a version's: the proxy routes calls at random, so both see the same
+        inputs."""
+        if model not in self.models:
+            raise KeyError(f"unknown model {model!r} (configured: {', '.join(self.models)})")
+        versions = {}
+        for adapter, entry in self.store.by_adapter(model, since).items():
+            values = np.asarray(entry.pop("latencies"), dtype=np.float64)
+            events = entry["events"]
+            versions[adapter or "(none)"] = {
+                **entry,
+                "error_rate": entry["errors"] / events if events else None,
+                "flagged_rate": entry["flagged"] / events if events else None,
+                "latency": {k: float(np.quantile(values, q)) for k, q in QUANTILES.items()}
+                if len(values)
+                else {},
+            }
+        state = self.models[model]
+        return {
+            "model": model,
+            "since": since,
+            "drifting": state.drifting,
+            "reference_version": self.reference_versions.get(model, "config"),
+            "adapters": versions,
+        }
+
     def status(self) -> dict[str, Any]:
         """Drift, safety and latency state per model and the active alerts (GET /v1/status)."""
         models = {}

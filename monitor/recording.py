@@ -65,6 +65,7 @@ class Call:
     first_byte: float | None = None
     error_class: str | None = None  # connect, timeout, protocol; 4xx/5xx from the status
     truncated: bool = False  # a body was larger than max_record_bytes: not parsed
+    adapter: str | None = None  # set by a canary route: the version that served the call
     ts: float = field(default_factory=time.time)  # wall-clock start: the event's time
     #: The event's id, sent back to the caller in REQUEST_ID_HEADER so that it can give
     #: feedback on this call (POST /v1/feedback).
@@ -131,6 +132,7 @@ class Recorder:
             self.stats.unmapped += 1
             return None
         model, adapter = target
+        adapter = call.adapter or adapter
         modality = self.modalities[model]
         event: dict[str, Any] = {
             "model": model,

@@ -363,6 +363,39 @@ class Store:
             ).fetchall()
         return [(_stored(row[:-1]), row[-1]) for row in rows]
 
+    def by_adapter(self, model: str, since: float, latencies: int = 5000) -> dict[str, dict]:
+        """Per adapter version of `model`, over the events since `since`: how many, how many
+        failed or were flagged, the newest `latencies` latencies, and the feedback on them
+        (count and mean score): what a champion and its canary are compared on."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT adapter, count(*), sum(flags != ''), "
+                "sum(coalesce(json_extract(payload, '$.error'), 0)) "
+                "FROM events WHERE model = ? AND ts >= ? GROUP BY adapter",
+                (model, since),
+            ).fetchall()
+            summary = {
+                adapter: {"events": n, "flagged": int(flagged or 0), "errors": int(errors or 0)}
+                for adapter, n, flagged, errors in rows
+            }
+            for adapter, entry in summary.items():
+                entry["latencies"] = [
+                    value
+                    for (value,) in self._db.execute(
+                        "SELECT latency_s FROM events WHERE model = ? AND adapter = ? AND ts >= ? "
+                        "AND latency_s IS NOT NULL ORDER BY id DESC LIMIT ?",
+                        (model, adapter, since, latencies),
+                    )
+                ]
+                count, mean = self._db.execute(
+                    "SELECT count(l.score), avg(l.score) FROM labels l JOIN events e "
+                    "ON e.request_id = l.request_id "
+                    "WHERE e.model = ? AND e.adapter = ? AND e.ts >= ? AND l.score IS NOT NULL",
+                    (model, adapter, since),
+                ).fetchone()
+                entry["feedback"] = {"count": count, "mean_score": mean}
+        return summary
+
     def queue_length(self, model: str) -> int:
         """How many queued events of `model` are still unlabelled (and still stored)."""
         with self._lock:

@@ -285,3 +285,42 @@ def daemon(monitor_config: Callable[..., Path]) -> Iterator[Daemon]:
     running = start_daemon(monitor_config())
     yield running
     running.stop()
+
+
+def answering_upstream(answer: str, delay_s: float = 0.0) -> tuple[str, Callable[[], None]]:
+    """An OpenAI-shaped chat server on loopback that always answers `answer` (after
+    `delay_s`): a champion or canary whose calls a test can tell apart. (URL, stop)."""
+    import asyncio
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def chat(request):
+        body = await request.json()
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        message = {"role": "assistant", "content": answer}
+        return JSONResponse(
+            {
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": message}],
+            }
+        )
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop

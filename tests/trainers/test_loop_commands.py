@@ -20,7 +20,7 @@ import yaml
 
 from omnitune.modalities.text.sample_data import WORDS
 from tests.conftest import run_cli
-from tests.monitor.conftest import start_daemon
+from tests.monitor.conftest import answering_upstream, start_daemon, start_proxy
 
 REQUIRED = "loop.min_labels=10"
 
@@ -159,9 +159,12 @@ def test_the_gate_promotes_a_retuned_challenger_and_rejects_forgetting_and_shuff
     assert "does not clear gate.min_gain" in shown
 
 
-def test_promote_and_rollback_move_the_daemons_reference_without_a_restart(
+def test_canary_promote_and_rollback_move_the_proxy_and_the_daemons_reference(
     loop_world, challenger, tmp_path
 ):
+    """v1 serves; the challenger goes to a quarter of the calls through a real proxy, is
+    withdrawn, goes again, is promoted in full (the daemon measures drift against its
+    training mix from then on), and is rolled back, all without restarting anything."""
     champion, root = loop_world["champion"], loop_world["root"]
     for rejected, labels, extra in (
         ("shuffled", "shuffled", ()),
@@ -171,56 +174,87 @@ def test_promote_and_rollback_move_the_daemons_reference_without_a_restart(
             gate(loop_world, retune(loop_world, rejected, labels, *extra))
     code, _, shown = gate(loop_world, challenger)
     assert code == 0, shown
+    champion_server, stop_champion = answering_upstream("7 3 1")
+    challenger_server, stop_challenger = answering_upstream("731")
     monitor = {
         "server": {"host": "127.0.0.1", "port": 0, "token": "s3cret"},
         "store": {"path": str(tmp_path / "store" / "events.sqlite")},
         "models": {"digits": {"modality": "text", "reference": str(champion)}},
         "window": {"size": 200, "min_events": 50},
+        "proxy": {"upstream": champion_server, "default_model": "digits"},
     }
-    (tmp_path / "monitor.yaml").write_text(yaml.safe_dump(monitor))
-    daemon = start_daemon(tmp_path / "monitor.yaml", token="s3cret")
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(monitor))
+    daemon = start_daemon(path, token="s3cret")
+    monitor["proxy"]["daemon_url"] = daemon.url
+    path.write_text(yaml.safe_dump(monitor))
+    proxy = start_proxy(path)
     registry = str(tmp_path / "registry")
-    reach = ["--registry", registry, "--daemon", daemon.url, "--token", "s3cret"]
+    reach = ["--registry", registry, "--daemon", daemon.url, "--proxy", proxy.url]
+    reach += ["--token", "s3cret"]
+    as_canary = ["--canary", "0.25", "--upstream", challenger_server]
+
+    def promote(run: Path, *extra: str):
+        return run_cli("loop", "promote", str(run), "--model", "digits", *reach, *extra)
+
     try:
-        first = run_cli("loop", "promote", str(champion), "--model", "digits", *reach)
+        first = promote(champion)
         assert first.returncode == 0, first.stderr
         assert "digits v1 serves" in first.stdout and "first version" in first.stdout
-        refused = run_cli("loop", "promote", str(root / "shuffled"), "--model", "digits", *reach)
+        refused = promote(root / "shuffled", *as_canary)
         assert refused.returncode == 2 and "the gate rejected it" in refused.stderr
-        second = run_cli("loop", "promote", str(challenger), "--model", "digits", *reach)
-        assert second.returncode == 0, second.stderr
-        assert "digits v2 serves" in second.stdout and "gate: promote" in second.stdout
+        assert proxy.request("GET", "/omnitune/canary")[1] == {"canary": None}
+
+        canary = promote(challenger, *as_canary)
+        assert canary.returncode == 0, canary.stderr
+        assert "digits v2 is the canary" in canary.stdout and "routes 25% of calls" in canary.stdout
+        shown = proxy.request("GET", "/omnitune/canary")[1]["canary"]
+        assert shown["adapter"] == "v2" and shown["share"] == 0.25
+        assert daemon.status()["models"]["digits"]["reference_version"] == "v1"
+        withdrawn = run_cli("loop", "rollback", "digits", *reach)
+        assert "canary v2 withdrawn; v1 serves every call" in withdrawn.stdout, withdrawn.stderr
+        assert proxy.request("GET", "/omnitune/canary")[1] == {"canary": None}
+
+        assert promote(challenger, *as_canary).returncode == 0  # again: v3
+        full = promote(challenger)
+        assert full.returncode == 0, full.stderr
+        assert "digits v3 serves" in full.stdout and "gate: promote" in full.stdout
+        assert proxy.request("GET", "/omnitune/canary")[1] == {"canary": None}
         status = daemon.status()["models"]["digits"]
-        assert status["reference_version"] == "v2"
-        assert status["reference"].endswith("digits/v2.json")
-        version = tmp_path / "registry" / "digits" / "v2"
+        assert status["reference_version"] == "v3"
+        assert status["reference"].endswith("digits/v3.json")
+        version = tmp_path / "registry" / "digits" / "v3"
         assert (version / "adapter" / "adapter_config.json").is_file()
         assert json.loads((version / "gate.json").read_text())["decision"] == "promote"
-        # v2's reference is the profile of the challenger's training mix, captures included.
+        # v3's reference is the profile of the challenger's training mix, captures included.
         assert json.loads((version / "reference.json").read_text())["source"].endswith(
             "loop/train.jsonl"
         )
-        # A gate against v1 says nothing about replacing v2.
-        stale = run_cli("loop", "promote", str(root / "no-replay"), "--model", "digits", *reach)
-        assert stale.returncode == 2 and "digits serves v2 from" in stale.stderr
+        # A gate against v1 says nothing about replacing v3.
+        stale = promote(root / "no-replay")
+        assert stale.returncode == 2 and "digits serves v3 from" in stale.stderr
         assert sorted(p.name for p in (tmp_path / "registry" / "digits").iterdir()) == [
             "v1",
             "v2",
+            "v3",
             "versions.json",
         ]
 
         back = run_cli("loop", "rollback", "digits", *reach)
-        assert back.returncode == 0 and "rolled back from v2 to v1" in back.stdout, back.stderr
+        assert back.returncode == 0 and "rolled back from v3 to v1" in back.stdout, back.stderr
         assert daemon.status()["models"]["digits"]["reference_version"] == "v1"
         listed = run_cli("loop", "versions", "digits", "--registry", registry)
         lines = listed.stdout.splitlines()
         assert lines[0].startswith("* v1") and "first version" in lines[0]
-        assert lines[1].startswith("  v2") and "gate: promote" in lines[1]
+        assert lines[1].startswith("  v2") and lines[2].startswith("  v3")
         again = run_cli("loop", "rollback", "digits", *reach)
         assert again.returncode == 2 and "first version" in again.stderr
     finally:
+        proxy.stop()
         daemon.stop()
-    restarted = start_daemon(tmp_path / "monitor.yaml", token="s3cret")
+        stop_champion()
+        stop_challenger()
+    restarted = start_daemon(path, token="s3cret")
     try:  # the acknowledged reference outlives the process
         assert restarted.status()["models"]["digits"]["reference_version"] == "v1"
     finally:

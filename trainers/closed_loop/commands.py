@@ -66,6 +66,17 @@ def add_commands(commands: Any) -> None:
             action.add_argument(
                 "--force", action="store_true", help="promote over a rejecting gate (recorded)"
             )
+            action.add_argument(
+                "--canary",
+                type=float,
+                metavar="SHARE",
+                help="serve it as a canary to this share of calls (0-1) beside the serving "
+                "version, through the proxy (--proxy); promote again without it to serve it",
+            )
+            action.add_argument("--upstream", help="the canary's server (http://HOST:PORT)")
+            action.add_argument(
+                "--served-as", help="the model name the upstream serves the canary's adapter as"
+            )
         else:
             action.add_argument("model", help="the served model's name")
         action.add_argument(
@@ -75,7 +86,10 @@ def add_commands(commands: Any) -> None:
             action.add_argument(
                 "--daemon", help="the monitor daemon's URL: it reloads the reference"
             )
-            action.add_argument("--token", help="the daemon's bearer token")
+            action.add_argument(
+                "--proxy", help="the recording proxy's URL: it starts or stops the canary"
+            )
+            action.add_argument("--token", help="the daemon's (and proxy's) bearer token")
         else:
             action.add_argument("--json", action="store_true", help="print versions.json")
         with_example(
@@ -155,18 +169,40 @@ def _gate(args: argparse.Namespace) -> int:
 def _daemon(args: argparse.Namespace) -> Any:
     if not getattr(args, "daemon", None):
         return None
-    from omnitune.trainers.closed_loop.daemon import Daemon
+    from omnitune.trainers.closed_loop.services import Daemon
 
     return Daemon(args.daemon, args.token)
+
+
+def _proxy(args: argparse.Namespace) -> Any:
+    if not getattr(args, "proxy", None):
+        return None
+    from omnitune.trainers.closed_loop.services import Proxy
+
+    return Proxy(args.proxy, args.token)
 
 
 def _promote(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from omnitune.trainers.closed_loop.registry import Registry, promote
+    from omnitune.core.errors import UsageError
+    from omnitune.trainers.closed_loop.registry import Canary, Registry, promote
 
+    canary = None
+    if args.canary is not None:
+        if not 0.0 <= args.canary <= 1.0:
+            raise UsageError(f"--canary: {args.canary} is not a share from 0 to 1")
+        if args.proxy and not (args.upstream or args.served_as):
+            raise UsageError("--upstream: a canary needs its server (or --served-as NAME)")
+        canary = Canary(args.canary, args.upstream, args.served_as)
     registry = Registry(Path(args.registry), args.model)
-    version, how = promote(registry, Path(args.run), _daemon(args), args.force)
+    version, how = promote(
+        registry, Path(args.run), _daemon(args), args.force, canary, _proxy(args)
+    )
+    if canary is not None:
+        routed = f"; {args.proxy} routes {canary.share:.0%} of calls to it" if args.proxy else ""
+        print(f"{args.model} {version} is the canary: {args.run} ({how}){routed}")
+        return 0
     told = f"; {args.daemon} measures drift against its reference" if args.daemon else ""
     print(f"{args.model} {version} serves {args.run} ({how}){told}")
     return 0
@@ -178,7 +214,11 @@ def _rollback(args: argparse.Namespace) -> int:
     from omnitune.trainers.closed_loop.registry import Registry, rollback
 
     registry = Registry(Path(args.registry), args.model)
-    old, new = rollback(registry, _daemon(args))
+    canary = registry.state().get("canary")
+    old, new = rollback(registry, _daemon(args), _proxy(args))
+    if canary:
+        print(f"{args.model}: canary {old} withdrawn; {new} serves every call")
+        return 0
     told = f"; {args.daemon} measures drift against its reference" if args.daemon else ""
     print(f"{args.model}: rolled back from {old} to {new}{told}")
     return 0
@@ -199,7 +239,14 @@ def _versions(args: argparse.Namespace) -> int:
         print(f"{args.model}: no versions in {args.registry}")
         return 0
     for name, version in state["versions"].items():
-        mark = "*" if name == state["serving"] else " "
-        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(version["promoted_at"]))
+        if name == state["serving"]:
+            mark = "*"
+        elif name == state.get("canary"):
+            mark = "~"
+        else:
+            mark = " "
+        stamp = version.get("promoted_at") or version.get("canary_since")
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp))
         print(f"{mark} {name}  {when} UTC  {version['how']:<28}  {version['run']}")
+    print("(* serves; ~ canary)")
     return 0
