@@ -7,8 +7,8 @@ STAMP := $(VENV)/.omnitune-installed
 TORCH_PINS := torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real: Prometheus (server and promtool), headless Chromium.
-SYSTEM_PACKAGES := prometheus chromium chromium-driver
-SYSTEM_COMMANDS := prometheus promtool chromium chromedriver
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
+SYSTEM_COMMANDS := prometheus promtool prometheus-alertmanager amtool chromium chromedriver
 
 .PHONY: demo test test-fast reliability bench bench-peers lint layers format venv clean system-deps
 

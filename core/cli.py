@@ -76,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The environment variable every `--token` defaults to: a token there stays off command
+#: lines (and out of `ps` and shell history).
+TOKEN_ENV = "OMNITUNE_TOKEN"
+
+
+def accept_token(
+    command: argparse.ArgumentParser, what: str = "bearer token, if the daemon wants one"
+) -> None:
+    """Add `--token`, defaulting to $OMNITUNE_TOKEN."""
+    import os
+
+    command.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV) or None, help=f"{what} (default: ${TOKEN_ENV})"
+    )
+
+
 def with_example(command: argparse.ArgumentParser, example: str) -> None:
     """End `command`'s help with a command line that works for it, as written."""
     command.formatter_class = argparse.RawDescriptionHelpFormatter

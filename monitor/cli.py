@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from omnitune.core.cli import accept_overrides, help_of, with_example
+from omnitune.core.cli import accept_overrides, accept_token, help_of, with_example
 
 
 def add_commands(commands: Any) -> None:
@@ -81,7 +81,7 @@ def _add_client_commands(actions: Any) -> None:
     replay = actions.add_parser("replay", help="send recorded events (JSONL) to a daemon")
     replay.add_argument("file", help="JSONL file of events")
     replay.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
-    replay.add_argument("--token", help="bearer token, if the daemon wants one")
+    accept_token(replay, "bearer token, if the daemon wants one")
     replay.add_argument(
         "--rate", type=float, default=0.0, help="events per second (0: as fast as possible)"
     )
@@ -97,7 +97,7 @@ def _add_client_commands(actions: Any) -> None:
 
     status = actions.add_parser("status", help="a daemon's drift, safety and latency state")
     status.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
-    status.add_argument("--token", help="bearer token, if the daemon wants one")
+    accept_token(status, "bearer token, if the daemon wants one")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     with_example(status, "omnitune monitor status --url http://127.0.0.1:9108 --json")
     status.set_defaults(handler=_status)
@@ -111,7 +111,7 @@ def _add_label_commands(actions: Any) -> None:
     export.add_argument("model", help="the monitored model's name")
     export.add_argument("--out", required=True, help="folder to write (created if missing)")
     export.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
-    export.add_argument("--token", help="bearer token, if the daemon wants one")
+    accept_token(export, "bearer token, if the daemon wants one")
     export.add_argument(
         "--held-out", type=float, default=0.1, help="share of requests in test.jsonl (0.1)"
     )
@@ -125,7 +125,7 @@ def _add_label_commands(actions: Any) -> None:
     review.add_argument("model", help="the monitored model's name")
     review.add_argument("--limit", type=int, default=10, help="events to list (10)")
     review.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
-    review.add_argument("--token", help="bearer token, if the daemon wants one")
+    accept_token(review, "bearer token, if the daemon wants one")
     with_example(review, "omnitune monitor review assistant --limit 5")
     review.set_defaults(handler=_review)
 
@@ -139,7 +139,7 @@ def _add_label_commands(actions: Any) -> None:
     )
     label.add_argument("--teacher-key", help="the teacher endpoint's API key, if it wants one")
     label.add_argument("--url", default="http://127.0.0.1:9108", help="the daemon's URL")
-    label.add_argument("--token", help="the daemon's bearer token, if it wants one")
+    accept_token(label, "the daemon's bearer token, if it wants one")
     label.add_argument("--limit", type=int, help="stop after this many labels")
     label.add_argument(
         "--rate", type=float, default=0.0, help="teacher calls per second at most (0: no limit)"

@@ -131,16 +131,18 @@ def start_listening(
     token: str | None = None,
     timeout: float = 60,
     prefix: tuple[str, ...] = (),
+    **env: str,
 ) -> Daemon:
-    """Run `omnitune COMMAND...` (after `prefix`, e.g. `unshare ...`), wait for its "listening
-    on URL" line and a 200 on `health`."""
-    config = Path(command[command.index("--config") + 1])
+    """Run `omnitune COMMAND...` (after `prefix`, e.g. `unshare ...`; with `env` added to the
+    environment), wait for its "listening on URL" line and a 200 on `health`."""
+    option = "--config" if "--config" in command else "--settings"
+    config = Path(command[command.index(option) + 1])
     process = subprocess.Popen(
         [*prefix, str(OMNITUNE), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=offline_env(),
+        env=offline_env(**env),
     )
     deadline = time.monotonic() + timeout
     seen = []
@@ -214,16 +216,34 @@ class Prometheus:
         self.process.wait(timeout=30)
 
 
-def start_prometheus(target: str, folder: Path, port: int | None = None) -> Prometheus:
+def start_prometheus(
+    target: str,
+    folder: Path,
+    port: int | None = None,
+    alertmanager: str | None = None,
+    alerts_fire_at_once: bool = False,
+) -> Prometheus:
     """Prometheus on 127.0.0.1 (on `port`, or a free one) scraping the daemon at `target`
     every second, with the shipped configuration's job and alert rules (evaluated every
-    second). Started again on the same folder and port, it continues its time series."""
+    second), sending alerts to `alertmanager` (a URL) when given; `alerts_fire_at_once` drops
+    the rules' `for:` waits. Started again on the same folder and port, it continues its time
+    series."""
     shipped = REPO / "configs" / "prometheus"
     binary = prometheus_binary("prometheus")
-    shutil.copy(shipped / "omnitune-rules.yml", folder / "omnitune-rules.yml")
+    rules = yaml.safe_load((shipped / "omnitune-rules.yml").read_text())
+    if alerts_fire_at_once:
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                rule.pop("for", None)
+    (folder / "omnitune-rules.yml").write_text(yaml.safe_dump(rules))
     config = yaml.safe_load((shipped / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["scrape_configs"][0]["static_configs"] = [{"targets": [target.removeprefix("http://")]}]
+    if alertmanager is None:
+        config.pop("alerting", None)
+    else:
+        targets = [alertmanager.removeprefix("http://")]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": targets}]}]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = port or free_port()
     log = folder / "prometheus.log"
@@ -324,3 +344,46 @@ def answering_upstream(answer: str, delay_s: float = 0.0) -> tuple[str, Callable
         thread.join(timeout=10)
 
     return f"http://127.0.0.1:{port}", stop
+
+
+def start_alertmanager(folder: Path, webhook: str) -> tuple[str, Callable[[], None]]:
+    """Debian's Alertmanager on 127.0.0.1 with the shipped routes, its loop receiver pointed
+    at `webhook` and its waits cut to a second; clustering off (no gossip port). (URL, stop)."""
+    binary = prometheus_binary("prometheus-alertmanager")
+    config = yaml.safe_load((REPO / "configs" / "alertmanager" / "alertmanager.yml").read_text())
+    config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1m")
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = folder / "alertmanager.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={folder / 'alertmanager.yml'}",
+                f"--storage.path={folder / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(timeout=30)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=2):
+                return url, stop
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    stop()
+    pytest.fail("Alertmanager did not start: " + log.read_text())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,122 @@ def test_whisper_and_llava_challengers_are_gated_on_their_own_metrics(
     logged = json.loads((challenger / "summary.json").read_text())["checkpoint"]["metrics"]
     for metric in generated:
         assert original[metric]["challenger"] == pytest.approx(logged[metric])
+
+
+def chat_events(prompts: list[str], answer, start: int, start_ts: float) -> list[dict]:
+    return [
+        {
+            "model": "digits",
+            "adapter": "v1",
+            "request_id": f"call-{start + i}",
+            "ts": start_ts + i * 0.01,
+            "latency_s": 0.05,
+            "input": prompt,
+            "output": answer(prompt),
+        }
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def test_alertmanager_drift_alert_runs_retune_gate_and_canary_end_to_end(loop_world, tmp_path):
+    """Real Prometheus scrapes the daemon and evaluates the shipped OmnituneInputDrift rule,
+    real Alertmanager routes it with the shipped config to `omnitune loop watch`, which
+    exports the labels people gave, retunes, gates and routes a canary through the proxy."""
+    from tests.monitor.conftest import start_alertmanager, start_listening, start_prometheus
+
+    champion = loop_world["champion"]
+    champion_server, stop_champion = answering_upstream("7 3 1")
+    challenger_server, stop_challenger = answering_upstream("731")
+    monitor = {
+        "server": {"host": "127.0.0.1", "port": 0, "token": "s3cret", "metrics_token": False},
+        "store": {"path": str(tmp_path / "store" / "events.sqlite")},
+        "models": {"digits": {"modality": "text", "reference": str(champion)}},
+        "window": {"size": 200, "min_events": 50},
+        "drift": {"interval_s": 0.5},
+        "proxy": {"upstream": champion_server, "default_model": "digits"},
+    }
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(monitor))
+    running = []
+    try:
+        daemon = start_daemon(path, token="s3cret")
+        running.append(daemon.stop)
+        monitor["proxy"]["daemon_url"] = daemon.url
+        path.write_text(yaml.safe_dump(monitor))
+        proxy = start_proxy(path)
+        running.append(proxy.stop)
+        registry = tmp_path / "registry"
+        first = run_cli("loop", "promote", str(champion), "--model", "digits", "--registry",
+                        str(registry), OMNITUNE_TOKEN="s3cret")  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        settings = {
+            "loop": {"min_labels": 20},
+            "gate": {"metric": "exact_match"},
+            "watch": {
+                "port": 0,
+                "workdir": str(tmp_path / "rounds"),
+                "poll_s": 1,
+                "models": {
+                    "digits": {
+                        "daemon": daemon.url,
+                        "proxy": proxy.url,
+                        "registry": str(registry),
+                        "canary_share": 0.2,
+                        "canary_upstream": challenger_server,
+                        "overrides": ["train.max_steps=100"],
+                    }
+                },
+            },
+        }
+        (tmp_path / "watch.yaml").write_text(yaml.safe_dump(settings))
+        watch = start_listening(["loop", "watch", "--settings", str(tmp_path / "watch.yaml")],
+                                "/healthz", OMNITUNE_TOKEN="s3cret")  # fmt: skip
+        running.append(watch.stop)
+        alertmanager, stop_alertmanager = start_alertmanager(tmp_path, watch.url + "/alerts")
+        running.append(stop_alertmanager)
+        prometheus = start_prometheus(daemon.url, tmp_path, alertmanager=alertmanager,
+                                      alerts_fire_at_once=True)  # fmt: skip
+        running.append(prometheus.stop)
+
+        # Traffic as in training, then the upstream change: "digits: ..." prompts.
+        rng = random.Random(11)
+        usual = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(150)]
+        changed = [captured_chat(rng)["messages"][0]["content"] for _ in range(200)]
+        spaced = lambda prompt: " ".join(str(WORDS.index(w)) for w in prompt.split() if w in WORDS)  # noqa: E731
+        events = chat_events(usual, spaced, 0, 1.8e9) + chat_events(changed, spaced, 150, 1.8e9 + 2)
+        for start in range(0, len(events), 25):
+            assert daemon.post(events[start : start + 25])[0] == 200
+        # People label the changed calls: the answer they wanted.
+        for index, prompt in enumerate(changed):
+            label = {"request_id": f"call-{150 + index}", "score": 0.0}
+            label["correction"] = spaced(prompt).replace(" ", "")
+            code, body = daemon.request("POST", "/v1/feedback", json.dumps(label))
+            assert code == 200, body
+
+        fired = prometheus.wait_for('ALERTS{alertname="OmnituneInputDrift",alertstate="firing"}')
+        assert fired[0]["metric"]["model"] == "digits"
+        deadline = time.monotonic() + 240
+        rounds: list = []
+        while time.monotonic() < deadline and not rounds:
+            rounds = watch.request("GET", "/v1/rounds")[1]["rounds"]
+            time.sleep(1)
+        assert rounds, "no loop round ended:\n" + "".join(watch.output)
+        (first_round,) = rounds[:1]
+        assert first_round["outcome"] == "canary", first_round
+        assert first_round["gate"] == "promote" and first_round["labels"] >= 20
+        shown = proxy.request("GET", "/omnitune/canary")[1]["canary"]
+        assert shown["adapter"] == "v2" and shown["share"] == 0.2
+        assert shown["upstream"] == challenger_server
+        metrics = watch.request("GET", "/metrics")[1]
+        assert 'omnitune_loop_runs_total{model="digits",outcome="canary"} 1.0' in metrics
+        assert (
+            'omnitune_loop_gate_gain{metric="exact_match",model="digits",slice="captures"}'
+            in metrics
+        )
+        state = json.loads((registry / "digits" / "versions.json").read_text())
+        assert state["serving"] == "v1" and state["canary"] == "v2"  # a person promotes in full
+    finally:
+        for stop in reversed(running):
+            stop()
+        stop_champion()
+        stop_challenger()

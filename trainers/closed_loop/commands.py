@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from omnitune.core.cli import accept_overrides, help_of, with_example
+from omnitune.core.cli import accept_overrides, accept_token, help_of, with_example
 
 
 def add_commands(commands: Any) -> None:
@@ -27,7 +27,7 @@ def add_commands(commands: Any) -> None:
         help="an `omnitune monitor export` folder, or a daemon URL (with --model)",
     )
     retune.add_argument("--model", help="the monitored model's name (labels from a daemon URL)")
-    retune.add_argument("--token", help="the daemon's bearer token (labels from a daemon URL)")
+    accept_token(retune, "the daemon's bearer token (labels from a daemon URL)")
     retune.add_argument("--out", help="the challenger's run folder (default: CHAMPION-challenger)")
     retune.add_argument("--settings", help="YAML file with loop: and gate: sections")
     accept_overrides(
@@ -89,14 +89,14 @@ def add_commands(commands: Any) -> None:
             action.add_argument(
                 "--proxy", help="the recording proxy's URL: it starts or stops the canary"
             )
-            action.add_argument("--token", help="the daemon's (and proxy's) bearer token")
+            accept_token(action, "the daemon's (and proxy's) bearer token")
         else:
             action.add_argument("--json", action="store_true", help="print versions.json")
         with_example(
             action,
             {
                 "promote": "omnitune loop promote runs/assistant-challenger --model assistant "
-                "--daemon http://127.0.0.1:9108 --token $TOKEN",
+                "--daemon http://127.0.0.1:9108  # token from $OMNITUNE_TOKEN",
                 "rollback": "omnitune loop rollback assistant --daemon http://127.0.0.1:9108",
                 "versions": "omnitune loop versions assistant",
             }[name],
@@ -104,6 +104,16 @@ def add_commands(commands: Any) -> None:
         action.set_defaults(
             handler={"promote": _promote, "rollback": _rollback, "versions": _versions}[name]
         )
+    watch = actions.add_parser(
+        "watch", help="run retune, gate and a canary when Alertmanager reports drift (webhook)"
+    )
+    watch.add_argument(
+        "--settings", required=True, help="YAML with watch: (models, daemon, proxy), loop:, gate:"
+    )
+    accept_overrides(
+        watch, "omnitune loop watch --settings configs/loop-watch.yaml watch.port=9110"
+    )
+    watch.set_defaults(handler=_watch, log_progress=True)
     loop.set_defaults(handler=help_of(loop))
 
 
@@ -249,4 +259,13 @@ def _versions(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp))
         print(f"{mark} {name}  {when} UTC  {version['how']:<28}  {version['run']}")
     print("(* serves; ~ canary)")
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from omnitune.trainers.closed_loop.settings import load_settings
+    from omnitune.trainers.closed_loop.watch import Watcher, serve
+
+    settings = load_settings(args.settings, args.overrides)
+    serve(Watcher(settings))
     return 0

@@ -5,6 +5,7 @@ never imports the monitor; it talks to the daemon as a user's script would)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,9 +63,10 @@ def export_from_daemon(url: str, model: str | None, out: Path, token: str | None
         raise UsageError("--model: labels from a daemon URL need the monitored model's name")
     command = [sys.executable, "-m", "omnitune", "monitor", "export", model, "--url", url]
     command += ["--out", str(out), "--held-out", "0.2"]
+    env = dict(os.environ)
     if token:
-        command += ["--token", token]
-    done = subprocess.run(command, capture_output=True, text=True)
+        env["OMNITUNE_TOKEN"] = token  # in the environment, not on the child's command line
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise DataError(
             f"--labels: exporting {model}'s labels from {url} failed: "

@@ -66,12 +66,58 @@ class GateSection(Section):
     seed: int = Field(0, ge=0, description="Seeds the bootstrap.")
 
 
+class WatchedModel(Section):
+    daemon: str = Field(
+        description="the monitor daemon's URL: labels are exported from it, references go to it"
+    )
+    registry: str = Field("registry", description="the registry folder of the model's versions")
+    champion: str | None = Field(
+        None, description="the serving run while the registry has no version yet"
+    )
+    proxy: str | None = Field(
+        None, description="the recording proxy's URL, to route the canary (none: no canary)"
+    )
+    canary_share: float = Field(0.1, gt=0.0, le=1.0, description="share of calls to a canary")
+    canary_upstream: str | None = Field(
+        None, description="where the canary is served (an upstream serving the challenger)"
+    )
+    canary_served_as: str | None = Field(
+        None, description="the model name the upstream serves the challenger's adapter as"
+    )
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="overrides of the challenger's run config (e.g. train.max_steps=40)",
+    )
+
+
+class WatchSection(Section):
+    host: str = Field("127.0.0.1", description="where `omnitune loop watch` listens")
+    port: int = Field(9110, ge=0, le=65535, description="its port (0: a free one)")
+    alerts: list[str] = Field(
+        ["OmnituneInputDrift"], description="alert names that start a round for their model"
+    )
+    promote: Literal["canary", "full"] = Field(
+        "canary",
+        description="what a passing gate leads to: a canary (a person promotes it in full), "
+        "or a full promotion",
+    )
+    workdir: str = Field("runs/loop", description="where each round's labels and runs go")
+    poll_s: float = Field(30.0, gt=0, description="how often to re-export while labels are few")
+    max_wait_s: float = Field(
+        3600.0, gt=0, description="give a round up when loop.min_labels are not there by then"
+    )
+    models: dict[str, WatchedModel] = Field(
+        default_factory=dict, description="the monitored models a round may retune"
+    )
+
+
 class LoopSettings(Section):
     loop: LoopSection = Field(default_factory=LoopSection)
     gate: GateSection = Field(default_factory=GateSection)
+    watch: WatchSection = Field(default_factory=WatchSection)
 
 
-SECTIONS = ("loop", "gate")
+SECTIONS = ("loop", "gate", "watch")
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
