@@ -26,6 +26,7 @@ navigation = st.navigation(
         st.Page(PAGES / "safety.py", title="Safety"),
         st.Page(PAGES / "review.py", title="Review"),
         st.Page(PAGES / "runs.py", title="Training runs"),
+        st.Page(PAGES / "loop.py", title="Loop"),
     ]
 )
 navigation.run()

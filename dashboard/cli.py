@@ -28,6 +28,9 @@ def add_commands(commands: Any) -> None:
     )
     dashboard.add_argument("--token", help="the daemon's bearer token, if it wants one")
     dashboard.add_argument("--runs", default="runs", help="folder of training runs")
+    dashboard.add_argument(
+        "--registry", default="registry", help="the loop's registry of served versions"
+    )
     dashboard.add_argument("--port", type=int, default=8501)
     dashboard.add_argument("--host", default="127.0.0.1", help="bind address (loopback)")
     with_example(
@@ -49,6 +52,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         OMNITUNE_DAEMON_URL=daemon,
         OMNITUNE_PROMETHEUS_URL=args.prometheus or "",
         OMNITUNE_RUNS_DIR=args.runs,
+        OMNITUNE_REGISTRY_DIR=args.registry,
     )
     if args.token:
         env["OMNITUNE_DAEMON_TOKEN"] = args.token

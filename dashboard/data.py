@@ -192,3 +192,92 @@ def find_runs(root: Path) -> list[Path]:
     """Folders under `root` (any depth up to 3) holding a metrics.jsonl, newest first."""
     found = [p.parent for p in root.glob("**/metrics.jsonl") if len(p.relative_to(root).parts) <= 4]
     return sorted(found, key=lambda p: p.joinpath("metrics.jsonl").stat().st_mtime, reverse=True)
+
+
+# The loop's registry (written by `omnitune loop promote`; read here as plain JSON) -----------
+
+GATE_COLUMNS = ["slice", "metric", "deciding", "champion", "challenger", "gain", "low", "high"]
+COMPARE_COLUMNS = [
+    "version",
+    "events",
+    "error_rate",
+    "flagged_rate",
+    "p50_s",
+    "p95_s",
+    "feedback",
+    "mean_score",
+]
+
+
+def registry_models(root: Path) -> list[str]:
+    """Models with a versions.json under the registry folder `root`."""
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob("*/versions.json"))
+
+
+def registry_state(root: Path, model: str) -> dict[str, Any]:
+    return json.loads((root / model / "versions.json").read_text())
+
+
+def versions_table(state: dict[str, Any]) -> pd.DataFrame:
+    """One row per version: its state (serving, canary, withdrawn, earlier), how it got in,
+    its run, and when."""
+    rows = []
+    for name, version in state["versions"].items():
+        if name == state.get("serving"):
+            status = "serving"
+        elif name == state.get("canary"):
+            status = f"canary ({version.get('canary_share', 0):.0%})"
+        elif version.get("withdrawn_at"):
+            status = "withdrawn canary"
+        else:
+            status = "earlier"
+        stamp = version.get("promoted_at") or version.get("canary_since")
+        rows.append(
+            {
+                "version": name,
+                "state": status,
+                "how": version.get("how", ""),
+                "run": version.get("run", ""),
+                "since": pd.to_datetime(stamp, unit="s").round("s") if stamp else pd.NaT,
+            }
+        )
+    return pd.DataFrame(rows, columns=["version", "state", "how", "run", "since"])
+
+
+def gate_table(report: dict[str, Any]) -> pd.DataFrame:
+    """The gate's differences, one row per slice and metric; `deciding` marks the metric
+    that decided each slice."""
+    rows = []
+    for slice_name, part in report["slices"].items():
+        for metric, difference in part["metrics"].items():
+            rows.append(
+                {
+                    "slice": slice_name,
+                    "metric": metric,
+                    "deciding": metric == part["metric"],
+                    **{k: difference[k] for k in ("champion", "challenger", "gain", "low", "high")},
+                }
+            )
+    return pd.DataFrame(rows, columns=GATE_COLUMNS)
+
+
+def compare_table(compared: dict[str, Any]) -> pd.DataFrame:
+    """The daemon's per-version comparison (GET /v1/compare) as one row per version."""
+    rows = []
+    for version, entry in compared["adapters"].items():
+        latency = entry.get("latency") or {}
+        rows.append(
+            {
+                "version": version,
+                "events": entry["events"],
+                "error_rate": entry["error_rate"],
+                "flagged_rate": entry["flagged_rate"],
+                "p50_s": latency.get("p50"),
+                "p95_s": latency.get("p95"),
+                "feedback": entry["feedback"]["count"],
+                "mean_score": entry["feedback"]["mean_score"],
+            }
+        )
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)

@@ -306,6 +306,19 @@ def safety(sources: Sources, span: TimeRange) -> pd.DataFrame:
     return frame[SAFETY_COLUMNS]
 
 
+def compare(sources: Sources, model: str, span: TimeRange) -> pd.DataFrame | None:
+    """Each adapter version's calls of `model` in the range (the daemon's store: feedback and
+    safety flags per version are not Prometheus series); None when the daemon does not
+    monitor that model."""
+    try:
+        compared = sources.need_daemon().compare(model, span.start)
+    except SourceDown as exc:
+        if "unknown model" in str(exc):
+            return None
+        raise
+    return data.compare_table(compared)
+
+
 def _merged(
     sources: Sources, span: TimeRange, queries: dict[str, str], labels: list[str]
 ) -> pd.DataFrame:

@@ -101,6 +101,11 @@ class Daemon:
         query = urllib.parse.urlencode({"model": model, "limit": limit})
         return _get_json(f"{self.url.rstrip('/')}/v1/review?{query}", self.token)
 
+    def compare(self, model: str, since: float) -> dict[str, Any]:
+        """Each adapter version's calls since `since`: champion and canary side by side."""
+        query = urllib.parse.urlencode({"model": model, "since": since})
+        return _get_json(f"{self.url.rstrip('/')}/v1/compare?{query}", self.token)
+
     def feedback(self, **label: Any) -> dict[str, Any]:
         """Store a label (POST /v1/feedback): request_id, score, correction, annotator."""
         return _post_json(f"{self.url.rstrip('/')}/v1/feedback", label, self.token)

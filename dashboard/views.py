@@ -1,9 +1,9 @@
 """What every page shares: settings from the environment, the sources, banners and charts.
 
 `omnitune dashboard` passes its options as environment variables (OMNITUNE_DAEMON_URL,
-OMNITUNE_DAEMON_TOKEN, OMNITUNE_PROMETHEUS_URL, OMNITUNE_RUNS_DIR), which Streamlit's AppTest
-can set the same way. With only a Prometheus URL the daemon is left out; with neither, the
-daemon is expected on its default address.
+OMNITUNE_DAEMON_TOKEN, OMNITUNE_PROMETHEUS_URL, OMNITUNE_RUNS_DIR, OMNITUNE_REGISTRY_DIR),
+which Streamlit's AppTest can set the same way. With only a Prometheus URL the daemon is left
+out; with neither, the daemon is expected on its default address.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ T = TypeVar("T")
 class Settings:
     sources: Sources
     runs: Path
+    registry: Path
 
 
 def settings() -> Settings:
@@ -40,7 +41,11 @@ def settings() -> Settings:
         Daemon(daemon_url, os.environ.get("OMNITUNE_DAEMON_TOKEN") or None) if daemon_url else None
     )
     prometheus = Prometheus(prometheus_url) if prometheus_url else None
-    return Settings(Sources(daemon, prometheus), Path(os.environ.get("OMNITUNE_RUNS_DIR", "runs")))
+    return Settings(
+        Sources(daemon, prometheus),
+        Path(os.environ.get("OMNITUNE_RUNS_DIR", "runs")),
+        Path(os.environ.get("OMNITUNE_REGISTRY_DIR", "registry")),
+    )
 
 
 def time_range() -> TimeRange:

@@ -12,27 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from omnitune.monitor import traffic
-from tests.conftest import REPO
 from tests.monitor.conftest import start_daemon
-
-APP = str(REPO / "dashboard" / "app.py")
-
-
-@pytest.fixture
-def app(monkeypatch, tmp_path):
-    """`app(daemon_url, prometheus=url)`: the dashboard as `omnitune dashboard` would start it
-    (a None daemon_url with a Prometheus URL is `--prometheus` alone)."""
-
-    def open_app(url: str | None, prometheus: str | None = None) -> AppTest:
-        for name, value in (("OMNITUNE_DAEMON_URL", url), ("OMNITUNE_PROMETHEUS_URL", prometheus)):
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
-        monkeypatch.setenv("OMNITUNE_RUNS_DIR", str(tmp_path / "runs"))
-        return AppTest.from_file(APP, default_timeout=60).run()
-
-    return open_app
 
 
 def metrics(at: AppTest) -> dict[str, str]:

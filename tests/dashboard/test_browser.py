@@ -14,7 +14,7 @@ import pytest
 
 from omnitune.dashboard import series
 from omnitune.dashboard.sources import Daemon
-from tests.dashboard.conftest import start_dashboard
+from tests.dashboard.conftest import start_dashboard, write_registry
 from tests.monitor.conftest import free_port
 
 pytestmark = pytest.mark.browser
@@ -70,7 +70,10 @@ def test_every_page_draws_its_charts_and_logs_no_error(live_daemon, browser, tmp
     runs = tmp_path / "runs"
     write_run(runs)
     port = free_port()
-    app = start_dashboard("--daemon", daemon.url, "--runs", str(runs), port=port)
+    registry = write_registry(tmp_path / "registry")
+    app = start_dashboard(
+        "--daemon", daemon.url, "--runs", str(runs), "--registry", str(registry), port=port
+    )
     base = f"http://127.0.0.1:{port}"
     sources = series.Sources(Daemon(daemon.url), None)
     try:
@@ -105,6 +108,13 @@ def test_every_page_draws_its_charts_and_logs_no_error(live_daemon, browser, tmp
 
         trained = open_page(browser, "Training runs", "train loss", 2)
         assert [chart["marks"].get("line") for chart in trained] == [1, 1]
+
+        loop = by_title(open_page(browser, "Loop", "Gate reports", 2))
+        browser.save_screenshot(str(tmp_path / "dashboard-loop.png"))
+        gains = loop["Challenger's gain over the champion (90% interval)"]
+        assert gains["symbol"] == 4 and gains["rule"] == 4 + 1  # 4 intervals and the zero line
+        latency = loop["Latency by version (s)"]
+        assert latency["rect"] == 2  # p50 and p95 of v1, the only version with calls
     finally:
         app.terminate()
         app.wait(timeout=30)

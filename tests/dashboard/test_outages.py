@@ -13,7 +13,7 @@ import pytest
 from omnitune.monitor import traffic
 from tests import reliability
 from tests.dashboard.conftest import start_dashboard
-from tests.dashboard.test_app import app, metrics  # noqa: F401 - the app fixture
+from tests.dashboard.test_app import metrics
 from tests.monitor.conftest import free_port, start_daemon, start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.reliability]
@@ -75,7 +75,7 @@ def sources(monitor_config, tmp_path):
         running.close()
 
 
-def test_every_page_survives_its_sources_going_away_and_coming_back(app, sources):  # noqa: F811
+def test_every_page_survives_its_sources_going_away_and_coming_back(app, sources):
     sessions = {}
     rows = []
     for phase, daemon_up, prometheus_up in PHASES:

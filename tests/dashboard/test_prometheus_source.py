@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from omnitune.monitor import traffic
-from tests.dashboard.test_app import app, charts, metrics  # noqa: F401 - the app fixture
+from tests.dashboard.test_app import charts, metrics
 from tests.monitor.conftest import Daemon, Prometheus, free_port, start_daemon, start_prometheus
 
 pytestmark = pytest.mark.prometheus
@@ -41,7 +41,7 @@ def scraped(monitor_config, tmp_path) -> Iterator[tuple[Daemon, Prometheus, traf
         daemon.stop()
 
 
-def test_prometheus_alone_feeds_every_page(app, scraped):  # noqa: F811
+def test_prometheus_alone_feeds_every_page(app, scraped):
     _, prometheus, planted = scraped
     at = app(None, prometheus=prometheus.url)
     assert not at.exception and not at.error
@@ -83,7 +83,7 @@ def test_prometheus_alone_feeds_every_page(app, scraped):  # noqa: F811
     assert "assistant: adapter v1" in [m.value for m in runs.markdown]
 
 
-def test_with_both_sources_the_series_come_from_prometheus(app, scraped):  # noqa: F811
+def test_with_both_sources_the_series_come_from_prometheus(app, scraped):
     daemon, prometheus, _ = scraped
     at = app(daemon.url, prometheus=prometheus.url)
     assert not at.exception
@@ -98,7 +98,7 @@ def test_with_both_sources_the_series_come_from_prometheus(app, scraped):  # noq
     assert "Reference vs current" in charts(drift)
 
 
-def test_a_stopped_prometheus_gives_a_banner(app, live_daemon):  # noqa: F811
+def test_a_stopped_prometheus_gives_a_banner(app, live_daemon):
     daemon, _ = live_daemon
     at = app(daemon.url, prometheus=f"http://127.0.0.1:{free_port()}")
     assert not at.exception
