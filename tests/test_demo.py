@@ -52,20 +52,29 @@ def _before_after(cell: str) -> tuple[float, float]:
 def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
     output = (demo_tree / "demo-first-run.log").read_text()
     rows = _table(output)
-    assert len(rows) == 11, output[-4000:]
-    # Each modality's re-tuning on what the monitor captured improves its held-out metric.
+    assert len(rows) == 12, output[-4000:]
+    # Each modality's challenger, retuned through `omnitune loop` on what the monitor captured
+    # and people labelled, beats its champion on the held-out captures and passes the gate...
     text = rows["text: re-tuned on captured prompts"]
     vision = rows["vision: re-tuned on captured images"]
     speech = rows["speech: re-tuned on captured clips"]
-    ppl_before, ppl_after = _before_after(text[1])
-    assert ppl_after < ppl_before / 2, text
-    acc_before, acc_after = _before_after(vision[1])
-    assert acc_after > acc_before + 0.15, vision
-    wer_before, wer_after = _before_after(speech[1])
-    assert wer_after < wer_before - 0.1, speech
-    # ... after the monitor saw each model's inputs drift.
+    before, after = _before_after(text[1])
+    assert after > before + 0.2, text
+    before, after = _before_after(vision[1])
+    assert after > before + 0.15, vision
+    before, after = _before_after(speech[1])
+    assert after < before - 0.2, speech
     for cells in (text, vision, speech):
+        assert cells[-2].startswith("promote, original"), cells
+        # ... after the monitor saw each model's inputs drift.
         assert "after the change" in cells[-1], cells
+    # The challenger trained on the same captures with their answers shuffled is rejected.
+    shuffled = rows["text: captures, shuffled answers"]
+    assert shuffled[-2].startswith("reject"), shuffled
+    registry = json.loads((demo_tree / "runs/demo/registry/digits-chat/versions.json").read_text())
+    assert registry["serving"] == "v2" and len(registry["versions"]) == 2
+    gate = json.loads((demo_tree / "runs/demo/text-shuffled/gate/gate.json").read_text())
+    assert gate["reasons"][0].startswith("captures: exact_match gain"), gate["reasons"]
     # The shift LoRAs, as in their docs; the base Whisper learned its voices. Both shift voices
     # get their own WER (the worst one is where a deployment fails).
     before, after = _before_after(rows["speech: noisy unseen voices, LoRA"][1])
@@ -95,21 +104,32 @@ def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
     served = re.search(r"sent 200 base clips .*: WER ([\d.]+)", output)
     assert served and float(served.group(1)) < 0.5, output[-4000:]
     # Captured samples point at the media the proxy kept, with the model's own answer; the
-    # labelled copy the re-tuning trained on has the right one.
+    # exported label the retune trained on is the annotator's, for the same image and request.
     monitor = demo_tree / "runs/demo/monitor"
-    captured = json.loads((monitor / "capture/digits-vision/data.jsonl").read_text().split("\n")[0])
-    labelled = json.loads((monitor / "labelled/digits-vision.jsonl").read_text().split("\n")[0])
-    assert Path(captured["image"]).is_file() and captured["target_source"] == "model"
-    assert labelled["image"] == captured["image"] and labelled["target_source"] == "label"
+    captured = [
+        json.loads(line)
+        for line in (monitor / "capture/digits-vision/data.jsonl").read_text().splitlines()
+    ]
+    exported = [
+        json.loads(line)
+        for split in ("train", "test")
+        for line in (monitor / f"labels/digits-vision/sft/{split}.jsonl").read_text().splitlines()
+    ]
+    assert len(exported) == len(captured)
+    by_request = {row["request_id"]: row for row in captured}
+    first = exported[0]
+    assert Path(first["image"]).is_file() and first["annotator"] == "demo-annotator"
+    assert first["image"] == by_request[first["request_id"]]["image"]
+    assert by_request[first["request_id"]]["target_source"] == "model"
 
 
 def test_the_demo_shows_its_progress_and_no_stray_output(demo_tree):
     output = (demo_tree / "demo-first-run.log").read_text()
-    started = re.findall(r"^\[(\d+)/19\] [\w-]+ \.\.\.$", output, flags=re.MULTILINE)
-    assert [int(k) for k in started] == list(range(1, 20)), started
-    assert re.search(r"^\[13/19\] speech-base: done in \d+ s$", output, flags=re.MULTILINE)
+    started = re.findall(r"^\[(\d+)/21\] [\w-]+ \.\.\.$", output, flags=re.MULTILINE)
+    assert [int(k) for k in started] == list(range(1, 22)), started
+    assert re.search(r"^\[13/21\] speech-base: done in \d+ s$", output, flags=re.MULTILINE)
     # Training progress streams while a long step runs (the CLI's own step lines).
-    base = output[output.index("[13/19] speech-base ...") : output.index("[13/19] speech-base:")]
+    base = output[output.index("[13/21] speech-base ...") : output.index("[13/21] speech-base:")]
     assert len(re.findall(r"INFO omnitune\.train: step \d+/1000 loss", base)) >= 10, base[:3000]
     assert "Loading weights" not in output
     assert "Warning" not in output, [line for line in output.splitlines() if "Warning" in line]

@@ -7,7 +7,9 @@ trainable parameters are the count its train.log states; the size is the adapter
 the whole model's, for full fine-tuning); the time is the demo step's wall time (loading,
 training, evaluations and saving); drift is what the monitor daemon decided about the model
 that the run re-tunes: the features that alarmed and how many events and seconds after the
-estimated change the first alarm came.
+estimated change the first alarm came. A loop challenger's row (`omnitune loop retune`) is read
+from its gate report instead: the deciding metric of the champion -> the challenger on the
+held-out captures, and the gate's decision with the change on the original slice.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Row:
     step: str  # the demo step; its run folder is runs/demo/STEP
     metric: str
     monitored: str | None = None  # the monitor's model name, for the re-tuning rows
+    gated: bool = False  # a loop challenger: before/after and the gate from RUN/gate/gate.json
 
     @property
     def run(self) -> str:
@@ -37,14 +40,23 @@ ROWS = (
     Row("text: digits chat, SFT full", "text", "perplexity"),
     Row("text: DPO on its own mistakes, LoRA", "text-dpo", "reward_accuracy"),
     Row("text: GRPO on 3-4 digits, LoRA", "text-grpo", "exact_match"),
-    Row("text: re-tuned on captured prompts", "text-recaptured", "perplexity", "digits-chat"),
+    Row(
+        "text: re-tuned on captured prompts", "text-recaptured", "exact_match", "digits-chat", True
+    ),
+    Row("text: captures, shuffled answers", "text-shuffled", "exact_match", None, True),
     Row("vision: LLaVA digits, SFT full", "llava", "vqa_accuracy"),
     Row("vision: GRPO, LoRA", "llava-grpo", "vqa_accuracy"),
     Row("vision: other scanner, LoRA", "llava-shift", "vqa_accuracy"),
-    Row("vision: re-tuned on captured images", "llava-recaptured", "vqa_accuracy", "digits-vision"),
+    Row(
+        "vision: re-tuned on captured images",
+        "llava-recaptured",
+        "vqa_accuracy",
+        "digits-vision",
+        True,
+    ),
     Row("speech: Whisper base voices, full", "speech-base", "wer"),
     Row("speech: noisy unseen voices, LoRA", "speech-shift", "wer"),
-    Row("speech: re-tuned on captured clips", "speech-recaptured", "wer", "speech-asr"),
+    Row("speech: re-tuned on captured clips", "speech-recaptured", "wer", "speech-asr", True),
 )
 HEADER = (
     "task",
@@ -54,6 +66,7 @@ HEADER = (
     "trainable",
     "size",
     "time",
+    "gate",
     "drift detected",
 )
 
@@ -72,6 +85,9 @@ def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[s
     run = repo / row.run
     before = _before(run / "metrics.jsonl", row.metric)
     after, checkpoint = _saved(run / "summary.json", row.metric)
+    gate = ""
+    if row.gated:
+        before, after, gate = _gated(run / "gate" / "gate.json", row.metric)
     seconds = steps.seconds(row.step)
     return (
         row.task,
@@ -81,7 +97,24 @@ def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[s
         _trainable(run / "train.log"),
         _size(run / "adapter" if (run / "adapter").is_dir() else run / "model"),
         "-" if seconds is None else f"{seconds:.0f} s",
+        gate,
         _drift(drift.get(row.monitored)) if row.monitored else "",
+    )
+
+
+def _gated(path: Path, metric: str) -> tuple[float | None, float | None, str]:
+    """A challenger's row: champion -> challenger on the held-out captures, and the gate's
+    decision with the original slice's change (`promote, original -0.004`)."""
+    if not path.is_file():
+        return None, None, "-"
+    report = json.loads(path.read_text())
+    captured = report["slices"]["captures"]["metrics"][metric]
+    original = report["slices"]["original"]
+    change = original["metrics"][original["metric"]]["gain"]
+    return (
+        captured["champion"],
+        captured["challenger"],
+        f"{report['decision']}, original {change:+.3f}",
     )
 
 

@@ -118,20 +118,6 @@ def chat_prompts(count: int, shift_from: int, seed: int = 7) -> list[str]:
     return prompts
 
 
-def write_long_number_test(path: Path, count: int = 64) -> Path:
-    """Held-out chats of 4-6 digits (prompt/completion), to score the re-tuned model on."""
-    from omnitune.modalities.text.sample_data import WORDS
-
-    rng = random.Random(99)
-    rows = []
-    for _ in range(count):
-        digits = [rng.randrange(10) for _ in range(rng.randint(4, 6))]
-        prompt = " ".join(WORDS[d] for d in digits)
-        rows.append(json.dumps({"prompt": prompt, "completion": " ".join(map(str, digits))}))
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -186,17 +172,3 @@ def send_clips(url: str, model: str, rows: list[dict], folder: Path) -> list[str
 
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(ask, rows))
-
-
-def label_captured(
-    captured: Path, labelled: Path, field: str, truth: Callable[[dict[str, Any]], str]
-) -> int:
-    """Write the captured samples to `labelled` with their right answer in `field`, as an
-    annotator would (the daemon captured the model's own, often wrong, answer); how many."""
-    rows = [json.loads(line) for line in captured.read_text().splitlines() if line.strip()]
-    for row in rows:
-        row[field] = truth(row)
-        row["target_source"] = "label"
-    labelled.parent.mkdir(parents=True, exist_ok=True)
-    labelled.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return len(rows)

@@ -111,7 +111,7 @@ def add_commands(commands: Any) -> None:
         "--settings", required=True, help="YAML with watch: (models, daemon, proxy), loop:, gate:"
     )
     accept_overrides(
-        watch, "omnitune loop watch --settings configs/loop-watch.yaml watch.port=9110"
+        watch, "omnitune loop watch --settings configs/loop/watch.yaml watch.port=9110"
     )
     watch.set_defaults(handler=_watch, log_progress=True)
     loop.set_defaults(handler=help_of(loop))
@@ -239,6 +239,7 @@ def _versions(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from omnitune.trainers.closed_loop.gate import shown
     from omnitune.trainers.closed_loop.registry import Registry
 
     state = Registry(Path(args.registry), args.model).state()
@@ -257,7 +258,7 @@ def _versions(args: argparse.Namespace) -> int:
             mark = " "
         stamp = version.get("promoted_at") or version.get("canary_since")
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp))
-        print(f"{mark} {name}  {when} UTC  {version['how']:<28}  {version['run']}")
+        print(f"{mark} {name}  {when} UTC  {version['how']:<28}  {shown(version['run'])}")
     print("(* serves; ~ canary)")
     return 0
 

@@ -2,19 +2,19 @@
 
 Both runs are scored on two slices, example by example: the captured slice (the held-out
 split of the labelled captures the challenger was retuned on) and the original slice (the
-champion's eval set). Each slice is read and scored by the run config that owns it (the
-challenger's for captures, the champion's for the original), the same config for both models,
-so the modality's own metrics (WER/CER, VQA accuracy, exact match, loss and perplexity,
-reward accuracy) line up example by example. Paired bootstrap intervals (bootstrap.py) give
-the uncertainty of each difference.
+champion's eval set). Each slice is read by the run config that owns it (the challenger's for
+captures, the champion's for the original) and scored with the challenger's eval settings, the
+same for both models, so the modality's own metrics (WER/CER, VQA accuracy, exact match, loss
+and perplexity, reward accuracy) line up example by example. Paired bootstrap intervals
+(bootstrap.py) give the uncertainty of each difference.
 
 The decision, on one metric per slice (`gate.metric`, else the owner's selection metric):
-promote when the captured slice improves by at least `gate.min_gain` at the lower end of its
-interval (the improvement must be shown, not hoped for) and the original slice's measured
-change is no worse than `gate.max_regression` (demanding a *proof* of no regression would
-reject every challenger on a small eval set; its interval is in the report for the
-reviewer). `gate.json` and `gate.md` go to `CHALLENGER/gate/`; the exit status is 0 to
-promote, 3 to reject.
+promote when the captured slice's gain is above `gate.min_gain` at the lower end of its
+interval (the improvement must be shown, not hoped for; a gain of exactly zero is none) and
+the original slice's measured change is no worse than `-gate.max_regression` (demanding a
+*proof* of no regression would reject every challenger on a small eval set; its interval is in
+the report for the reviewer). `gate.json` and `gate.md` go to `CHALLENGER/gate/`; the exit
+status is 0 to promote, 3 to reject.
 """
 
 from __future__ import annotations
@@ -96,7 +96,10 @@ def run_gate(
         "challenger": read_run_config(challenger, "CHALLENGER"),
     }
     _refuse_mismatch(champion, configs["champion"], challenger, configs["challenger"])
-    owners = {"captures": configs["challenger"], "original": configs["champion"]}
+    # The original slice is read as the champion read it, and scored with the challenger's
+    # eval settings (`eval.metrics=[exact_match]` on a retune line asks for it on both).
+    original = configs["champion"].model_copy(update={"eval": configs["challenger"].eval})
+    owners = {"captures": configs["challenger"], "original": original}
     data = {
         "captures": captures or _held_out_of(challenger),
         "original": configs["champion"].data.eval,
@@ -115,7 +118,9 @@ def run_gate(
             scored["champion"][name], scored["challenger"][name], metric, higher, settings
         )
     decision, reasons = _decide(slices, settings)
-    return GateReport(str(champion), str(challenger), settings, slices, decision, reasons)
+    return GateReport(
+        str(champion.resolve()), str(challenger.resolve()), settings, slices, decision, reasons
+    )
 
 
 def _refuse_mismatch(
@@ -209,7 +214,7 @@ def _decide(slices: dict[str, SliceReport], settings: GateSection) -> tuple[str,
     captured, original = slices["captures"].deciding, slices["original"].deciding
     metric = slices["captures"].metric
     level = f"{settings.confidence:.0%}"
-    if not math.isfinite(captured.low) or captured.low < settings.min_gain:
+    if not math.isfinite(captured.low) or captured.low <= settings.min_gain:
         reasons.append(
             f"captures: {metric} gain {captured.gain:+.4f}, {level} interval "
             f"[{captured.low:+.4f}, {captured.high:+.4f}] does not clear gate.min_gain "
@@ -223,7 +228,7 @@ def _decide(slices: dict[str, SliceReport], settings: GateSection) -> tuple[str,
     if reasons:
         return "reject", reasons
     return "promote", [
-        f"captures: {metric} gain {captured.gain:+.4f} (lower end {captured.low:+.4f} >= "
+        f"captures: {metric} gain {captured.gain:+.4f} (lower end {captured.low:+.4f} > "
         f"{settings.min_gain:g}); original: {slices['original'].metric} change "
         f"{original.gain:+.4f} (no worse than -{settings.max_regression:g})"
     ]
@@ -268,11 +273,11 @@ def markdown(report: GateReport) -> str:
     lines = [
         f"# Gate: {report.decision}",
         "",
-        f"- champion: `{report.champion}`",
-        f"- challenger: `{report.challenger}`",
-        f"- captures: `{report.slices['captures'].data}`; original: "
-        f"`{report.slices['original'].data}`",
-        f"- rule: captures gain lower end >= {report.settings.min_gain:g}; original change >= "
+        f"- champion: `{shown(report.champion)}`",
+        f"- challenger: `{shown(report.challenger)}`",
+        f"- captures: `{shown(report.slices['captures'].data)}`; original: "
+        f"`{shown(report.slices['original'].data)}`",
+        f"- rule: captures gain lower end > {report.settings.min_gain:g}; original change >= "
         f"-{report.settings.max_regression:g} ({report.settings.resamples} paired bootstrap "
         f"resamples, seed {report.settings.seed}); gain is positive when the challenger is "
         "better; `*` marks the deciding metric",
@@ -292,3 +297,11 @@ def plain_table(rows: list[list[str]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def shown(path: str) -> str:
+    """`path` relative to the working folder when it lies inside it (what a reader typed)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

@@ -50,8 +50,8 @@ class GateSection(Section):
     min_gain: float = Field(
         0.0,
         ge=0.0,
-        description="How much the capture slice must improve, in the metric's units, at the "
-        "lower end of the confidence interval.",
+        description="What the capture slice's gain must exceed, in the metric's units, at the "
+        "lower end of the confidence interval (0: a gain that is shown at all).",
     )
     max_regression: float = Field(
         0.05,
