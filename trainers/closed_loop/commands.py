@@ -133,9 +133,13 @@ def _retune(args: argparse.Namespace) -> int:
         target = (out or champion.parent / f"{champion.name}-labels") / "labels"
         labels = str(export_from_daemon(labels, args.model, target, args.token))
     plan = plan_retune(champion, Path(labels), settings, run_overrides, out)
+    replay = (
+        f"{plan.mix.replayed} replayed from the champion's data ({plan.mix.replay_available} there)"
+        if settings.loop.replay_ratio > 0
+        else "no replay (loop.replay_ratio=0)"
+    )
     print(
-        f"{plan.run_dir}: {plan.mix.labelled} labelled rows + {plan.mix.replayed} replayed from "
-        f"the champion's data ({plan.mix.replay_available} there); gate slice "
+        f"{plan.run_dir}: {plan.mix.labelled} labelled rows + {replay}; gate slice "
         f"{plan.held_out} ({plan.held_out_rows} rows); provenance in {plan.mix.provenance}"
     )
     from omnitune.trainers.commands import describe_result
