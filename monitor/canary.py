@@ -57,3 +57,78 @@ def rewrite_model(body: bytes, model: str) -> bytes | None:
         return None
     data["model"] = model
     return json.dumps(data).encode()
+
+
+class CanaryControl:
+    """The proxy's canary: the router in force (None: every call upstream), the routing of one
+    request, and the `/omnitune/canary` handlers that show and change it."""
+
+    def __init__(self, section: CanarySection | None, token: str | None) -> None:
+        self.router = CanaryRouter(section) if section else None
+        self.token = token
+
+    async def route(self, request: Any, upstream: str) -> tuple[str, bytes | None]:
+        """(where `request` goes, a replacement body or None). A canary call is marked in the
+        ASGI scope with its adapter version, which the recorder gives its event."""
+        from omnitune.monitor.recording import RECORDED_PATHS
+
+        router = self.router
+        if router is None or request.url.path not in RECORDED_PATHS:
+            return upstream, None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw}
+        if not router.choose(headers):
+            return upstream, None
+        request.scope.setdefault("state", {})["omnitune_adapter"] = router.section.adapter
+        body = None
+        if router.section.model:
+            raw = await request.body()
+            body = rewrite_model(raw, router.section.model) or raw
+        return router.section.upstream or upstream, body
+
+    async def show(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"canary": self.router.describe() if self.router else None})
+
+    async def change(self, request: Any) -> Any:
+        """PUT a `proxy.canary` section (JSON) to route a share to a challenger from now on;
+        DELETE to send every call upstream again. Needs `server.token`, as the daemon's
+        reference endpoint does."""
+        from pydantic import ValidationError
+        from starlette.responses import JSONResponse
+
+        denied = _refused(request, self.token)
+        if denied is not None:
+            return denied
+        if request.method == "DELETE":
+            self.router = None
+            return JSONResponse({"canary": None})
+        try:
+            chosen = CanarySection.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
+        self.router = CanaryRouter(chosen)
+        return JSONResponse({"canary": self.router.describe()})
+
+
+def _refused(request: Any, token: str | None) -> Any:
+    """A 401/403 answer unless the request carries `token` (403 when none is configured:
+    changing where calls go is an operator's act)."""
+    import hmac
+
+    from starlette.responses import JSONResponse
+
+    if token is None:
+        return JSONResponse(
+            {"error": "canary changes need a bearer token: set server.token"}, status_code=403
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return JSONResponse(
+            {"error": "missing bearer token (Authorization header)"}, status_code=401
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return JSONResponse({"error": "wrong bearer token"}, status_code=403)
+    return None

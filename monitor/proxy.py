@@ -20,10 +20,10 @@ import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from omnitune.monitor.canary import CanaryRouter, rewrite_model
+from omnitune.monitor.canary import CanaryControl
 from omnitune.monitor.metrics import ProxyCollector
 from omnitune.monitor.middleware import MonitorMiddleware
-from omnitune.monitor.recording import RECORDED_PATHS, Recorder
+from omnitune.monitor.recording import Recorder
 
 if TYPE_CHECKING:
     from omnitune.monitor.config import MonitorConfig
@@ -74,57 +74,17 @@ def build_proxy(config: MonitorConfig, recorder: Recorder | None = None) -> Any:
             await pool["http"].aclose()
             recorder.close()
 
-    canary: dict[str, CanaryRouter | None] = {
-        "router": CanaryRouter(section.canary) if section.canary else None
-    }
+    canary = CanaryControl(section.canary, config.server.token)
 
     async def forward(request: Request) -> Response:
-        router = canary["router"]
-        if router is None or request.url.path not in RECORDED_PATHS:
-            return await _forward(pool["http"], section.upstream, request)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw}
-        if not router.choose(headers):
-            return await _forward(pool["http"], section.upstream, request)
-        request.scope.setdefault("state", {})["omnitune_adapter"] = router.section.adapter
-        body = None
-        if router.section.model:
-            raw = await request.body()
-            body = rewrite_model(raw, router.section.model) or raw
-        upstream = router.section.upstream or section.upstream
+        upstream, body = await canary.route(request, section.upstream)
         return await _forward(pool["http"], upstream, request, body)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "upstream": section.upstream})
 
-    async def show_canary(request: Request) -> Response:
-        router = canary["router"]
-        return JSONResponse({"canary": router.describe() if router else None})
-
-    async def set_canary(request: Request) -> Response:
-        """PUT a `proxy.canary` section (JSON) to route a share to a challenger from now on;
-        DELETE to send every call upstream again. Needs `server.token`, as the daemon's
-        reference endpoint does."""
-        denied = _refused(request, config.server.token)
-        if denied is not None:
-            return denied
-        if request.method == "DELETE":
-            canary["router"] = None
-            return JSONResponse({"canary": None})
-        from pydantic import ValidationError
-
-        from omnitune.monitor.config import CanarySection
-
-        try:
-            chosen = CanarySection.model_validate_json(await request.body())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
-        canary["router"] = CanaryRouter(chosen)
-        return JSONResponse({"canary": canary["router"].describe()})
-
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(recorder, lambda: canary["router"]))
+    registry.register(ProxyCollector(recorder, lambda: canary.router))
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
@@ -134,8 +94,8 @@ def build_proxy(config: MonitorConfig, recorder: Recorder | None = None) -> Any:
         routes=[
             Route("/omnitune/healthz", healthz, methods=["GET"]),
             Route("/omnitune/metrics", metrics, methods=["GET"]),
-            Route("/omnitune/canary", show_canary, methods=["GET"]),
-            Route("/omnitune/canary", set_canary, methods=["PUT", "DELETE"]),
+            Route("/omnitune/canary", canary.show, methods=["GET"]),
+            Route("/omnitune/canary", canary.change, methods=["PUT", "DELETE"]),
             Route("/{path:path}", forward, methods=methods),
         ],
         lifespan=lifespan,
@@ -214,27 +174,6 @@ def _failure(request: Any, error_class: str, status: int, message: str) -> Any:
     request.scope.setdefault("state", {})["omnitune_error_class"] = error_class
     body = {"error": {"message": message, "type": f"upstream_{error_class}", "code": status}}
     return Response(json.dumps(body), status_code=status, media_type="application/json")
-
-
-def _refused(request: Any, token: str | None) -> Any:
-    """A 401/403 answer unless the request carries `token` (403 when none is configured:
-    changing where calls go is an operator's act)."""
-    import hmac
-
-    from starlette.responses import JSONResponse
-
-    if token is None:
-        return JSONResponse(
-            {"error": "canary changes need a bearer token: set server.token"}, status_code=403
-        )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return JSONResponse(
-            {"error": "missing bearer token (Authorization header)"}, status_code=401
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return JSONResponse({"error": "wrong bearer token"}, status_code=403)
-    return None
 
 
 def daemon_url(config: MonitorConfig) -> str:

@@ -83,7 +83,8 @@ def test_a_tenth_of_1000_calls_go_to_the_canary_and_are_compared_per_version(can
         replies = list(pool.map(lambda i: chat(proxy.url, f"seven three {i}"), range(1000)))
     assert all(r.status_code == 200 for r in replies)
     served = [r.json()["choices"][0]["message"]["content"] for r in replies]
-    assert abs(served.count("7 3 2") / 1000 - 0.10) <= 0.03
+    # Exact per block of 100: 1,000 calls are 10 blocks (the issue asks for +-3 points).
+    assert served.count("7 3 2") == 100
     forced = [chat(proxy.url, "one", {"X-Omnitune-Canary": "1"}) for _ in range(5)]
     refused = [chat(proxy.url, "one", {"X-Omnitune-Canary": "0"}) for _ in range(5)]
     assert {r.json()["choices"][0]["message"]["content"] for r in forced} == {"7 3 2"}

@@ -16,7 +16,14 @@ def add_commands(commands: Any) -> None:
         "loop", help="retune a served model on labelled captures, gate it, promote or roll back"
     )
     actions = loop.add_subparsers(dest="loop_command", metavar="ACTION")
+    _add_retune(actions)
+    _add_gate(actions)
+    _add_registry_actions(actions)
+    _add_watch(actions)
+    loop.set_defaults(handler=help_of(loop))
 
+
+def _add_retune(actions: Any) -> None:
     retune = actions.add_parser(
         "retune", help="train a challenger on labelled captures mixed with replayed data"
     )
@@ -37,6 +44,8 @@ def add_commands(commands: Any) -> None:
     )
     retune.set_defaults(handler=_retune, log_progress=True)
 
+
+def _add_gate(actions: Any) -> None:
     gate = actions.add_parser(
         "gate", help="score champion and challenger example by example; exit 0 promote, 3 reject"
     )
@@ -54,6 +63,8 @@ def add_commands(commands: Any) -> None:
     )
     gate.set_defaults(handler=_gate)
 
+
+def _add_registry_actions(actions: Any) -> None:
     for name, text in (
         ("promote", "make a gated run the serving version (and give the daemon its reference)"),
         ("rollback", "serve the previous version again"),
@@ -104,6 +115,9 @@ def add_commands(commands: Any) -> None:
         action.set_defaults(
             handler={"promote": _promote, "rollback": _rollback, "versions": _versions}[name]
         )
+
+
+def _add_watch(actions: Any) -> None:
     watch = actions.add_parser(
         "watch", help="run retune, gate and a canary when Alertmanager reports drift (webhook)"
     )
@@ -114,7 +128,6 @@ def add_commands(commands: Any) -> None:
         watch, "omnitune loop watch --settings configs/loop/watch.yaml watch.port=9110"
     )
     watch.set_defaults(handler=_watch, log_progress=True)
-    loop.set_defaults(handler=help_of(loop))
 
 
 def _retune(args: argparse.Namespace) -> int:
