@@ -17,7 +17,6 @@ serving. Blocking work (SQLite, detectors) runs in Starlette's thread pool.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -30,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from omnitune.monitor.auth import bearer_refusal
 from omnitune.monitor.engine import Monitor
 from omnitune.monitor.events import BodyError, parse_events
 from omnitune.monitor.ingest import IngestResult, Rejected
@@ -60,17 +60,13 @@ class EventApi:
     def unauthorized(self, request: Request) -> JSONResponse | None:
         if self.server.token is None:
             return None
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if not header or scheme.lower() != "bearer":
-            response = self.refuse(
-                401, "unauthorized", "missing bearer token (Authorization header)"
-            )
+        refusal = bearer_refusal(request.headers.get("authorization", ""), self.server.token)
+        if refusal is None:
+            return None
+        response = self.refuse(*refusal)
+        if refusal[0] == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        if not hmac.compare_digest(given.strip().encode(), self.server.token.encode()):
-            return self.refuse(403, "forbidden", "wrong bearer token")
-        return None
+        return response
 
     def parse_and_ingest(self, body: bytes, content_type: str) -> IngestResult:
         events = parse_events(body, content_type)

@@ -116,19 +116,16 @@ class CanaryControl:
 def _refused(request: Any, token: str | None) -> Any:
     """A 401/403 answer unless the request carries `token` (403 when none is configured:
     changing where calls go is an operator's act)."""
-    import hmac
-
     from starlette.responses import JSONResponse
+
+    from omnitune.monitor.auth import bearer_refusal
 
     if token is None:
         return JSONResponse(
             {"error": "canary changes need a bearer token: set server.token"}, status_code=403
         )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return JSONResponse(
-            {"error": "missing bearer token (Authorization header)"}, status_code=401
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return JSONResponse({"error": "wrong bearer token"}, status_code=403)
-    return None
+    refusal = bearer_refusal(request.headers.get("authorization", ""), token)
+    if refusal is None:
+        return None
+    status, _, message = refusal
+    return JSONResponse({"error": message}, status_code=status)

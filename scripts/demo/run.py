@@ -337,13 +337,7 @@ def monitor() -> dict[str, Any]:
     folder = REPO / MONITOR
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    daemon, url = start_listening(
-        OMNITUNE,
-        ["monitor", "serve", "--config", MONITOR_CONFIG, "--port", "0"],
-        f"omnitune monitor serve --config {MONITOR_CONFIG} --port 0",
-        REPO,
-        say,
-    )
+    daemon, url = start_daemon()
     try:
         chat_traffic(url)
         vision_traffic(url)
@@ -362,6 +356,17 @@ def monitor() -> dict[str, Any]:
         }
         for name, model in status["models"].items()
     }
+
+
+def start_daemon() -> tuple[subprocess.Popen, str]:
+    """The demo's monitor daemon (configs/monitor-demo.yaml, over its store) on a free port."""
+    return start_listening(
+        OMNITUNE,
+        ["monitor", "serve", "--config", MONITOR_CONFIG, "--port", "0"],
+        f"omnitune monitor serve --config {MONITOR_CONFIG} --port 0",
+        REPO,
+        say,
+    )
 
 
 def served(model: str, traffic: Any, daemon_url: str) -> None:
@@ -512,13 +517,7 @@ def label_step() -> None:
             SPEECH_CORPUS / "shift/train", "audio", "text", SPEECH_CORPUS / "shift/train.jsonl"
         ),
     }
-    daemon, url = start_listening(
-        OMNITUNE,
-        ["monitor", "serve", "--config", MONITOR_CONFIG, "--port", "0"],
-        f"omnitune monitor serve --config {MONITOR_CONFIG} --port 0",
-        REPO,
-        say,
-    )
+    daemon, url = start_daemon()
     try:
         for model, truth in truths.items():
             rows = _rows(REPO / CAPTURE / model / "data.jsonl")

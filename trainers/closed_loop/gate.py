@@ -113,9 +113,10 @@ def run_gate(
     }
     slices = {}
     for name in SLICES:
-        metric, higher = _deciding_metric(owners[name], settings.metric)
+        directions = _directions(owners[name])
+        metric = _deciding_metric(owners[name], directions, settings.metric)
         slices[name] = _compare(
-            scored["champion"][name], scored["challenger"][name], metric, higher, settings
+            scored["champion"][name], scored["challenger"][name], metric, directions, settings
         )
     decision, reasons = _decide(slices, settings)
     return GateReport(
@@ -153,29 +154,38 @@ def _held_out_of(challenger: Path) -> str:
     return record["held_out"]
 
 
-def _deciding_metric(owner: RunConfig, wanted: str | None) -> tuple[str, bool]:
+def _directions(owner: RunConfig) -> dict[str, str]:
+    """Each metric the owner's objective reports, "max" or "min" (perplexity with the loss)."""
     from omnitune.modalities.base import get_modality
     from omnitune.trainers.objectives import get_objective
 
-    directions = dict(
-        get_objective(owner.objective.name).metric_directions(get_modality(owner.model.modality))
-    )
+    modality = get_modality(owner.model.modality)
+    directions = dict(get_objective(owner.objective.name).metric_directions(modality))
     directions.setdefault("perplexity", "min")
+    return directions
+
+
+def _deciding_metric(owner: RunConfig, directions: dict[str, str], wanted: str | None) -> str:
     name = wanted or owner.eval.early_stopping_metric or next(iter(directions))
     if name not in directions:
         raise ConfigError(
             f"gate.metric: {name} is not a metric of {owner.objective.name} on "
             f"{owner.model.modality} (known: {', '.join(directions)})"
         )
-    return name, directions[name] == "max"
+    return name
 
 
 def _compare(
-    champion: Any, challenger: Any, metric: str, higher: bool, settings: GateSection
+    champion: Any,
+    challenger: Any,
+    metric: str,
+    directions: dict[str, str],
+    settings: GateSection,
 ) -> SliceReport:
-    """Differences for every metric both runs scored per example; the deciding one first."""
+    """Differences for every metric with a direction that both runs scored per example; the
+    deciding one first."""
     available = set(champion.per_example) & set(challenger.per_example)
-    names = [n for n in champion.metrics if n in available]
+    names = [n for n in champion.metrics if n in available and n in directions]
     names += [
         d for d, (source, _) in DERIVED.items() if source in available and d in champion.metrics
     ]
@@ -190,23 +200,14 @@ def _compare(
         differences[name] = paired_difference(
             Column.of(champion.per_example[source]),
             Column.of(challenger.per_example[source]),
-            _higher_is_better(name, metric, higher),
+            directions[name] == "max",
             settings.confidence,
             settings.resamples,
             settings.seed,
             transform,
         )
+    higher = directions[metric] == "max"
     return SliceReport(champion.data, champion.examples, metric, higher, differences)
-
-
-#: Directions of the metrics a report shows beside the deciding one.
-LOWER_IS_BETTER = ("loss", "perplexity", "wer", "cer", "reward_rejected", "logp_rejected")
-
-
-def _higher_is_better(name: str, deciding: str, higher: bool) -> bool:
-    if name == deciding:
-        return higher
-    return not (name in LOWER_IS_BETTER or name.startswith(("wer", "cer")))
 
 
 def _decide(slices: dict[str, SliceReport], settings: GateSection) -> tuple[str, list[str]]:

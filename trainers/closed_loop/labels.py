@@ -68,9 +68,10 @@ def export_from_daemon(url: str, model: str | None, out: Path, token: str | None
         env["OMNITUNE_TOKEN"] = token  # in the environment, not on the child's command line
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
         raise DataError(
             f"--labels: exporting {model}'s labels from {url} failed: "
-            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+            f"{said[-1] if said else f'exit status {done.returncode}'}"
         )
     print(done.stdout.strip())
     return out
