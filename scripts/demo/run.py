@@ -1,8 +1,9 @@
 """`make demo`: the main omnitune job, offline, on the embedded defaults.
 
 Each step is an `omnitune` command printed before it runs (as `+ omnitune ...`, the way a
-shell traces commands), so everything the demo does can be repeated by hand. About 8 minutes
-on 2 CPU cores the first time:
+shell traces commands), so everything the demo does can be repeated by hand; the commands run
+in the demo's own process (scripts/demo/inprocess.py), which spares each one the start of a new
+interpreter and its torch imports. About 4 minutes on 2 CPU cores the first time:
 1. check the shipped configs;
 2. build a tiny chat model and train it (configs/demo-text.yaml) to turn digit words into
    numerals, then ask it; then align it with DPO (configs/demo-text-dpo.yaml) on preference
@@ -48,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scripts.demo.inprocess import run_command
 from scripts.demo.steps import Steps
 from scripts.demo.summary import summary_table
 from scripts.demo.traffic import (
@@ -80,29 +82,21 @@ say = STEPS.say
 def omnitune(*args: str, allowed: tuple[int, ...] = (0,)) -> int:
     """Run `omnitune ARGS` as the demo's next command: its output streams as it comes (training
     shows its progress lines live; they are not kept in the step's transcript, which a reused
-    step prints again), and an exit status not in `allowed` stops the demo."""
+    step prints again), and an exit status not in `allowed` stops the demo. The command runs in
+    this process (scripts/demo/inprocess.py), through the console script's own entry point."""
     shown = " ".join(shlex.quote(a) for a in ("omnitune", *args))
     say(f"\n+ {shown}")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    with subprocess.Popen(
-        [OMNITUNE, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    ) as process:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.rstrip("\n")
-            if "INFO omnitune.train: step " in line:
-                print(f"  {line}", flush=True)  # progress: live, not part of the transcript
-            elif not PROGRESS.search(line):
-                say(line)
-    if process.returncode not in allowed:
-        sys.exit(f"demo step failed with exit status {process.returncode}: {shown}")
-    return process.returncode
+
+    def show(line: str) -> None:
+        if "INFO omnitune.train: step " in line:
+            print(f"  {line}", flush=True)  # progress: live, not part of the transcript
+        elif not PROGRESS.search(line):
+            say(line)
+
+    code = run_command(args, show)
+    if code not in allowed:
+        sys.exit(f"demo step failed with exit status {code}: {shown}")
+    return code
 
 
 def train(config: str, *overrides: str) -> None:
@@ -117,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     STEPS.force = args.force
     # Weight-loading bars of the in-process model loads and of `transformers serve`.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the commands run in this process (run_command)
+    os.chdir(REPO)  # and resolve their paths from the repository, as a user's shell would
     start = time.perf_counter()
     run_configs = sorted(
         p.relative_to(REPO)
