@@ -1,0 +1,191 @@
+"""`omnitune` commands in new processes that start with torch already imported.
+
+Most CLI tests start `omnitune` many times, and each start used to spend about 3.5 s of a
+CPU core importing torch before doing anything the test looks at (5.5 s with transformers and
+peft, measured on 2 cores). A fork server imports torch once; every command is then a child
+forked from it: a new process with its own pid, working directory, environment, stdin, stdout
+and stderr, running the console script's own entry point (`omnitune.core.cli.main`) with the
+test's arguments, and exiting with `main`'s exit status after the interpreter's atexit work.
+What it imports beyond torch (transformers, huggingface_hub, omnitune itself) it imports in the
+child, after the test's environment is in place, so settings read at import time
+(HF_HUB_CACHE, TRANSFORMERS_VERBOSITY, HF_HUB_OFFLINE) are the test's, as in a fresh
+interpreter.
+
+Torch is safe to fork here because the server never runs an operator: no thread pool has
+started. What a forked child cannot show is anything torch itself prints while it is imported;
+tests that need a wholly fresh interpreter pass `fresh=True` to `run_cli`, and
+`OMNITUNE_TEST_FRESH_PROCESSES=1` makes every call one (as before this server existed).
+
+Protocol, over a Unix socket: the client sends one JSON message (argv, cwd, env) with the file
+descriptors of the child's stdin, stdout and stderr attached (SCM_RIGHTS); the server forks and
+answers with the child's pid; the child answers with its exit status when `main` returns. A
+client that reads no status (the child was killed) reports -9, as subprocess would.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVER_CODE = "import sys, tests.forkserver as f; f.serve(sys.argv[1])"
+
+
+def serve(path: str) -> None:
+    """Import torch, then fork one child per request on the socket at `path`, forever."""
+    # The whole point: imported once, before any fork. Torch, the compiler stack transformers
+    # imports with it, and torchvision (its image utilities do): ~3.5 s, none of it reading the
+    # environment a test sets. Each leaves torch's one extra (OpenMP) thread, which forks safely.
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    import torchvision  # noqa: F401
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    print("ready", flush=True)
+    while True:
+        connection, _ = listener.accept()
+        message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            _child(connection, json.loads(message), fds)
+        for fd in fds:
+            os.close(fd)
+        connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        connection.close()
+
+
+def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
+    """Become the command: its session, streams, directory and environment; then run it."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits for its own children
+        os.setsid()  # a timeout kills the command and whatever it started
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["omnitune", *request["argv"]]
+        sys.path[0] = os.path.dirname(sys.executable)  # a console script's first path entry
+        from omnitune.core.cli import main
+
+        try:
+            code = main(request["argv"])
+        except SystemExit as exc:  # argparse's usage errors, as the console script would
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+    except BaseException:  # an uncaught error: the traceback and status 1, as Python's own
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        # What an interpreter's exit does that a user could see: atexit handlers (logging's
+        # flush among them) and the streams flushed; not the teardown of every module, which
+        # with torch loaded costs more than the command (the client waits for the pid to be
+        # gone before it reads the output).
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        connection.sendall(json.dumps({"status": code}).encode() + b"\n")
+        os._exit(code & 0xFF)
+
+
+class ForkServer:
+    """The client side: one server per test process, started on first use."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.mkdtemp(prefix="omnitune-forkserver-")
+        self.path = os.path.join(self._folder, "socket")
+        repo = Path(__file__).resolve().parent.parent
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE, self.path],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the test fork server did not start")
+        atexit.register(self.close)
+
+    def run(
+        self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess:
+        with (
+            open(os.devnull) as stdin,
+            tempfile.TemporaryFile() as out,
+            tempfile.TemporaryFile() as err,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection,
+        ):
+            connection.connect(self.path)
+            message = json.dumps({"argv": argv, "cwd": str(cwd), "env": env}).encode()
+            socket.send_fds(connection, [message], [stdin.fileno(), out.fileno(), err.fileno()])
+            reader = connection.makefile("r")
+            pid = json.loads(reader.readline())["pid"]
+            connection.settimeout(timeout)
+            try:
+                line = reader.readline()
+            except TimeoutError:
+                _kill_group(pid)
+                raise subprocess.TimeoutExpired(["omnitune", *argv], timeout) from None
+            status = json.loads(line)["status"] if line else -signal.SIGKILL
+            _wait_gone(pid)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(
+                ["omnitune", *argv],
+                status,
+                out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+            )
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        with _suppress():
+            os.unlink(self.path)
+            os.rmdir(self._folder)
+
+
+def _kill_group(pid: int) -> None:
+    with _suppress():
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> None:
+    """The child has sent its status and is exiting: wait until it has (its files are closed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.005)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
