@@ -166,6 +166,10 @@ class Targets:
     modules_to_save: list[str] | None = None
     ia3: list[str] | None = None
     ia3_feedforward: list[str] | None = None
+    #: Fused expert weights of a Mixture-of-Experts model (LoRA `target_parameters`), and the
+    #: names of its router modules; empty for a dense model (modalities.experts).
+    parameters: tuple[str, ...] = ()
+    routers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

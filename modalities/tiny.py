@@ -18,6 +18,9 @@ from omnitune.core.errors import ConfigError
 #: family name -> "module:function" of its builder (imported only when that family is built).
 TINY_BUILDERS: dict[str, str] = {
     "text": "omnitune.modalities.text.tiny:build_tiny_llama",
+    "mixtral": "omnitune.modalities.text.tiny:build_tiny_mixtral",
+    "qwen3-moe": "omnitune.modalities.text.tiny:build_tiny_qwen3_moe",
+    "olmoe": "omnitune.modalities.text.tiny:build_tiny_olmoe",
     "whisper": "omnitune.modalities.speech.tiny:build_tiny_whisper",
     "llava": "omnitune.modalities.vision_language.tiny:build_tiny_llava",
     "idefics3": "omnitune.modalities.vision_language.tiny:build_tiny_idefics3",

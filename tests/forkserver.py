@@ -43,7 +43,7 @@ def serve(path: str) -> None:
     # The whole point: imported once, before any fork. Torch, the compiler stack transformers
     # imports with it, and torchvision (its image utilities do): ~3.5 s, none of it reading the
     # environment a test sets. Each leaves torch's one extra (OpenMP) thread, which forks safely.
-    import torch  # noqa: F401
+    import torch
     import torch._dynamo  # noqa: F401
     import torchvision  # noqa: F401
 

@@ -96,6 +96,35 @@ def _add_run_commands(commands: Any) -> None:
     with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
     export.set_defaults(handler=_export)
 
+    merge = commands.add_parser(
+        "merge", help="merge the LoRA adapters of runs on one base into a new run folder"
+    )
+    merge.add_argument("runs", nargs="+", metavar="RUN", help="run folders with a LoRA adapter")
+    merge.add_argument("--out", required=True, help="the merged run's folder (created)")
+    merge.add_argument(
+        "--method",
+        default="ties",
+        choices=("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune", "svd"),
+        help="how to combine them (PEFT's add_weighted_adapter; default: ties)",
+    )
+    merge.add_argument(
+        "--weights",
+        type=_floats,
+        help="one weight per run, comma-separated (default: equal weights summing to 1)",
+    )
+    merge.add_argument(
+        "--density",
+        type=float,
+        help="ties, dare_* and magnitude_prune: the share of each adapter's weights kept "
+        "(default 0.5)",
+    )
+    merge.add_argument("--svd-rank", type=int, help="svd: the merged rank (default: the largest)")
+    with_example(
+        merge,
+        "omnitune merge runs/words runs/reverse --method ties --density 0.7 --out runs/both",
+    )
+    merge.set_defaults(handler=_merge)
+
 
 def _add_data_commands(commands: Any) -> None:
     data = commands.add_parser(
@@ -121,7 +150,8 @@ def _add_data_commands(commands: Any) -> None:
         choices=SAMPLE_FORMATS,
         default="sft",
         help="sft: questions and answers; pairs: a right and a wrong answer (dpo, orpo); "
-        "feedback: one answer labelled right or wrong (kto)",
+        "feedback: one answer labelled right or wrong (kto); reversal (text): a second task, "
+        "numerals reversed, to merge adapters across",
     )
     sample.add_argument("--out", required=True, help="folder to write (created if missing)")
     sample.add_argument("--rows", type=int, default=512, help="training rows (held out: 1/8)")
@@ -294,7 +324,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 #: What `omnitune data sample --format` writes: the rows each kind of objective reads.
-SAMPLE_FORMATS = ("sft", "pairs", "feedback")
+SAMPLE_FORMATS = ("sft", "pairs", "feedback", "reversal")
 
 
 def _data_sample(args: argparse.Namespace) -> int:
@@ -308,6 +338,7 @@ def _data_sample(args: argparse.Namespace) -> int:
             "sft": sample_data.write_digit_chat,
             "pairs": sample_data.write_digit_pairs,
             "feedback": sample_data.write_digit_feedback,
+            "reversal": sample_data.write_digit_reversal,
         }[args.format]
         paths = write(out, train=args.rows, test=held_out, seed=args.seed)
         written = [paths["train"], paths["eval"]]
@@ -315,6 +346,8 @@ def _data_sample(args: argparse.Namespace) -> int:
         from omnitune.core.errors import UsageError
         from omnitune.modalities.vision_language import sample_data
 
+        if args.format == "reversal":
+            raise UsageError("--format: reversal is a text task (omnitune data sample text)")
         if args.rows + held_out > 1797:  # scikit-learn's digits: 1,797 images
             raise UsageError("--rows: at most 1,597 for vision_language (1,797 digit images)")
         write = {
@@ -336,6 +369,36 @@ def _export(args: argparse.Namespace) -> int:
     # The folder alone on stdout, as `models build-tiny` prints it: `$(omnitune export RUN)`.
     print(f"omnitune export: from the {exported.checkpoint.describe()}", file=sys.stderr)
     print(exported.folder)
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from omnitune.trainers.merging import merge_runs
+
+    record = merge_runs(
+        [Path(run) for run in args.runs],
+        Path(args.out),
+        method=args.method,
+        weights=args.weights,
+        density=args.density,
+        svd_rank=args.svd_rank,
+    )
+    weights = ", ".join(f"{s['run']} x {s['weight']:g}" for s in record["sources"])
+    density = f", density {record['density']:g}" if record["density"] is not None else ""
+    print(f"merged {len(record['sources'])} adapters ({args.method}{density}): {weights}")
+    print(
+        f"{args.out}: adapter/, config.yaml, merge.json"
+        + (", reference.json" if (Path(args.out) / "reference.json").is_file() else "")
+    )
     return 0
 
 

@@ -179,6 +179,49 @@ class PeftSection(Section):
             "target modules must match this section's."
         ),
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description=(
+            "Parameters (not modules) to adapt with LoRA, by name suffix: on a Mixture-of-"
+            "Experts model, the fused expert weights (mlp.experts.gate_up_proj, "
+            "mlp.experts.down_proj), which no target_modules entry reaches. None: every fused "
+            "expert weight of an MoE model, nothing on a dense one; []: attention only."
+        ),
+    )
+
+
+class MoeSection(Section):
+    """Mixture-of-Experts runs (omnitune.trainers.moe); ignored by dense models."""
+
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Weight of the router's load-balancing loss added to the objective's loss (the "
+            "family's own Switch-style loss); 0 turns it off; None: the model config's own "
+            "router_aux_loss_coef (0.001 for Mixtral and Qwen3-MoE, 0.01 for OLMoE)."
+        ),
+    )
+    train_router: bool = Field(
+        False,
+        description=(
+            "Train the routers in full beside the adapter (saved with it, like "
+            "modules_to_save); otherwise they stay frozen and only the experts and attention adapt."
+        ),
+    )
+    collapse_share: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "An expert receiving less than this fraction of an even share of the routed tokens "
+            "counts as starved; reported as collapsed after moe.collapse_steps such steps."
+        ),
+    )
+    collapse_steps: int = Field(
+        100, ge=1, description="Steps an expert may stay starved before the log reports it."
+    )
 
 
 def _objective_name(value: Any) -> str:
@@ -294,6 +337,7 @@ class RunConfig(Section):
     model: ModelSection
     data: DataSection
     peft: PeftSection = Field(default_factory=PeftSection)
+    moe: MoeSection = Field(default_factory=MoeSection)
     objective: ObjectiveSection = Field(
         default_factory=lambda: get_objective(DEFAULT_OBJECTIVE).options()
     )

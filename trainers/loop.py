@@ -38,6 +38,7 @@ from omnitune.trainers.checkpoint import (
     save_checkpoint,
 )
 from omnitune.trainers.config import RunConfig
+from omnitune.trainers.moe import RouterWatch, watch_routers
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss, get_objective
 from omnitune.trainers.peft_methods import (
     MUTATING_INIT,
@@ -116,6 +117,8 @@ class Session:
     grad_norm: float | None = None
     heads: dict[str, Any] = field(default_factory=dict)  # the objective's heads (PPO's value)
     trained_heads: dict[str, Any] = field(default_factory=dict)  # the same, DDP-wrapped
+    routers: RouterWatch | None = None  # a Mixture-of-Experts model's routers (trainers/moe.py)
+    router_coef: float = 0.0  # the weight of their balancing loss
 
 
 @dataclass
@@ -189,9 +192,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     selection_metric, direction = _selection_metric(config, objective.metric_directions(modality))
     model, processor = _load_model(config, modality)
     train_set, eval_set = _read_data(objective, modality, config, processor)
-    prepared = prepare_model(
-        model, config.peft, modality.targets(model), modality.task_type, config.train.seed
-    )
+    prepared = _prepare(config, modality, model)
     model = prepared.model
     _log_trainable(model)
     optimizer = build_optimizer(model, config.peft, config.train)
@@ -251,8 +252,22 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
             for name, head in heads.items()
         },
     )
+    session.routers, session.router_coef = watch_routers(unwrapped, config.moe)
     session.step_loss = _step_loss(session)
     return session
+
+
+def _prepare(config: RunConfig, modality: Modality, model: Any) -> Prepared:
+    """The model wrapped or unfrozen for the PEFT method (and an MoE's routers, if trained)."""
+    targets = modality.targets(model)
+    return prepare_model(
+        model,
+        config.peft,
+        targets,
+        modality.task_type,
+        config.train.seed,
+        train_router=config.moe.train_router,
+    )
 
 
 def _schedule(config: RunConfig, optimizer: Any, plan: BatchPlan) -> tuple[Any, int]:
@@ -273,8 +288,9 @@ def _schedule(config: RunConfig, optimizer: Any, plan: BatchPlan) -> tuple[Any, 
 
 
 def _step_loss(session: Session) -> Callable[..., Any]:
-    """The objective's loss for one step, over the session's (unwrapped) model and heads."""
-    return session.objective.loss(
+    """The objective's loss for one step, over the session's (unwrapped) model and heads; on
+    a Mixture-of-Experts model, with the router's balancing loss added (trainers/moe.py)."""
+    loss = session.objective.loss(
         LossContext(
             session.config,
             session.train_set,
@@ -287,6 +303,9 @@ def _step_loss(session: Session) -> Callable[..., Any]:
             update=lambda loss: apply_update(session, loss),
         )
     )
+    if session.routers is not None:
+        return session.routers.wrap(loss, session.router_coef)
+    return loss
 
 
 def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:
@@ -467,6 +486,10 @@ def log_progress(session: Session, window: ProgressWindow) -> ProgressWindow:
     if window.grad_norm is not None:
         record["grad_norm"] = window.grad_norm
     s.runlog.metrics(s.state.step, record)
+    if s.routers is not None:
+        load = s.routers.window_record(s.state.step)
+        if load is not None:
+            s.runlog.record(s.state.step, "moe", load)
     shown = {k: v for k, v in record.items() if k in window.metrics and k != "loss"}
     log.info(
         "step %d/%d loss %.4f lr %.3g %.1f samples/s%s",
@@ -576,9 +599,18 @@ def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:
     state = s.state
     decision: list[Any] = [None]
     if s.accelerator.is_main_process:
-        metrics = s.objective.evaluate(
-            s.modality, s.unwrapped, s.processor, s.eval_set, s.config, s.reference
-        )
+
+        def run_eval() -> dict[str, float]:
+            return s.objective.evaluate(
+                s.modality, s.unwrapped, s.processor, s.eval_set, s.config, s.reference
+            )
+
+        if s.routers is None:
+            metrics = run_eval()
+        else:  # the experts' load over the evaluation's tokens (trainers/moe.py)
+            metrics, shares = s.routers.evaluate(run_eval)
+            if shares is not None:
+                s.runlog.record(state.step, "moe_eval", {"expert_share": shares})
         s.runlog.metrics(state.step, metrics, kind="eval")
         log.info("eval at step %d: %s", state.step, format_metrics(metrics))
         if s.selection_metric not in metrics and s.config.eval.early_stopping_metric is None:

@@ -103,11 +103,27 @@ def load_options(method: str) -> dict[str, Any]:
     }
 
 
+#: LoRA variants whose adapter PEFT can put on a fused parameter (lora.ParamWrapper): DoRA
+#: needs a weight per output row and PiSSA/OLoRA decompose a module's `weight`, which the fused
+#: experts do not have.
+PARAMETER_LORA = {"lora", "rslora", "loraplus", "qlora"}
+
+
 def prepare_model(
-    model: Any, section: PeftSection, targets: Any, task_type: str | None, seed: int
+    model: Any,
+    section: PeftSection,
+    targets: Any,
+    task_type: str | None,
+    seed: int,
+    train_router: bool = False,
 ) -> Prepared:
-    """Wrap or unfreeze `model` for `section.method`."""
+    """Wrap or unfreeze `model` for `section.method` (and its routers, for an MoE model with
+    `moe.train_router`)."""
     method = section.method
+    if section.target_parameters and method not in LORA_VARIANTS:
+        raise ConfigError(
+            f"peft.target_parameters: adapts parameters with LoRA only, not with {method}"
+        )
     if method in FULL_WEIGHT_METHODS and section.init_from:
         raise ConfigError(
             f"peft.init_from: method {method} trains the model's own weights; start from a "
@@ -130,7 +146,7 @@ def prepare_model(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model)
-    config = _peft_config(section, targets, task_type)
+    config = _peft_config(section, targets, task_type, train_router)
     try:
         wrapped = get_peft_model(model, config)
     except ValueError as exc:
@@ -172,18 +188,28 @@ def load_adapter_weights(model: Any, folder: str) -> None:
         )
 
 
-def _peft_config(section: PeftSection, targets: Any, task_type: str | None) -> Any:
+def _peft_config(
+    section: PeftSection, targets: Any, task_type: str | None, train_router: bool = False
+) -> Any:
     import peft
 
     method = section.method
     chosen = section.target_modules
+    saved = list(section.modules_to_save or targets.modules_to_save or [])
+    if train_router:
+        if not targets.routers:
+            raise ConfigError("moe.train_router: this model has no router (it is not an MoE)")
+        if method == "prompt_tuning":
+            raise ConfigError("moe.train_router: prompt_tuning trains no module of the model")
+        saved += [name for name in targets.routers if name not in saved]
     if method in LORA_VARIANTS:
         return peft.LoraConfig(
             r=section.r,
             lora_alpha=section.alpha,
             lora_dropout=section.dropout,
             target_modules=chosen or targets.lora,
-            modules_to_save=section.modules_to_save or targets.modules_to_save,
+            target_parameters=_expert_targets(section, targets) or None,
+            modules_to_save=saved or None,
             task_type=task_type,
             **LORA_VARIANTS[method],
         )
@@ -195,7 +221,7 @@ def _peft_config(section: PeftSection, targets: Any, task_type: str | None) -> A
         return peft.IA3Config(
             target_modules=modules,
             feedforward_modules=feedforward,
-            modules_to_save=section.modules_to_save or targets.modules_to_save,
+            modules_to_save=saved or None,
             task_type=task_type,
         )
     if method == "prompt_tuning":
@@ -205,6 +231,35 @@ def _peft_config(section: PeftSection, targets: Any, task_type: str | None) -> A
             task_type=task_type, num_virtual_tokens=section.num_virtual_tokens
         )
     raise ConfigError(f"peft.method: unknown '{method}'")
+
+
+def _expert_targets(section: PeftSection, targets: Any) -> list[str]:
+    """The fused expert weights the LoRA adapter covers: the section's, else every one the
+    model has. A method that cannot adapt a fused weight is refused naming both fields."""
+    chosen = (
+        list(targets.parameters) if section.target_parameters is None else section.target_parameters
+    )
+    if not chosen:
+        return []
+    if section.method not in PARAMETER_LORA:
+        raise ConfigError(
+            f"peft.method: {section.method} cannot put an adapter on fused expert weights "
+            f"(peft.target_parameters: {', '.join(chosen)}); use lora, rslora or loraplus, or "
+            "set peft.target_parameters=[] to adapt attention only (the experts stay frozen)"
+        )
+    if section.dropout:
+        raise ConfigError(
+            "peft.dropout: LoRA on fused expert weights takes no dropout (peft's ParamWrapper); "
+            "set peft.dropout=0, or peft.target_parameters=[] to adapt attention only"
+        )
+    unknown = [name for name in chosen if name not in targets.parameters]
+    if unknown:
+        known = ", ".join(targets.parameters) or "none: the model has no fused expert weights"
+        raise ConfigError(
+            f"peft.target_parameters: {unknown[0]} is not a fused expert weight of this model "
+            f"(it has: {known})"
+        )
+    return chosen
 
 
 def build_optimizer(model: Any, section: PeftSection, train: TrainSection) -> Any:

@@ -114,7 +114,12 @@ def load_checkpoint_model(config: RunConfig, checkpoint: Path) -> tuple[Any, Any
     modality = get_modality(config.model.modality)
     model, processor = modality.load(config.model)
     prepared = prepare_model(
-        model, config.peft, modality.targets(model), modality.task_type, config.train.seed
+        model,
+        config.peft,
+        modality.targets(model),
+        modality.task_type,
+        config.train.seed,
+        train_router=config.moe.train_router,
     )
     parameters = dict(prepared.model.named_parameters())
     with torch.no_grad():

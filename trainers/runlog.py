@@ -85,6 +85,15 @@ class RunLog:
         if self.trackers is not None:
             self.trackers.log(values, step, kind)
 
+    def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        """A metrics.jsonl line of structured values (lists: an MoE run's share per expert
+        per layer) that the scalar stores, TensorBoard and the trackers, do not take."""
+        if not self.enabled or self._metrics is None:
+            return
+        record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
     def finish(self, summary: dict[str, Any], step: int) -> None:
         """The run's final summary, to the experiment trackers (summary.json has it too)."""
         if self.enabled and self.trackers is not None:

@@ -71,11 +71,15 @@ def targets(model: Any) -> Targets:
         TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA,
     )
 
+    from omnitune.modalities.experts import expert_parameters, router_module_names
+
     kind = model.config.model_type
     return Targets(
         lora=list(LORA.get(kind, ["q_proj", "v_proj"])),
         ia3=list(IA3.get(kind, ["k_proj", "v_proj", "down_proj"])),
         ia3_feedforward=list(IA3_FF.get(kind, ["down_proj"])),
+        parameters=tuple(expert_parameters(model)),
+        routers=tuple(router_module_names(model)),
     )
 
 

@@ -4,7 +4,9 @@ numerals out.
 `seven three` -> `7 3`. Deterministic for a seed; each row also carries a `length` field
 (`short` for one digit, `long` otherwise), an imbalanced label to balance on. Preference pairs
 for the same task (`write_digit_pairs`) choose the right numerals over a plausible wrong answer;
-unpaired feedback (`write_digit_feedback`, KTO's rows) labels one answer right or wrong.
+unpaired feedback (`write_digit_feedback`, KTO's rows) labels one answer right or wrong. A
+second task on the same tokens (`write_digit_reversal`: numerals reversed) is what a merge of
+two adapters is shown on.
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ def write_digit_chat(
     {"train": path, "eval": path}."""
     rng = random.Random(seed)
     return write_splits(folder, {"train": train, "eval": test}, lambda: digit_chat(rng, sizes))
+
+
+def digit_reversal(rng: random.Random, sizes: tuple[int, int] = (2, 4)) -> dict[str, Any]:
+    """A second task on the same tokens, for merging adapters: numerals in, reversed out
+    (`reverse 3 7 1` -> `1 7 3`)."""
+    digits = [rng.randrange(10) for _ in range(rng.randint(*sizes))]
+    return {
+        "messages": [
+            {"role": "user", "content": "reverse " + " ".join(map(str, digits))},
+            {"role": "assistant", "content": " ".join(map(str, reversed(digits)))},
+        ],
+    }
+
+
+def write_digit_reversal(
+    folder: Path, train: int = 256, test: int = 48, seed: int = 0, sizes: tuple[int, int] = (2, 4)
+) -> dict[str, Path]:
+    """The reversal task's train.jsonl and test.jsonl under `folder`."""
+    rng = random.Random(seed)
+    return write_splits(folder, {"train": train, "eval": test}, lambda: digit_reversal(rng, sizes))
 
 
 def wrong_numerals(digits: list[int], rng: random.Random) -> str:
