@@ -81,7 +81,10 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = ["omnitune", *request["argv"]]
-        sys.path[0] = os.path.dirname(sys.executable)  # a console script's first path entry
+        # The path a new interpreter would have: the script's folder first, then $PYTHONPATH
+        # (a test's own modules, such as a reward function), then the venv's site-packages.
+        extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+        sys.path[:1] = [os.path.dirname(sys.executable), *map(os.path.abspath, extra)]
         from omnitune.core.cli import main
 
         try:

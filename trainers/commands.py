@@ -65,8 +65,22 @@ def _add_run_commands(commands: Any) -> None:
     evaluate = commands.add_parser(
         "eval", help="the modality's metrics (perplexity, WER/CER, VQA accuracy) on a dataset"
     )
-    evaluate.add_argument("target", help="run folder, model folder or hub id")
-    evaluate.add_argument("--data", help="JSONL/CSV data (default: the run's data.eval)")
+    evaluate.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="run folder, model folder or hub id; several: a table, one row each",
+    )
+    evaluate.add_argument(
+        "--data",
+        action="append",
+        help="JSONL/CSV data (default: the run's data.eval); repeat it for a column per file",
+    )
+    evaluate.add_argument(
+        "--metric",
+        default="loss",
+        help="the metric a table of several targets or data files shows (default: loss)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument(
         "--predictions",
@@ -150,8 +164,8 @@ def _add_data_commands(commands: Any) -> None:
         choices=SAMPLE_FORMATS,
         default="sft",
         help="sft: questions and answers; pairs: a right and a wrong answer (dpo, orpo); "
-        "feedback: one answer labelled right or wrong (kto); reversal (text): a second task, "
-        "numerals reversed, to merge adapters across",
+        "feedback: one answer labelled right or wrong (kto); reversal, spelling (text): "
+        "numerals reversed or spelled out, two tasks to merge adapters across",
     )
     sample.add_argument("--out", required=True, help="folder to write (created if missing)")
     sample.add_argument("--rows", type=int, default=512, help="training rows (held out: 1/8)")
@@ -258,7 +272,11 @@ def _saved(result: RunResult) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from omnitune.trainers.evaluation import evaluate_target
 
-    result = evaluate_target(args.target, args.data, args.overrides, args.checkpoint)
+    data = args.data or [None]
+    if len(args.targets) > 1 or len(data) > 1:
+        return _eval_table(args, data)
+    args.target = args.targets[0]
+    result = evaluate_target(args.target, data[0], args.overrides, args.checkpoint)
     if args.json:
         import json
 
@@ -283,6 +301,38 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{result.data}: {format_metrics(result.metrics)}")
     if args.predictions:
         _write_predictions(args.predictions, result.predictions)
+    return 0
+
+
+def _eval_table(args: argparse.Namespace, data: list[str | None]) -> int:
+    """Every target scored on every data file: `--metric` in a table (a row per target, a
+    column per file), or a JSON line per pair with --json."""
+    import json
+
+    from omnitune.core.errors import UsageError
+    from omnitune.trainers.evaluation import evaluate_target
+
+    if args.predictions:
+        raise UsageError("--predictions: takes one target and one data file")
+    rows = []
+    for target in args.targets:
+        cells = []
+        for source in data:
+            result = evaluate_target(target, source, args.overrides, args.checkpoint)
+            if args.json:
+                print(json.dumps({"target": target, "data": result.data, **result.metrics}))
+            if args.metric not in result.metrics:
+                raise UsageError(
+                    f"--metric: {args.metric} was not computed on {result.data} (computed: "
+                    f"{', '.join(result.metrics)})"
+                )
+            cells.append(f"{result.metrics[args.metric]:.4f}")
+        rows.append([target, *cells])
+    if not args.json:
+        header = [f"{args.metric} of", *(source or "(the run's data.eval)" for source in data)]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     return 0
 
 
@@ -324,7 +374,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 #: What `omnitune data sample --format` writes: the rows each kind of objective reads.
-SAMPLE_FORMATS = ("sft", "pairs", "feedback", "reversal")
+SAMPLE_FORMATS = ("sft", "pairs", "feedback", "reversal", "spelling")
 
 
 def _data_sample(args: argparse.Namespace) -> int:
@@ -339,6 +389,7 @@ def _data_sample(args: argparse.Namespace) -> int:
             "pairs": sample_data.write_digit_pairs,
             "feedback": sample_data.write_digit_feedback,
             "reversal": sample_data.write_digit_reversal,
+            "spelling": sample_data.write_digit_spelling,
         }[args.format]
         paths = write(out, train=args.rows, test=held_out, seed=args.seed)
         written = [paths["train"], paths["eval"]]
@@ -346,8 +397,8 @@ def _data_sample(args: argparse.Namespace) -> int:
         from omnitune.core.errors import UsageError
         from omnitune.modalities.vision_language import sample_data
 
-        if args.format == "reversal":
-            raise UsageError("--format: reversal is a text task (omnitune data sample text)")
+        if args.format in ("reversal", "spelling"):
+            raise UsageError(f"--format: {args.format} is a text task (omnitune data sample text)")
         if args.rows + held_out > 1797:  # scikit-learn's digits: 1,797 images
             raise UsageError("--rows: at most 1,597 for vision_language (1,797 digit images)")
         write = {

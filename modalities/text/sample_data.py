@@ -5,8 +5,8 @@ numerals out.
 (`short` for one digit, `long` otherwise), an imbalanced label to balance on. Preference pairs
 for the same task (`write_digit_pairs`) choose the right numerals over a plausible wrong answer;
 unpaired feedback (`write_digit_feedback`, KTO's rows) labels one answer right or wrong. A
-second task on the same tokens (`write_digit_reversal`: numerals reversed) is what a merge of
-two adapters is shown on.
+reversal task (`write_digit_reversal`) and a spelling task (`write_digit_spelling`) on the same
+tokens are what a merge of two adapters is shown on.
 """
 
 from __future__ import annotations
@@ -69,6 +69,26 @@ def digit_reversal(rng: random.Random, sizes: tuple[int, int] = (2, 4)) -> dict[
             {"role": "assistant", "content": " ".join(map(str, reversed(digits)))},
         ],
     }
+
+
+def digit_spelling(rng: random.Random, sizes: tuple[int, int] = (2, 4)) -> dict[str, Any]:
+    """The other task a merge is shown on: numerals in, digit words out (`spell 3 7` ->
+    `three seven`), the digit-chat task backwards."""
+    digits = [rng.randrange(10) for _ in range(rng.randint(*sizes))]
+    return {
+        "messages": [
+            {"role": "user", "content": "spell " + " ".join(map(str, digits))},
+            {"role": "assistant", "content": " ".join(WORDS[d] for d in digits)},
+        ],
+    }
+
+
+def write_digit_spelling(
+    folder: Path, train: int = 256, test: int = 48, seed: int = 0, sizes: tuple[int, int] = (2, 4)
+) -> dict[str, Path]:
+    """The spelling task's train.jsonl and test.jsonl under `folder`."""
+    rng = random.Random(seed)
+    return write_splits(folder, {"train": train, "eval": test}, lambda: digit_spelling(rng, sizes))
 
 
 def write_digit_reversal(
