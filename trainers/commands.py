@@ -332,7 +332,8 @@ def _eval_table(args: argparse.Namespace, data: list[str | None]) -> int:
         header = [f"{args.metric} of", *(source or "(the run's data.eval)" for source in data)]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            print("  ".join(cells).rstrip())
     return 0
 
 

@@ -49,7 +49,6 @@ class RouterWatch:
         self._reported: set[tuple[int, int]] = set()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         routers = [m for m in base.modules() if isinstance(m, router.module_class)]
-        self.layers = len(routers)
         self._handles = [m.register_forward_hook(self._on_router) for m in routers]
         self._handles.append(base.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
         self._torch = torch
@@ -126,7 +125,9 @@ class RouterWatch:
         entropy over the forwards' tokens."""
         torch = self._torch
         experts, top_k = self.router.num_experts, self.router.top_k
-        counts = torch.zeros(self.layers, experts, dtype=torch.float64)
+        # The routers a forward ran, in order (a trained router's inactive copy never runs).
+        layers = max(len(logits) for _, logits in forwards)
+        counts = torch.zeros(layers, experts, dtype=torch.float64)
         entropy_sum, entropy_tokens = 0.0, 0
         with torch.no_grad():
             for mask, logits in forwards:
@@ -138,7 +139,7 @@ class RouterWatch:
                     and mask.numel() == logits[0].shape[0]
                 ):
                     keep = mask.reshape(-1).bool().cpu()
-                for layer, layer_logits in enumerate(logits[: self.layers]):
+                for layer, layer_logits in enumerate(logits):
                     values = layer_logits.detach().float().cpu()
                     if keep is not None:
                         values = values[keep]
