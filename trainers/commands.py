@@ -21,6 +21,7 @@ def add_commands(commands: Any) -> None:
     """Add the trainer's commands to `commands` (the top-level parser's subparsers)."""
     _add_config_commands(commands)
     _add_run_commands(commands)
+    _add_merge_command(commands)
     _add_data_commands(commands)
     _add_model_commands(commands)
 
@@ -110,6 +111,8 @@ def _add_run_commands(commands: Any) -> None:
     with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
     export.set_defaults(handler=_export)
 
+
+def _add_merge_command(commands: Any) -> None:
     merge = commands.add_parser(
         "merge", help="merge the LoRA adapters of runs on one base into a new run folder"
     )
