@@ -145,6 +145,35 @@ def packed_sft(pairs: int = 3) -> Comparison:
     )
 
 
+def moe_sft(pairs: int = 3) -> Comparison:
+    """LoRA SFT of a Mixture-of-Experts model (tiny Mixtral h128, attention and fused experts)
+    vs TRL SFTTrainer + PEFT on the same model and length-skewed chats."""
+    from bench.packed_sft import write_skewed_chats
+    from omnitune.modalities.tiny import build_tiny
+
+    model = build_tiny("mixtral", CACHE / "tiny-mixtral-128", seed=0, hidden_size=128)
+    data = CACHE / "skewed-chats"
+    if not (data / "test.jsonl").is_file():
+        write_skewed_chats(data)
+    common = ["--model", str(model), "--data", str(data)]
+    module = [python(), "-m", "bench.moe_sft"]
+    return compare(
+        Comparison(
+            task="MoE LoRA SFT vs TRL SFTTrainer + PEFT (tiny Mixtral h128, experts + attention)",
+            figure="tokens_per_second",
+            unit="tokens/s",
+            higher_is_better=True,
+            reference_name="TRL SFTTrainer + PEFT LoRA (target_parameters on the experts)",
+            target=">= 1.3 at equal held-out loss",
+            also=("held_out_loss", "steps"),
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / "moe-run")],
+        [*module, "--side", "trl", *common, "--out", str(CACHE / "moe-trl-run")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
 def preference(objective: str, pairs: int = 3) -> Comparison:
     """DPO, ORPO or KTO (LoRA) vs TRL's trainer for it, on digit-chat preference pairs (KTO:
     the same task as unpaired answers labelled right or wrong, half of each)."""
@@ -631,6 +660,7 @@ BENCHMARKS = {
     "speech_finetune": speech_finetune,
     "vlm_finetune": vlm_finetune,
     "packed_sft": packed_sft,
+    "moe_sft": moe_sft,
     "dpo": lambda: preference("dpo"),
     "orpo": lambda: preference("orpo"),
     "kto": lambda: preference("kto"),
