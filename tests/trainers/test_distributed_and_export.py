@@ -30,8 +30,13 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_under_accelerate_launch_agree(run_config):
-    path = run_config("ddp", train={"max_steps": 20, "batch_size": 8, "eval_steps": 10})
+@pytest.mark.parametrize("family", ["text", "mixtral"])
+def test_two_processes_under_accelerate_launch_agree(family, run_config, tiny_model):
+    """Both ranks end with the same weights; an MoE's router loss and load hooks included."""
+    model = {"name_or_path": str(tiny_model(family)), "modality": "text"}
+    path = run_config(
+        "ddp", model=model, train={"max_steps": 20, "batch_size": 8, "eval_steps": 10}
+    )
     command = [
         str(BIN / "accelerate"),
         "launch",
