@@ -22,9 +22,16 @@ import json
 from pathlib import Path
 
 from bench.harness import loop_clock, peak_rss_mb
-from bench.packed_sft import PADDED_BATCH, ROW, held_out_loss, training_examples
+from bench.packed_sft import (
+    LR,
+    RANK,
+    ROW,
+    SEED,
+    held_out_loss,
+    padded_epoch_arguments,
+    training_examples,
+)
 
-LR, SEED, RANK = 3e-3, 0, 8
 ATTENTION = ["q_proj", "v_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 
@@ -77,24 +84,7 @@ def run_trl(model: str, data: Path, out: str) -> dict:
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     network = AutoModelForCausalLM.from_pretrained(model, output_router_logits=True)
-    args = SFTConfig(
-        output_dir=out,
-        per_device_train_batch_size=PADDED_BATCH,
-        num_train_epochs=1,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        max_grad_norm=1.0,
-        seed=SEED,
-        logging_steps=10,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        max_length=ROW,
-        assistant_only_loss=True,
-    )
+    args = SFTConfig(**padded_epoch_arguments(out), max_length=ROW, assistant_only_loss=True)
     clock = loop_clock()
     trainer = SFTTrainer(
         model=network,

@@ -68,6 +68,27 @@ def held_out_loss(model, tokenizer, data: Path) -> float:
     return token_loss(model, examples, make_text_collator(tokenizer, config, False), 16)
 
 
+def padded_epoch_arguments(out: str) -> dict:
+    """The reference side's Trainer arguments: one epoch of padded batches of PADDED_BATCH,
+    the learning rate, linear schedule, clipping and seed omnitune's side uses, on the CPU."""
+    return {
+        "output_dir": out,
+        "per_device_train_batch_size": PADDED_BATCH,
+        "num_train_epochs": 1,
+        "learning_rate": LR,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "max_grad_norm": 1.0,
+        "seed": SEED,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
 def training_examples(tokenizer, data: Path) -> list[tuple[list[int], list[int]]]:
     from omnitune.modalities.text.data import encode_chat
 
@@ -136,23 +157,7 @@ def run_hf(model: str, data: Path, out: str) -> dict:
             r=RANK, lora_alpha=2 * RANK, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
         ),
     )
-    args = TrainingArguments(
-        output_dir=out,
-        per_device_train_batch_size=PADDED_BATCH,
-        num_train_epochs=1,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        max_grad_norm=1.0,
-        seed=SEED,
-        logging_steps=10,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
+    args = TrainingArguments(**padded_epoch_arguments(out), remove_unused_columns=False)
 
     clock = loop_clock()
     trainer = Trainer(
