@@ -91,7 +91,6 @@ def test_the_router_loss_evens_the_experts_load(run_config, tiny_model):
     loss its load drifts apart, with it the load stays even (measured: coefficient of variation
     0.69 vs 0.28 over the second half, 0.65 vs 0.25 at the last evaluation). This fails if the
     loss is not applied."""
-    from omnitune.trainers.loop import train
 
     def load_cv(coef: float) -> tuple[float, float]:
         path = moe_run(
@@ -102,7 +101,9 @@ def test_the_router_loss_evens_the_experts_load(run_config, tiny_model):
             moe={"router_aux_loss_coef": coef, "train_router": True},
             train={"max_steps": 60, "lr": 1e-2, "eval_steps": 60, "save_steps": 60},
         )
-        records = read_metrics(train(load_run_config(path)).run_dir)
+        done = run_cli("train", str(path))
+        assert done.returncode == 0, done.stderr[-2000:]
+        records = read_metrics(Path(load_run_config(path).output_dir))
         steps = [r["expert_load_cv"] for r in records if r["kind"] == "train"]
         second_half = steps[len(steps) // 2 :]
         last_eval = [r for r in records if r["kind"] == "eval"][-1]["expert_load_cv"]
