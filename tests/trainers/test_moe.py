@@ -185,3 +185,28 @@ def test_what_cannot_adapt_fused_experts_is_refused_naming_the_field(
     assert done.returncode == 2, done.stderr[-2000:]
     assert named in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_an_expert_starved_for_collapse_steps_is_reported_once(tiny_model, caplog):
+    """The log names the layer and expert whose share stayed below moe.collapse_share of an
+    even share for moe.collapse_steps steps, once; an expert that recovers is not reported."""
+    import logging
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from omnitune.trainers.config import MoeSection
+    from omnitune.trainers.moe import watch_routers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral"))
+    watch, coef = watch_routers(model, MoeSection(collapse_share=0.05, collapse_steps=100))
+    assert watch is not None and coef == 0.001  # Mixtral's own coefficient
+    starved = torch.tensor([[40.0, 30.0, 30.0, 0.0], [25.0, 25.0, 25.0, 25.0]])
+    with caplog.at_level(logging.WARNING, logger="omnitune.train"):
+        for step in (10, 60, 110, 160):
+            watch._window = starved.clone()
+            record = watch.window_record(step)
+        assert record["expert_share"][0][3] == 0.0
+    reports = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].startswith("expert 3 of MoE layer 0"), reports
+    watch.close()
