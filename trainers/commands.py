@@ -22,6 +22,7 @@ def add_commands(commands: Any) -> None:
     _add_config_commands(commands)
     _add_run_commands(commands)
     _add_merge_command(commands)
+    _add_prune_command(commands)
     _add_data_commands(commands)
     _add_model_commands(commands)
 
@@ -141,6 +142,25 @@ def _add_merge_command(commands: Any) -> None:
         "omnitune merge runs/words runs/reverse --method ties --density 0.7 --out runs/both",
     )
     merge.set_defaults(handler=_merge)
+
+
+def _add_prune_command(commands: Any) -> None:
+    prune = commands.add_parser(
+        "prune", help="remove decoder layers (text, Whisper's decoder) into a new model folder"
+    )
+    prune.add_argument("target", help="run folder (its adapter merged first) or model folder")
+    prune.add_argument("--layers", type=int, required=True, help="how many layers to remove")
+    prune.add_argument(
+        "--by",
+        default="importance",
+        choices=("importance", "last"),
+        help="importance: the layers that change their input least on the data (1 - cosine "
+        "of input and output hidden states); last: the last ones",
+    )
+    prune.add_argument("--data", help="the data that scores the layers (default: data.eval)")
+    prune.add_argument("--out", required=True, help="the pruned model's folder (created)")
+    with_example(prune, "omnitune prune runs/digits-full --layers 1 --out models/digits-pruned")
+    prune.set_defaults(handler=_prune)
 
 
 def _add_data_commands(commands: Any) -> None:
@@ -454,6 +474,25 @@ def _merge(args: argparse.Namespace) -> int:
         f"{args.out}: adapter/, config.yaml, merge.json"
         + (", reference.json" if (Path(args.out) / "reference.json").is_file() else "")
     )
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from omnitune.trainers.pruning import prune
+    from omnitune.trainers.runlog import format_metrics
+
+    record = prune(args.target, Path(args.out), args.layers, by=args.by, data=args.data)
+    layers, parameters = record["layers"], record["parameters"]
+    print(
+        f"{args.out}: {layers['after']} of {layers['before']} decoder layers (removed "
+        f"{', '.join(map(str, layers['removed']))} by {args.by}); parameters "
+        f"{parameters['before']:,} -> {parameters['after']:,}"
+    )
+    print(f"importance: {', '.join(f'{s:.4f}' for s in record['importance'])}")
+    print(f"before: {record['data']}: {format_metrics(record['metrics']['before'])}")
+    print(f"after:  {record['data']}: {format_metrics(record['metrics']['after'])}")
     return 0
 
 

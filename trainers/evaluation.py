@@ -77,6 +77,21 @@ def evaluate_target(
     return Evaluated(examples.summary(), len(examples), metrics, chosen, predictions)
 
 
+def load_for_evaluation(target: str, data: str | None) -> tuple[Any, Any, RunConfig]:
+    """A plain model (no adapter wrapper) with its processor and config: a run's best
+    checkpoint, its adapter merged in, or a model folder or hub id (which needs `data`)."""
+    run_dir = Path(target)
+    if (run_dir / "config.yaml").is_file():
+        config = load_run_config(run_dir / "config.yaml")
+        model, processor, _ = _load_run_model(run_dir, config, "best")
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        return model, processor, config
+    config = _config_for_model(target, data, [])
+    model, processor = get_modality(config.model.modality).load(config.model)
+    return model, processor, config
+
+
 @dataclass
 class ScoredSlice:
     """One dataset scored by one run: the metrics and each metric's per-example parts
