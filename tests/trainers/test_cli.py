@@ -144,7 +144,8 @@ def test_each_objective_takes_only_its_own_options(config_file):
     line = _one_error_line(run_cli("config", "check", str(path), *dpo, "objective.beta=-1"))
     assert line.endswith("objective.beta: Input should be greater than 0 (got -1)")
     line = _one_error_line(run_cli("config", "check", str(path), "objective.name=simpo"))
-    assert line.endswith("objective.name: unknown 'simpo' (known: sft, dpo, orpo, kto, grpo, ppo)")
+    known = "sft, dpo, orpo, kto, grpo, ppo, distill"
+    assert line.endswith(f"objective.name: unknown 'simpo' (known: {known})")
     shown = run_cli("config", "show", str(path), "objective.name=grpo", "--json")
     objective = json.loads(shown.stdout)["objective"]
     assert objective["name"] == "grpo" and "num_generations" in objective

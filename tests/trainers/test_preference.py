@@ -175,7 +175,7 @@ def test_objectives_that_do_not_fit_the_modality_are_refused_naming_the_field(tm
         "config", "check", str(REPO / "configs" / "demo-text.yaml"), "objective.name=simpo"
     )
     assert unknown.returncode == 2
-    assert "objective.name: unknown 'simpo' (known: sft, dpo, orpo, kto, grpo, ppo)" in (
+    assert "objective.name: unknown 'simpo' (known: sft, dpo, orpo, kto, grpo, ppo, distill)" in (
         unknown.stderr
     )
 

@@ -46,6 +46,7 @@ OBJECTIVES: dict[str, str] = {
     "kto": "omnitune.trainers.objectives.kto",
     "grpo": "omnitune.trainers.objectives.grpo",
     "ppo": "omnitune.trainers.objectives.ppo",
+    "distill": "omnitune.trainers.objectives.distill",
 }
 
 

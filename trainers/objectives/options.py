@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 NAME_HELP = (
     "Training objective: sft (supervised), dpo or orpo (preference pairs), kto (answers "
     "labelled desirable or not), grpo or ppo (online, with reward functions; "
-    "docs/alignment.md). Objectives are a registry "
+    "docs/alignment.md), distill (a frozen teacher's token distribution; docs/smaller.md). "
+    "Objectives are a registry "
     "(omnitune.trainers.objectives), each with its own options."
 )
 
