@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.forkserver import ForkServer
+from tests import forkserver
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -47,9 +47,6 @@ def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     os.environ.update(saved)
 
 
-_fork_server: ForkServer | None = None
-
-
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 600, fresh: bool = False, **env: str
 ):
@@ -58,8 +55,7 @@ def run_cli(
     The process is forked from a server that has imported torch (tests/forkserver.py), which
     saves each call ~3 s of CPU; `fresh=True`, or OMNITUNE_TEST_FRESH_PROCESSES=1 for every
     call, runs the installed console script in a new interpreter instead."""
-    global _fork_server
-    if fresh or os.environ.get("OMNITUNE_TEST_FRESH_PROCESSES") == "1":
+    if fresh or forkserver.fresh_processes():
         return subprocess.run(
             [str(OMNITUNE), *args],
             cwd=cwd or REPO,
@@ -68,9 +64,7 @@ def run_cli(
             text=True,
             timeout=timeout,
         )
-    if _fork_server is None:
-        _fork_server = ForkServer()
-    return _fork_server.run(list(args), cwd or REPO, offline_env(**env), timeout)
+    return forkserver.shared().run(list(args), cwd or REPO, offline_env(**env), timeout)
 
 
 def run_python(code: str, timeout: float = 600, **env: str):

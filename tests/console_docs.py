@@ -8,7 +8,9 @@ earlier doc or the developer's tree left behind. A command ending in `&` starts 
 background (its shown lines are waited for; a `--port N` is waited for until it accepts
 connections) and runs until the document ends or a `$ kill %N` line stops it (jobs numbered as
 a shell numbers them), as in one terminal read top to bottom. The copy's `.venv` is the
-project's own (a link), as a reader has it after `make demo`.
+project's own (a link), as a reader has it after `make demo`. The sessions' `omnitune` is a
+shim that runs each command as a process forked from the tests' fork server, torch already
+imported (tests/forkserver.py; OMNITUNE_TEST_FRESH_PROCESSES=1 runs the console script itself).
 
 What is checked, line by line:
 - every shown line must appear in the output, in the shown order; output lines the doc leaves
@@ -50,6 +52,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests import forkserver
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT_S = 600
@@ -189,9 +193,14 @@ class ConsoleSession:
             older = stamp.stat().st_mtime - 1
             for name in ("pyproject.toml", "constraints.txt"):
                 os.utime(self.root / name, (older, older))
+        path = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+        if not forkserver.fresh_processes():  # `omnitune` forks from a server with torch loaded
+            shims = self.root.parent / "bin"
+            forkserver.write_shim(shims, forkserver.shared())
+            path = f"{shims}{os.pathsep}{path}"
         self.env = {
             **os.environ,
-            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": path,
             "VIRTUAL_ENV": str(venv_bin.parent),
             "HF_HUB_OFFLINE": "1",
             "COLUMNS": "100",

@@ -20,6 +20,11 @@ Protocol, over a Unix socket: the client sends one JSON message (argv, cwd, env)
 descriptors of the child's stdin, stdout and stderr attached (SCM_RIGHTS); the server forks and
 answers with the child's pid; the child answers with its exit status when `main` returns. A
 client that reads no status (the child was killed) reports -9, as subprocess would.
+
+Shell sessions (the docs' console blocks) reach the same server through a shim: an `omnitune`
+script first on their PATH (`write_shim`) that sends its own argv, directory, environment and
+standard streams, relays SIGINT, SIGTERM and SIGHUP to the command's process group, and exits
+with the command's status (128 + 9 when it was killed), as the console script would.
 """
 
 from __future__ import annotations
@@ -110,6 +115,76 @@ def _child(connection: socket.socket, request: dict, fds: list[int]) -> None:
         sys.stderr.flush()
         connection.sendall(json.dumps({"status": code}).encode() + b"\n")
         os._exit(code & 0xFF)
+
+
+#: The shim's code, after its `#!` line; SOCKET is filled in. Standard library only, run with
+#: `python -S`: it starts in ~20 ms where the console script takes ~5 s to import torch.
+SHIM = """
+import json, os, signal, socket, sys, time
+
+SOCKET = {socket!r}
+
+
+def main():
+    for fd in (0, 1, 2):  # a closed standard stream is /dev/null to the command
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(SOCKET)
+    request = {{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}
+    socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
+    reader = connection.makefile("r")
+    pid = json.loads(reader.readline())["pid"]
+
+    def relay(signum, frame):
+        try:
+            os.killpg(pid, signum)
+        except OSError:
+            pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, relay)
+    line = reader.readline()
+    status = json.loads(line)["status"] & 0xFF if line else 128 + signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # gone, its files closed, before the shell goes on
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.005)
+    return status
+
+
+sys.exit(main())
+"""
+
+
+def write_shim(folder: Path, server: ForkServer) -> Path:
+    """An `omnitune` executable in `folder` that runs each command through `server`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "omnitune"
+    shim.write_text(f"#!{sys.executable} -S\n" + SHIM.format(socket=server.path))
+    shim.chmod(0o755)
+    return shim
+
+
+_shared: ForkServer | None = None
+
+
+def shared() -> ForkServer:
+    """The test process's one server, started on first use."""
+    global _shared
+    if _shared is None:
+        _shared = ForkServer()
+    return _shared
+
+
+def fresh_processes() -> bool:
+    """OMNITUNE_TEST_FRESH_PROCESSES=1: every command in a new interpreter, no server."""
+    return os.environ.get("OMNITUNE_TEST_FRESH_PROCESSES") == "1"
 
 
 class ForkServer:
