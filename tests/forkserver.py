@@ -24,7 +24,8 @@ client that reads no status (the child was killed) reports -9, as subprocess wou
 Shell sessions (the docs' console blocks) reach the same server through a shim: an `omnitune`
 script first on their PATH (`write_shim`) that sends its own argv, directory, environment and
 standard streams, relays SIGINT, SIGTERM and SIGHUP to the command's process group, and exits
-with the command's status (128 + 9 when it was killed), as the console script would.
+with the command's status, or dies of the signal it relayed when the command did (otherwise
+128 + 9: it was killed), as the console script would.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ def main():
     reader = connection.makefile("r")
     pid = json.loads(reader.readline())["pid"]
 
+    relayed = []
+
     def relay(signum, frame):
+        relayed.append(signum)
         try:
             os.killpg(pid, signum)
         except OSError:
@@ -147,7 +151,6 @@ def main():
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, relay)
     line = reader.readline()
-    status = json.loads(line)["status"] & 0xFF if line else 128 + signal.SIGKILL
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # gone, its files closed, before the shell goes on
         try:
@@ -155,7 +158,12 @@ def main():
         except OSError:
             break
         time.sleep(0.005)
-    return status
+    if line:
+        return json.loads(line)["status"] & 0xFF
+    if relayed:  # the command died of the signal it was sent (uvicorn re-raises it): so do we
+        signal.signal(relayed[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), relayed[-1])
+    return 128 + signal.SIGKILL
 
 
 sys.exit(main())

@@ -1,0 +1,70 @@
+"""The docs sessions' `omnitune` shim (tests/forkserver.py) behaves as the console script does:
+its output, exit status and signals are the command's (here beside the daemon's config)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests import forkserver
+from tests.conftest import offline_env
+
+
+def _shim(tmp_path: Path) -> Path:
+    return forkserver.write_shim(tmp_path / "bin", forkserver.shared())
+
+
+def test_the_shim_gives_the_commands_output_and_exit_status(tmp_path: Path) -> None:
+    shim = _shim(tmp_path)
+    shown = subprocess.run(
+        [shim, "monitor", "serve", "--help"], capture_output=True, text=True, env=offline_env()
+    )
+    assert shown.returncode == 0
+    assert "omnitune monitor serve --config configs/monitor.yaml" in shown.stdout
+
+    refused = subprocess.run(
+        [shim, "train", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=offline_env(),
+    )
+    assert refused.returncode == 2
+    assert "missing.yaml: no such config file" in refused.stderr
+    assert refused.stdout == ""
+
+
+def test_sigterm_to_the_shim_stops_the_command(tmp_path: Path, monitor_config) -> None:
+    shim = _shim(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = monitor_config()
+    daemon = subprocess.Popen(
+        [shim, "monitor", "serve", "--config", str(config), "--port", str(port)],
+        cwd=tmp_path,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _accepts(port):
+            assert daemon.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGTERM)
+        # uvicorn shuts down, then re-raises the signal: the console script dies of it, as here
+        assert daemon.wait(timeout=30) == -signal.SIGTERM
+        assert not _accepts(port)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
