@@ -130,16 +130,7 @@ def score_tokens(
 
     from omnitune.trainers.objectives.preference import token_logps
 
-    pick = slice(None) if rows is None else rows
-    ids = torch.cat([rollout.prompt_ids[pick], rollout.completion_ids[pick]], dim=1)
-    mask = torch.cat([rollout.prompt_mask[pick], rollout.completion_mask[pick]], dim=1)
-    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
-    for name, value in rollout.extras.items():
-        value = _rows_of(name, value, rows, rollout.prompt_ids.shape[0])
-        inputs[name] = _extend(value, rollout.prompt_ids[pick].shape, rollout.width)
-    if _model_type(model) not in OWN_POSITIONS:
-        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    output = model(**inputs, output_hidden_states=hidden)
+    output, ids = _forward(model, rollout, rows, hidden)
     width = rollout.width
     logits = output.logits[:, -width - 1 : -1].float() / temperature
     if rollout.suppressed:
@@ -151,6 +142,29 @@ def score_tokens(
         entropy = torch.logsumexp(logits, dim=-1) - (probabilities * finite).sum(-1)
     states = output.hidden_states[-1][:, -width - 1 : -1] if hidden else None
     return Scored(logps=logps, entropy=entropy, hidden=states)
+
+
+def completion_logits(model: Any, rollout: Rollout) -> Any:
+    """The logits [completions, width, vocabulary] that predict each completion token (on-policy
+    distillation compares the student's and the teacher's over the whole vocabulary)."""
+    output, _ = _forward(model, rollout, None, False)
+    return output.logits[:, -rollout.width - 1 : -1]
+
+
+def _forward(model: Any, rollout: Rollout, rows: Any, hidden: bool) -> tuple[Any, Any]:
+    """`model` over prompt + completion (of `rows`, or all), and the ids it read."""
+    import torch
+
+    pick = slice(None) if rows is None else rows
+    ids = torch.cat([rollout.prompt_ids[pick], rollout.completion_ids[pick]], dim=1)
+    mask = torch.cat([rollout.prompt_mask[pick], rollout.completion_mask[pick]], dim=1)
+    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    for name, value in rollout.extras.items():
+        value = _rows_of(name, value, rows, rollout.prompt_ids.shape[0])
+        inputs[name] = _extend(value, rollout.prompt_ids[pick].shape, rollout.width)
+    if _model_type(model) not in OWN_POSITIONS:
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return model(**inputs, output_hidden_states=hidden), ids
 
 
 def masked_mean(values: Any, mask: Any) -> Any:
