@@ -81,7 +81,8 @@ def _add_run_commands(commands: Any) -> None:
     evaluate.add_argument(
         "--metric",
         default="loss",
-        help="the metric a table of several targets or data files shows (default: loss)",
+        help="the metric a table of several targets or data files shows (default: loss; also "
+        "parameters, weights_mb, tokens_per_second or utterances_per_second)",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument(
@@ -313,15 +314,21 @@ def _eval(args: argparse.Namespace) -> int:
                     "examples": result.examples,
                     "checkpoint": chosen,
                     **result.metrics,
+                    "footprint": result.footprint,
+                    **({"pruning": result.chain} if result.chain else {}),
                 }
             )
         )
     else:
+        from omnitune.trainers.footprint import chain_table, describe
         from omnitune.trainers.runlog import format_metrics
 
         if result.checkpoint is not None:
             print(f"{args.target}: {result.checkpoint.describe()}")
         print(f"{result.data}: {format_metrics(result.metrics)}")
+        print(f"model: {describe(result.footprint)}")
+        if result.chain:
+            print(chain_table(result.chain))
     if args.predictions:
         _write_predictions(args.predictions, result.predictions)
     return 0
@@ -344,12 +351,13 @@ def _eval_table(args: argparse.Namespace, data: list[str | None]) -> int:
             result = evaluate_target(target, source, args.overrides, args.checkpoint)
             if args.json:
                 print(json.dumps({"target": target, "data": result.data, **result.metrics}))
-            if args.metric not in result.metrics:
+            values = {**result.metrics, **result.footprint}
+            if args.metric not in values:
                 raise UsageError(
                     f"--metric: {args.metric} was not computed on {result.data} (computed: "
-                    f"{', '.join(result.metrics)})"
+                    f"{', '.join(values)})"
                 )
-            cells.append(f"{result.metrics[args.metric]:.4f}")
+            cells.append(f"{values[args.metric]:.4f}")
         rows.append([target, *cells])
     if not args.json:
         header = [f"{args.metric} of", *(source or "(the run's data.eval)" for source in data)]
@@ -480,6 +488,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from omnitune.trainers.footprint import chain_table, pruning_chain
     from omnitune.trainers.pruning import prune
     from omnitune.trainers.runlog import format_metrics
 
@@ -493,6 +502,7 @@ def _prune(args: argparse.Namespace) -> int:
     print(f"importance: {', '.join(f'{s:.4f}' for s in record['importance'])}")
     print(f"before: {record['data']}: {format_metrics(record['metrics']['before'])}")
     print(f"after:  {record['data']}: {format_metrics(record['metrics']['after'])}")
+    print(chain_table(pruning_chain(record)))
     return 0
 
 

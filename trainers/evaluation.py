@@ -40,6 +40,11 @@ class Evaluated:
     #: per generated example: input, reference, prediction, score (empty when nothing was
     #: generated: a loss-only evaluation)
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    #: parameters, weights' MB and the evaluation's speed (trainers/footprint.py)
+    footprint: dict[str, Any] = field(default_factory=dict)
+    #: a pruned model's stages (before pruning, after pruning, after recovery), when the
+    #: target or its run's base model was written by `omnitune prune`
+    chain: dict[str, dict[str, Any]] | None = None
 
 
 def evaluate_target(
@@ -71,10 +76,20 @@ def evaluate_target(
     model.eval()
     reference = _reference(model, modality, base) if objective.needs_reference else None
     from omnitune.modalities.evaluation import record_predictions
+    from omnitune.trainers.footprint import prune_record, pruning_chain, timed_evaluation
+
+    def run() -> dict[str, float]:
+        return objective.evaluate(modality, model, processor, examples, config, reference)
 
     with record_predictions() as predictions:
-        metrics = objective.evaluate(modality, model, processor, examples, config, reference)
-    return Evaluated(examples.summary(), len(examples), metrics, chosen, predictions)
+        metrics, footprint = timed_evaluation(run, model, config.model.modality, examples)
+    record = prune_record(base.name_or_path if base is not None else target)
+    chain = None
+    if record is not None:
+        chain = pruning_chain(record, (metrics, footprint) if base is not None else None)
+    return Evaluated(
+        examples.summary(), len(examples), metrics, chosen, predictions, footprint, chain
+    )
 
 
 def load_for_evaluation(target: str, data: str | None) -> tuple[Any, Any, RunConfig]:

@@ -38,6 +38,13 @@ from omnitune.trainers.checkpoint import (
     save_checkpoint,
 )
 from omnitune.trainers.config import RunConfig
+from omnitune.trainers.footprint import (
+    chain_table,
+    prune_record,
+    pruning_chain,
+    timed_evaluation,
+    weights,
+)
 from omnitune.trainers.moe import RouterWatch, watch_routers
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss, get_objective
 from omnitune.trainers.peft_methods import (
@@ -255,6 +262,23 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     session.routers, session.router_coef = watch_routers(unwrapped, config.moe)
     session.step_loss = _step_loss(session)
     return session
+
+
+def _pruning_chain(s: Session) -> dict[str, Any] | None:
+    """A recovery run's stages: the prune record of the model it started from, then this
+    run's chosen weights scored by the modality on the eval set, as `omnitune prune` scored."""
+    record = prune_record(s.config.model.name_or_path)
+    if record is None or s.eval_set is None:
+        return None
+    s.unwrapped.eval()
+
+    def evaluate() -> dict[str, float]:
+        return s.modality.evaluate(s.unwrapped, s.processor, s.eval_set, s.config)
+
+    recovered = timed_evaluation(evaluate, s.unwrapped, s.config.model.modality, s.eval_set)
+    chain = pruning_chain(record, recovered)
+    log.info("pruned and recovered:\n%s", chain_table(chain))
+    return chain
 
 
 def _prepare(config: RunConfig, modality: Modality, model: Any) -> Prepared:
@@ -585,6 +609,10 @@ def finish(
             "train_skipped_files": getattr(s.train_set, "skipped_files", {}),
             "eval_skipped_files": getattr(s.eval_set, "skipped_files", {}),
         }
+        summary["footprint"] = weights(s.unwrapped)
+        chain = _pruning_chain(s)
+        if chain is not None:
+            summary["pruning"] = chain
         (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         s.runlog.finish(summary, s.state.step)
     accelerator.wait_for_everyone()

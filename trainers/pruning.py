@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from omnitune.core.errors import ConfigError
+from omnitune.trainers.footprint import PRUNE_RECORD, timed_evaluation
 
 PRUNE_BY = ("importance", "last")
 
@@ -186,16 +187,16 @@ def prune(
     items = [examples[i] for i in range(len(examples))]
     size = config.eval.batch_size
     batches = [collate(items[i : i + size]) for i in range(0, len(items), size)]
-    parameters_before = sum(p.numel() for p in model.parameters())
-    started = time.perf_counter()
-    before = modality.evaluate(model, processor, examples, config)
-    seconds_before = time.perf_counter() - started
+
+    def evaluate() -> dict[str, float]:
+        return modality.evaluate(model, processor, examples, config)
+
+    name = config.model.modality
+    before, footprint_before = timed_evaluation(evaluate, model, name, examples)
     scores = layer_importance(model, stack, batches)
     removed = choose_layers(scores, layers, by)
     remove_layers(model, stack, removed)
-    started = time.perf_counter()
-    after = modality.evaluate(model, processor, examples, config)
-    seconds_after = time.perf_counter() - started
+    after, footprint_after = timed_evaluation(evaluate, model, name, examples)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -206,13 +207,13 @@ def prune(
         "layers": {"before": total, "after": total - layers, "removed": removed},
         "importance": [round(s, 6) for s in scores],
         "parameters": {
-            "before": parameters_before,
-            "after": sum(p.numel() for p in model.parameters()),
+            "before": footprint_before["parameters"],
+            "after": footprint_after["parameters"],
         },
         "megabytes_after": round(folder_megabytes(out), 3),
         "metrics": {"before": before, "after": after},
-        "eval_seconds": {"before": round(seconds_before, 3), "after": round(seconds_after, 3)},
+        "footprint": {"before": footprint_before, "after": footprint_after},
         "created_unix": int(time.time()),
     }
-    (out / "prune.json").write_text(json.dumps(record, indent=1))
+    (out / PRUNE_RECORD).write_text(json.dumps(record, indent=1))
     return record

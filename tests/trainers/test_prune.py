@@ -60,6 +60,23 @@ def test_a_text_model_loses_its_least_important_layer_and_training_recovers_it(
     summary = json.loads((tmp_path / "recovered" / "summary.json").read_text())
     assert summary["eval_metrics"]["loss"] < after, (summary["eval_metrics"], after)
 
+    # The three stages, in the run summary and in `omnitune eval` of the recovered run.
+    chain = summary["pruning"]
+    assert list(chain) == ["before pruning", "after pruning", "after recovery"]
+    sizes = [chain[stage]["footprint"]["parameters"] for stage in chain]
+    assert sizes == [record["parameters"]["before"], *[record["parameters"]["after"]] * 2]
+    assert all(chain[stage]["footprint"]["tokens_per_second"] > 0 for stage in chain)
+    assert chain["after pruning"]["metrics"]["loss"] == pytest.approx(after)
+    assert chain["after recovery"]["metrics"]["loss"] < after
+    assert summary["footprint"]["parameters"] == record["parameters"]["after"]
+    shown = run_cli("eval", str(tmp_path / "recovered"))
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    lines = shown.stdout.splitlines()
+    assert any(line.startswith(f"model: {sizes[-1]:,} parameters") for line in lines), lines
+    table = {line.split("  ")[0]: line for line in lines if line.startswith(("before", "after"))}
+    assert set(table) == {"before pruning", "after pruning", "after recovery"}, lines
+    assert f"{sizes[0]:,}" in table["before pruning"] and f"{sizes[1]:,}" in table["after recovery"]
+
 
 def test_last_removes_the_final_layer_and_whisper_loses_a_decoder_layer(
     sft_model, text_data, tiny_model, tmp_path
