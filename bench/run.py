@@ -174,6 +174,38 @@ def moe_sft(pairs: int = 3) -> Comparison:
     )
 
 
+def distill(pairs: int = 3) -> Comparison:
+    """Off-policy distillation (JSD, full student) vs TRL's GKDTrainer at lmbda 0: the same
+    teacher (tiny chat h128 fine-tuned on the chats), student (h64) and two epochs."""
+    from bench.distill import train_teacher
+    from bench.packed_sft import write_skewed_chats
+    from omnitune.modalities.tiny import build_tiny
+
+    data = CACHE / "skewed-chats"
+    if not (data / "test.jsonl").is_file():
+        write_skewed_chats(data)
+    base = build_tiny("text", CACHE / "tiny-text-128", seed=0, hidden_size=128)
+    teacher = train_teacher(str(base), data, CACHE / "distill-teacher")
+    student = build_tiny("text", CACHE / "tiny-text-64-student", seed=1, hidden_size=64)
+    common = ["--teacher", str(teacher), "--student", str(student), "--data", str(data)]
+    module = [python(), "-m", "bench.distill"]
+    return compare(
+        Comparison(
+            task="Off-policy distillation (JSD) vs TRL GKDTrainer, lmbda 0 (tiny chat h128 -> h64)",
+            figure="samples_per_second",
+            unit="samples/s",
+            higher_is_better=True,
+            reference_name="TRL GKDTrainer (trl.experimental.gkd), lmbda 0, beta 0.5",
+            target=">= 1.3 at equal or better held-out KL to the teacher",
+            also=("held_out_teacher_kl", "steps"),
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / "distill-run")],
+        [*module, "--side", "trl", *common, "--out", str(CACHE / "distill-trl-run")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+
+
 def preference(objective: str, pairs: int = 3) -> Comparison:
     """DPO, ORPO or KTO (LoRA) vs TRL's trainer for it, on digit-chat preference pairs (KTO:
     the same task as unpaired answers labelled right or wrong, half of each)."""
@@ -661,6 +693,7 @@ BENCHMARKS = {
     "vlm_finetune": vlm_finetune,
     "packed_sft": packed_sft,
     "moe_sft": moe_sft,
+    "distill": distill,
     "dpo": lambda: preference("dpo"),
     "orpo": lambda: preference("orpo"),
     "kto": lambda: preference("kto"),

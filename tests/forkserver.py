@@ -25,7 +25,8 @@ Shell sessions (the docs' console blocks) reach the same server through a shim: 
 script first on their PATH (`write_shim`) that sends its own argv, directory, environment and
 standard streams, relays SIGINT, SIGTERM and SIGHUP to the command's process group, and exits
 with the command's status, or dies of the signal it relayed when the command did (otherwise
-128 + 9: it was killed), as the console script would.
+128 + 9: it was killed), as the console script would. A command that execs another program
+(`omnitune dashboard` becomes Streamlit) is waited for until that program ends.
 """
 
 from __future__ import annotations
@@ -151,13 +152,16 @@ def main():
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, relay)
     line = reader.readline()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # gone, its files closed, before the shell goes on
+    # Gone, its files closed, before the shell goes on. No status: the command was killed, or
+    # it exec'd another program (`omnitune dashboard` becomes Streamlit), which runs on under
+    # the same pid and is waited for, signals still relayed to it.
+    deadline = time.monotonic() + 10 if line else float("inf")
+    while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except OSError:
             break
-        time.sleep(0.005)
+        time.sleep(0.005 if line else 0.05)
     if line:
         return json.loads(line)["status"] & 0xFF
     if relayed:  # the command died of the signal it was sent (uvicorn re-raises it): so do we

@@ -76,13 +76,14 @@ def evaluate_target(
     model.eval()
     reference = _reference(model, modality, base) if objective.needs_reference else None
     from omnitune.modalities.evaluation import record_predictions
-    from omnitune.trainers.footprint import prune_record, pruning_chain, timed_evaluation
-
-    def run() -> dict[str, float]:
-        return objective.evaluate(modality, model, processor, examples, config, reference)
+    from omnitune.trainers.footprint import measure, prune_record, pruning_chain, weights
 
     with record_predictions() as predictions:
-        metrics, footprint = timed_evaluation(run, model, config.model.modality, examples)
+        metrics = objective.evaluate(modality, model, processor, examples, config, reference)
+    footprint = weights(model)
+    if objective.reads in ("examples", "prompts"):  # the modality's own rows: its collator
+        collate = modality.collator(processor, config, training=False)
+        footprint = measure(model, config.model.modality, collate, examples)
     record = prune_record(base.name_or_path if base is not None else target)
     chain = None
     if record is not None:

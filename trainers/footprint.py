@@ -1,10 +1,10 @@
 """What a model costs to serve, and what pruning and recovery did to it.
 
 A footprint is the parameter count, the weights' size in memory (parameters x their element
-size; LoRA factors not counted: they fold into the base when merged) and the evaluation's
-speed on this machine: tokens per second of evaluated text (the examples' token counts over the
-seconds the modality's evaluation took, generation included), utterances per second for
-speech. Speeds measure this machine at that moment; compare them within one run of commands.
+size; LoRA factors not counted: they fold into the base when merged) and the forward pass's
+speed on this machine over the first 64 evaluation examples (`speed`): tokens per second, or
+utterances per second for speech. A speed measures this machine at that moment: compare speeds
+measured by one command, or by commands run one after the other on an otherwise idle machine.
 
 A model written by `omnitune prune` keeps `prune.json` (trainers/pruning.py) with the footprint
 and metrics before and after pruning; a run trained from it (recovery) and `omnitune eval` of
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 PRUNE_RECORD = "prune.json"
+SPEED_BATCHES = 8
+SPEED_BATCH_SIZE = 8
+SPEED_REPEATS = 3
 
 
 def weights(model: Any) -> dict[str, Any]:
@@ -31,25 +33,42 @@ def weights(model: Any) -> dict[str, Any]:
     }
 
 
-def speed(modality: str, examples: Any, seconds: float) -> dict[str, float]:
-    """Evaluation throughput: utterances/s for speech, tokens/s otherwise."""
-    if seconds <= 0:
+def speed(model: Any, modality: str, collate: Any, examples: Any) -> dict[str, float]:
+    """Forward-pass throughput on this machine: tokens/s of the real (unpadded) tokens read,
+    or utterances/s for speech (teacher-forced: the decoder over the transcript). At most
+    SPEED_BATCHES batches of SPEED_BATCH_SIZE examples, after one warm-up batch; the best of
+    SPEED_REPEATS passes (the least disturbed by whatever else the machine runs)."""
+    import torch
+
+    count = min(len(examples), SPEED_BATCHES * SPEED_BATCH_SIZE)
+    if count == 0:
         return {}
+    items = [examples[i] for i in range(count)]
+    device = next(model.parameters()).device
+    batches = [
+        {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(chunk).items()}
+        for chunk in (items[i : i + SPEED_BATCH_SIZE] for i in range(0, count, SPEED_BATCH_SIZE))
+    ]
+    was_training = model.training
+    model.eval()
+    best = float("inf")
+    with torch.no_grad():
+        model(**batches[0])  # warm-up: first-call allocations and kernel choices
+        for _ in range(SPEED_REPEATS):
+            started = time.perf_counter()
+            for batch in batches:
+                model(**batch)
+            best = min(best, time.perf_counter() - started)
+    model.train(was_training)
     if modality == "speech":
-        return {"utterances_per_second": round(len(examples) / seconds, 2)}
-    lengths = getattr(examples, "lengths", None)
-    tokens = 0 if lengths is None else int(sum(int(n) for n in lengths))
-    return {"tokens_per_second": round(tokens / seconds, 1)}
+        return {"utterances_per_second": round(count / best, 1)}
+    tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
+    return {"tokens_per_second": round(tokens / best, 1)}
 
 
-def timed_evaluation(
-    evaluate: Callable[[], dict[str, float]], model: Any, modality: str, examples: Any
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """`evaluate()`'s metrics and the model's footprint with the evaluation's speed."""
-    started = time.perf_counter()
-    metrics = evaluate()
-    seconds = time.perf_counter() - started
-    return metrics, {**weights(model), **speed(modality, examples, seconds)}
+def measure(model: Any, modality: str, collate: Any, examples: Any) -> dict[str, Any]:
+    """The model's footprint: weights and speed."""
+    return {**weights(model), **speed(model, modality, collate, examples)}
 
 
 def describe(footprint: dict[str, Any]) -> str:
@@ -85,12 +104,14 @@ def pruning_chain(
     return chain
 
 
-def chain_table(chain: dict[str, dict[str, Any]], metric: str | None = None) -> str:
-    """The chain as aligned text: a row per stage; parameters, MB, speed and the metrics all
-    stages computed (or `metric` alone)."""
+def chain_table(chain: dict[str, dict[str, Any]]) -> str:
+    """The chain as aligned text: a row per stage; parameters, MB, speed and the overall
+    metrics all stages computed."""
     stages = list(chain.values())
-    shared = [m for m in stages[0]["metrics"] if all(m in s["metrics"] for s in stages)]
-    metrics = [metric] if metric in shared else shared
+    shared = [  # the overall metrics; a slice's (`wer/speaker=...`) stay in the JSON
+        m for m in stages[0]["metrics"] if "/" not in m and all(m in s["metrics"] for s in stages)
+    ]
+    metrics = shared
     rate = next(
         (k for k in ("tokens_per_second", "utterances_per_second") if k in stages[0]["footprint"]),
         None,

@@ -40,9 +40,9 @@ from omnitune.trainers.checkpoint import (
 from omnitune.trainers.config import RunConfig
 from omnitune.trainers.footprint import (
     chain_table,
+    measure,
     prune_record,
     pruning_chain,
-    timed_evaluation,
     weights,
 )
 from omnitune.trainers.moe import RouterWatch, watch_routers
@@ -271,12 +271,10 @@ def _pruning_chain(s: Session) -> dict[str, Any] | None:
     if record is None or s.eval_set is None:
         return None
     s.unwrapped.eval()
-
-    def evaluate() -> dict[str, float]:
-        return s.modality.evaluate(s.unwrapped, s.processor, s.eval_set, s.config)
-
-    recovered = timed_evaluation(evaluate, s.unwrapped, s.config.model.modality, s.eval_set)
-    chain = pruning_chain(record, recovered)
+    metrics = s.modality.evaluate(s.unwrapped, s.processor, s.eval_set, s.config)
+    collate = s.modality.collator(s.processor, s.config, training=False)
+    footprint = measure(s.unwrapped, s.config.model.modality, collate, s.eval_set)
+    chain = pruning_chain(record, (metrics, footprint))
     log.info("pruned and recovered:\n%s", chain_table(chain))
     return chain
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from omnitune.core.errors import ConfigError
-from omnitune.trainers.footprint import PRUNE_RECORD, timed_evaluation
+from omnitune.trainers.footprint import PRUNE_RECORD, measure
 
 PRUNE_BY = ("importance", "last")
 
@@ -188,15 +188,14 @@ def prune(
     size = config.eval.batch_size
     batches = [collate(items[i : i + size]) for i in range(0, len(items), size)]
 
-    def evaluate() -> dict[str, float]:
-        return modality.evaluate(model, processor, examples, config)
-
     name = config.model.modality
-    before, footprint_before = timed_evaluation(evaluate, model, name, examples)
+    before = modality.evaluate(model, processor, examples, config)
+    footprint_before = measure(model, name, collate, examples)
     scores = layer_importance(model, stack, batches)
     removed = choose_layers(scores, layers, by)
     remove_layers(model, stack, removed)
-    after, footprint_after = timed_evaluation(evaluate, model, name, examples)
+    after = modality.evaluate(model, processor, examples, config)
+    footprint_after = measure(model, name, collate, examples)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

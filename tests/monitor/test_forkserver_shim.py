@@ -68,3 +68,35 @@ def _accepts(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_command_that_execs_another_program_is_waited_for(tmp_path: Path) -> None:
+    """`omnitune dashboard` becomes Streamlit (exec): the shim runs as long as Streamlit does,
+    and a SIGTERM to it stops Streamlit (no server left behind when a docs session ends)."""
+    shim = _shim(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = subprocess.Popen(
+        [shim, "dashboard", "--port", str(port), "--runs", str(tmp_path)],
+        cwd=tmp_path,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not _accepts(port):
+            assert dashboard.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.2)
+        time.sleep(1)
+        assert dashboard.poll() is None, "the shim ended while Streamlit runs"
+        dashboard.send_signal(signal.SIGTERM)
+        dashboard.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _accepts(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _accepts(port), "Streamlit still serves after the shim was stopped"
+    finally:
+        if dashboard.poll() is None:
+            dashboard.kill()

@@ -42,6 +42,7 @@ import hashlib
 import logging
 import os
 import random
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -222,6 +223,7 @@ def cached_teacher_logits(context: LossContext, teacher: Any, causal: bool) -> l
         if saved.get("fingerprint") == key:
             log.info("teacher logits of %d training examples read from %s", len(examples), path)
             return saved["logits"]
+    started = time.perf_counter()
     collate = context.modality.collator(context.processor, config, training=False)
     values: list[Any] = []
     size = config.eval.batch_size
@@ -239,8 +241,9 @@ def cached_teacher_logits(context: LossContext, teacher: Any, causal: bool) -> l
     os.replace(staging, path)
     megabytes = sum(v.numel() for v in values) * 4 / 1e6
     log.info(
-        "teacher logits of %d training examples computed and cached (%s, %.1f MB)",
+        "teacher logits of %d training examples computed and cached in %.1f s (%s, %.1f MB)",
         len(examples),
+        time.perf_counter() - started,
         path,
         megabytes,
     )
