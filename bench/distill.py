@@ -6,10 +6,10 @@ bench/packed_sft.py's length-skewed digit chats (built once, cached); the studen
 narrower model (hidden size 64) with the same tokenizer. Both sides train the whole student for
 two epochs of padded batches of 16 chats with generalised JSD at beta 0.5 (symmetric, so the two
 libraries' conventions for beta agree) and temperature 1 on the assistant tokens, with the same
-learning rate, schedule, clipping, seed and one CPU thread. TRL runs the teacher on every batch
-(lmbda 0: the dataset's answers, no sampling); omnitune caches the teacher's logits once
-(`objective.cache_teacher`) and its seconds count: they are added to its loop's. Figures:
-training examples per second (examples x epochs over those seconds), peak RSS, and each
+learning rate, schedule, clipping, seed and one CPU thread. Both score the dataset's answers
+(lmbda 0, no sampling) under the teacher: TRL on every batch, omnitune once before the first
+step (`objective.cache_teacher`), the seconds that took added to its loop's. Figures: training
+examples per second (examples x epochs over those seconds), peak RSS, and each
 student's held-out KL(teacher || student) per assistant token, scored by one function.
 
     python -m bench.distill --side omnitune|trl --teacher DIR --student DIR --data DIR
@@ -121,10 +121,10 @@ def run_omnitune(teacher: str, student: str, data: Path, out: str) -> dict:
     )
     result = train(config)
     log = (Path(out) / "train.log").read_text()
-    cached = re.findall(r"computed and cached in ([\d.]+) s", log)
-    seconds = result.loop_seconds + float(cached[-1])
+    cache_seconds = float(re.findall(r"computed and cached in ([\d.]+) s", log)[-1])
     trained = AutoModelForCausalLM.from_pretrained(result.output)
-    return {**_figures(trained, teacher, data, seconds), "steps": result.steps}
+    figures = _figures(trained, teacher, data, result.loop_seconds + cache_seconds)
+    return {**figures, "steps": result.steps, "cache_seconds": cache_seconds}
 
 
 def run_trl(teacher: str, student: str, data: Path, out: str) -> dict:

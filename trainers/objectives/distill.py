@@ -300,7 +300,10 @@ class OnPolicyStep:
         from omnitune.trainers.objectives.rollout import rollout_seed
 
         seed = rollout_seed(self.context.config.train.seed, indices)
-        return random.Random(seed).random() < self.section.on_policy
+        if random.Random(seed).random() >= self.section.on_policy:
+            return False
+        # A step whose rows have no prompt to complete (plain text rows) stays off-policy.
+        return any("prompt_messages" in self.context.train_set[i] for i in indices)
 
     def __call__(self, model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
         import torch
