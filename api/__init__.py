@@ -121,7 +121,9 @@ def evaluate(
 
     source = None if data is None else as_data_file(data, "data")
     with _in_memory_names():
-        result = evaluate_target(str(target), source, override_strings(overrides), checkpoint)
+        result = evaluate_target(
+            str(target), source, override_strings(overrides), checkpoint, speed=False
+        )
     return Evaluation(
         data=result.data,
         examples=result.examples,

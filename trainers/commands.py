@@ -334,6 +334,10 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The footprint's speeds: a table times the forward pass only when it shows one.
+SPEEDS = ("tokens_per_second", "utterances_per_second")
+
+
 def _eval_table(args: argparse.Namespace, data: list[str | None]) -> int:
     """Every target scored on every data file: `--metric` in a table (a row per target, a
     column per file), or a JSON line per pair with --json."""
@@ -348,7 +352,9 @@ def _eval_table(args: argparse.Namespace, data: list[str | None]) -> int:
     for target in args.targets:
         cells = []
         for source in data:
-            result = evaluate_target(target, source, args.overrides, args.checkpoint)
+            result = evaluate_target(
+                target, source, args.overrides, args.checkpoint, speed=args.metric in SPEEDS
+            )
             if args.json:
                 print(json.dumps({"target": target, "data": result.data, **result.metrics}))
             values = {**result.metrics, **result.footprint}

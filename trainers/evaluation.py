@@ -52,8 +52,10 @@ def evaluate_target(
     data: str | None,
     overrides: list[str] | None = None,
     checkpoint: str = "best",
+    speed: bool = True,
 ) -> Evaluated:
-    """Score a run's checkpoint (`checkpoint`: best, last, step-N) or a model on `data`."""
+    """Score a run's checkpoint (`checkpoint`: best, last, step-N) or a model on `data`;
+    `speed`: also time the forward pass (about a second) for the footprint."""
     run_dir = Path(target)
     base, chosen = None, None
     if (run_dir / "config.yaml").is_file():
@@ -81,7 +83,7 @@ def evaluate_target(
     with record_predictions() as predictions:
         metrics = objective.evaluate(modality, model, processor, examples, config, reference)
     footprint = weights(model)
-    if objective.reads in ("examples", "prompts"):  # the modality's own rows: its collator
+    if speed and objective.reads in ("examples", "prompts"):  # the modality's own rows
         collate = modality.collator(processor, config, training=False)
         footprint = measure(model, config.model.modality, collate, examples)
     record = prune_record(base.name_or_path if base is not None else target)

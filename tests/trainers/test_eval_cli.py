@@ -35,6 +35,26 @@ def test_eval_of_a_model_folder_needs_data_and_reports_the_base_model(tiny_model
     assert json.loads(base.stdout)["perplexity"] > 100, "an untrained model is perplexed"
 
 
+def test_eval_reports_the_models_footprint(tiny_model, text_data):
+    """Parameters and MB as transformers counts them, a measured speed; and in a table of
+    several targets, `--metric parameters` gives each its count."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("text")
+    parameters = AutoModelForCausalLM.from_pretrained(model).num_parameters()
+    shown = run_cli("eval", str(model), "--data", str(text_data["eval"]), "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    footprint = json.loads(shown.stdout)["footprint"]
+    assert footprint["parameters"] == parameters
+    assert footprint["weights_mb"] == pytest.approx(parameters * 4 / 1e6, abs=1e-3)
+    assert footprint["tokens_per_second"] > 0
+    data = ["--data", str(text_data["eval"])]
+    table = run_cli("eval", str(model), str(model), *data, "--metric", "parameters")
+    assert table.returncode == 0, table.stderr[-2000:]
+    rows = table.stdout.splitlines()[1:]
+    assert len(rows) == 2 and all(f"{parameters:.4f}" in row for row in rows), table.stdout
+
+
 def test_eval_prints_wer_and_cer_for_speech(tiny_model, tmp_path):
     from tests.speech_data import write_tone_corpus
 
