@@ -116,6 +116,8 @@ def trl_side(model: Path, data: Path, cache: Path, out: Path) -> dict[str, float
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        bf16=False,  # TRL's default even on the CPU; omnitune's side runs float32
+        gradient_checkpointing=False,
         dataloader_num_workers=0,
     )
     trainer = SFTTrainer(

@@ -180,9 +180,11 @@ def run_trl(model: str, data: Path, steps: int, out: str, objective: str) -> dic
         use_cpu=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        # TRL 1.16 turns activation checkpointing on by default; omnitune does not, and the
-        # tiny model needs no memory saved: off, so both sides do the same work.
+        # TRL 1.16 turns bf16 autocast and activation checkpointing on by default, even on the
+        # CPU; omnitune trains in float32 without recomputation: off, so both sides do the same
+        # arithmetic and work.
         gradient_checkpointing=False,
+        bf16=False,
     )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model),

@@ -86,6 +86,11 @@ def padded_epoch_arguments(out: str) -> dict:
         "use_cpu": True,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        # TRL 1.16's configs turn on bf16 autocast and activation checkpointing by default,
+        # even on the CPU; omnitune's side trains in float32 without recomputation: both off,
+        # so both sides do the same arithmetic (plain TrainingArguments has them off already).
+        "bf16": False,
+        "gradient_checkpointing": False,
     }
 
 

@@ -112,9 +112,11 @@ def run_trl(model: str, data: Path, objective: str, steps: int, out: str) -> dic
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "max_length": 512,
-        # TRL 1.16 turns activation checkpointing on by default; omnitune does not, and the
-        # tiny model needs no memory saved: off, so both sides do the same work.
+        # TRL 1.16 turns bf16 autocast and activation checkpointing on by default, even on the
+        # CPU; omnitune trains in float32 without recomputation: off, so both sides do the same
+        # arithmetic and work.
         "gradient_checkpointing": False,
+        "bf16": False,
     }
     peft_config = LoraConfig(
         r=RANK, lora_alpha=2 * RANK, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"

@@ -136,6 +136,7 @@ def run_reference(model_dir: str, data: Path, steps: int, out: str) -> dict[str,
         seed=SEED,
         use_cpu=True,
         gradient_checkpointing=False,
+        bf16=False,  # TRL's default even on the CPU; omnitune's side trains in float32
         assistant_only_loss=True,
         max_length=None,  # never cut image tokens (omnitune drops over-long samples instead)
         dataloader_num_workers=0,

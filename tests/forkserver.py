@@ -12,7 +12,8 @@ child, after the test's environment is in place, so settings read at import time
 interpreter.
 
 Torch is safe to fork here because the server never runs an operator: no thread pool has
-started. What a forked child cannot show is anything torch itself prints while it is imported;
+started. The server runs with OMP_WAIT_POLICY=PASSIVE (SERVER_ENV says why). What a forked
+child cannot show is anything torch itself prints while it is imported;
 tests that need a wholly fresh interpreter pass `fresh=True` to `run_cli`, and
 `OMNITUNE_TEST_FRESH_PROCESSES=1` makes every call one (as before this server existed).
 
@@ -43,6 +44,12 @@ import time
 from pathlib import Path
 
 SERVER_CODE = "import sys, tests.forkserver as f; f.serve(sys.argv[1])"
+#: OpenMP threads that sleep at a barrier instead of spinning. A child forked from a process
+#: that loaded libgomp spins its full count at every barrier even when the cores are shared
+#: (libgomp's oversubscription check counts the threads it made before the fork): a 150-step
+#: training run on 2 threads took 60 s beside one busy core, against 16 s in a new interpreter
+#: and 7 s with passive waiting (measured 2026-12-07, 2 cores). Results are the same either way.
+SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def serve(path: str) -> None:
@@ -209,6 +216,7 @@ class ForkServer:
         self._process = subprocess.Popen(
             [sys.executable, "-c", SERVER_CODE, self.path],
             cwd=repo,
+            env={**os.environ, **SERVER_ENV},
             stdout=subprocess.PIPE,
             text=True,
         )

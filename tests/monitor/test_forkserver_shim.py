@@ -38,23 +38,11 @@ def test_the_shim_gives_the_commands_output_and_exit_status(tmp_path: Path) -> N
 
 
 def test_sigterm_to_the_shim_stops_the_command(tmp_path: Path, monitor_config) -> None:
-    shim = _shim(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     config = monitor_config()
-    daemon = subprocess.Popen(
-        [shim, "monitor", "serve", "--config", str(config), "--port", str(port)],
-        cwd=tmp_path,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = _serve(tmp_path, "monitor", "serve", "--config", str(config), "--port", str(port))
     try:
-        deadline = time.monotonic() + 60
-        while not _accepts(port):
-            assert daemon.poll() is None and time.monotonic() < deadline, "did not start"
-            time.sleep(0.2)
+        _wait_until_served(daemon, port, 60)
         daemon.send_signal(signal.SIGTERM)
         # uvicorn shuts down, then re-raises the signal: the console script dies of it, as here
         assert daemon.wait(timeout=30) == -signal.SIGTERM
@@ -62,6 +50,30 @@ def test_sigterm_to_the_shim_stops_the_command(tmp_path: Path, monitor_config) -
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(tmp_path: Path, *argv: str) -> subprocess.Popen:
+    """`omnitune ARGV` through the shim, in the background."""
+    return subprocess.Popen(
+        [_shim(tmp_path), *argv],
+        cwd=tmp_path,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_until_served(process: subprocess.Popen, port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not _accepts(port):
+        assert process.poll() is None and time.monotonic() < deadline, "did not start"
+        time.sleep(0.2)
 
 
 def _accepts(port: int) -> bool:
@@ -73,22 +85,10 @@ def _accepts(port: int) -> bool:
 def test_a_command_that_execs_another_program_is_waited_for(tmp_path: Path) -> None:
     """`omnitune dashboard` becomes Streamlit (exec): the shim runs as long as Streamlit does,
     and a SIGTERM to it stops Streamlit (no server left behind when a docs session ends)."""
-    shim = _shim(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dashboard = subprocess.Popen(
-        [shim, "dashboard", "--port", str(port), "--runs", str(tmp_path)],
-        cwd=tmp_path,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = _free_port()
+    dashboard = _serve(tmp_path, "dashboard", "--port", str(port), "--runs", str(tmp_path))
     try:
-        deadline = time.monotonic() + 90
-        while not _accepts(port):
-            assert dashboard.poll() is None and time.monotonic() < deadline, "did not start"
-            time.sleep(0.2)
+        _wait_until_served(dashboard, port, 90)
         time.sleep(1)
         assert dashboard.poll() is None, "the shim ended while Streamlit runs"
         dashboard.send_signal(signal.SIGTERM)
