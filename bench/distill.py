@@ -89,7 +89,7 @@ def _figures(student, teacher: str, data: Path, seconds: float) -> dict:
     }
 
 
-def run_omnitune(teacher: str, student: str, data: Path, out: str) -> dict:
+def run_omnitune(teacher: str, student: str, data: Path, out: str, seed: int = SEED) -> dict:
     from transformers import AutoModelForCausalLM
 
     from omnitune.trainers.config import RunConfig
@@ -111,7 +111,7 @@ def run_omnitune(teacher: str, student: str, data: Path, out: str) -> dict:
                 "epochs": EPOCHS,
                 "batch_size": PADDED_BATCH,
                 "lr": LR,
-                "seed": SEED,
+                "seed": seed,
                 "num_threads": 1,
                 "logging_steps": 10,
                 "resume": "never",
@@ -127,7 +127,7 @@ def run_omnitune(teacher: str, student: str, data: Path, out: str) -> dict:
     return {**figures, "steps": result.steps, "cache_seconds": cache_seconds}
 
 
-def run_trl(teacher: str, student: str, data: Path, out: str) -> dict:
+def run_trl(teacher: str, student: str, data: Path, out: str, seed: int = SEED) -> dict:
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -137,11 +137,11 @@ def run_trl(teacher: str, student: str, data: Path, out: str) -> dict:
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     torch.set_num_threads(1)
-    set_seed(SEED)
+    set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(student)
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
-    arguments = {**padded_epoch_arguments(out), "num_train_epochs": EPOCHS}
+    arguments = {**padded_epoch_arguments(out), "num_train_epochs": EPOCHS, "seed": seed}
     args = GKDConfig(**arguments, max_length=ROW, lmbda=0.0, beta=BETA, temperature=1.0)
     clock = loop_clock()
     trainer = GKDTrainer(
@@ -163,9 +163,10 @@ def main() -> None:
     parser.add_argument("--student", required=True)
     parser.add_argument("--data", required=True, help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--out", default="bench/.cache/distill-run")
+    parser.add_argument("--seed", type=int, default=SEED, help="the student's training seed")
     args = parser.parse_args()
     run = run_omnitune if args.side == "omnitune" else run_trl
-    figures = run(args.teacher, args.student, Path(args.data), args.out)
+    figures = run(args.teacher, args.student, Path(args.data), args.out, args.seed)
     print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
 
 
