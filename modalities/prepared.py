@@ -111,7 +111,9 @@ def processor_fingerprint(processor: Any) -> str:
         parts["vocab"] = sorted(tokenizer.get_vocab().items())
     parts["chat_template"] = getattr(tokenizer, "chat_template", None)
     parts["special"] = str(getattr(tokenizer, "special_tokens_map", {}))
-    if processor is not tokenizer and hasattr(processor, "to_dict"):
+    # A feature extractor passed alone is its own "tokenizer" here: its settings (window, mel
+    # bins) decide the stored features, so they are part of the key too.
+    if hasattr(processor, "to_dict") and (processor is not tokenizer or backend is None):
         parts["processor"] = processor.to_dict()
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -113,6 +113,23 @@ def test_speech_clips_are_checked_once_cached_and_rechecked_when_a_clip_changes(
     assert f"{speech_manifest}:17: audio file" in failed.stderr and "gone.wav" in failed.stderr
 
 
+def test_speech_prepared_for_another_feature_window_is_a_separate_cache_entry(tiny_model, tmp_path):
+    """Two Whispers with different windows (2 s and OpenAI's 30 s) read one manifest: each gets
+    its own prepared data and features. (They once shared one entry, keyed without the
+    feature extractor's settings, and the 30-second model was fed 2-second features.)"""
+    manifest = write_tone_corpus(tmp_path / "clips", 4, seed=0)
+    cache = tmp_path / "cache"
+    (tmp_path / "short").mkdir()
+    (tmp_path / "wide").mkdir()
+    short = write_config(tmp_path / "short", tiny_model("whisper"), "speech", manifest)
+    wide_model = tmp_path / "whisper-30s"
+    assert run_cli("models", "build-tiny", "whisper-30s", "--out", str(wide_model)).returncode == 0
+    wide = write_config(tmp_path / "wide", wide_model, "speech", manifest)
+    _, how_short, path_short = data_command(short, cache, "prepare")
+    _, how_wide, path_wide = data_command(wide, cache, "prepare")
+    assert how_short == how_wide == "prepared" and path_short != path_wide
+
+
 def test_speech_prepared_with_two_processes_equals_the_row_by_row_reader(
     tiny_model, speech_manifest, monkeypatch, tmp_path
 ):
