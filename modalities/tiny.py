@@ -22,6 +22,7 @@ TINY_BUILDERS: dict[str, str] = {
     "qwen3-moe": "omnitune.modalities.text.tiny:build_tiny_qwen3_moe",
     "olmoe": "omnitune.modalities.text.tiny:build_tiny_olmoe",
     "whisper": "omnitune.modalities.speech.tiny:build_tiny_whisper",
+    "whisper-30s": "omnitune.modalities.speech.tiny:build_tiny_whisper_30s",
     "llava": "omnitune.modalities.vision_language.tiny:build_tiny_llava",
     "idefics3": "omnitune.modalities.vision_language.tiny:build_tiny_idefics3",
     "qwen2-vl": "omnitune.modalities.vision_language.tiny:build_tiny_qwen2_vl",

@@ -128,15 +128,27 @@ def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
     assert Path(first["image"]).is_file() and first["annotator"] == "demo-annotator"
     assert first["image"] == by_request[first["request_id"]]["image"]
     assert by_request[first["request_id"]]["target_source"] == "model"
+    # The chat model exported to GGUF and the Whisper to ONNX, each checked in its runtime.
+    exports = output[output.rindex("exports (RUN/exports/*/parity.json):") :].splitlines()
+    assert [line.split()[:2] for line in exports[3:6]] == [
+        ["text", "gguf-f16"],
+        ["text", "gguf-q4_k_m"],
+        ["speech-shift", "onnx-float32"],
+    ], exports
+    assert exports[3].endswith("passed") and exports[5].endswith("passed"), exports
+    assert exports[4].endswith("reported"), exports
+    for folder in ("text/exports/gguf-f16", "speech-shift/exports/onnx-float32"):
+        report = json.loads((demo_tree / "runs/demo" / folder / "parity.json").read_text())
+        assert report["passed"] and report["judged"], report
 
 
 def test_the_demo_shows_its_progress_and_no_stray_output(demo_tree):
     output = (demo_tree / "demo-first-run.log").read_text()
-    started = re.findall(r"^\[(\d+)/21\] [\w-]+ \.\.\.$", output, flags=re.MULTILINE)
-    assert [int(k) for k in started] == list(range(1, 22)), started
-    assert re.search(r"^\[13/21\] speech-base: done in \d+ s$", output, flags=re.MULTILINE)
+    started = re.findall(r"^\[(\d+)/22\] [\w-]+ \.\.\.$", output, flags=re.MULTILINE)
+    assert [int(k) for k in started] == list(range(1, 23)), started
+    assert re.search(r"^\[13/22\] speech-base: done in \d+ s$", output, flags=re.MULTILINE)
     # Training progress streams while a long step runs (the CLI's own step lines).
-    base = output[output.index("[13/21] speech-base ...") : output.index("[13/21] speech-base:")]
+    base = output[output.index("[13/22] speech-base ...") : output.index("[13/22] speech-base:")]
     assert len(re.findall(r"INFO omnitune\.train: step \d+/1000 loss", base)) >= 10, base[:3000]
     assert "Loading weights" not in output
     assert "Warning" not in output, [line for line in output.splitlines() if "Warning" in line]

@@ -96,9 +96,14 @@ def _add_run_commands(commands: Any) -> None:
         evaluate, "omnitune eval runs/text-lora --data data/text/test.jsonl eval.batch_size=32"
     )
     evaluate.set_defaults(handler=_eval)
+    _add_export_command(commands)
 
+
+def _add_export_command(commands: Any) -> None:
     export = commands.add_parser(
-        "export", help="write a run's adapter (PEFT format) or a merged full model"
+        "export",
+        help="write a run's adapter (PEFT format), a merged full model, or a deployment "
+        "format (GGUF, CTranslate2, ONNX) checked in its runtime",
     )
     export.add_argument("run", help="run folder (the config's output_dir)")
     export.add_argument(
@@ -109,8 +114,35 @@ def _add_run_commands(commands: Any) -> None:
         help="destination folder (default: RUN/merged, RUN/exported-adapter or "
         "RUN/exported-model; never the run's own adapter/ or model/)",
     )
+    export.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="gguf (llama.cpp, Ollama), ctranslate2 (faster-whisper, CTranslate2) or onnx "
+        "(ONNX Runtime): the adapter is merged, the model converted, and the parity report "
+        "(parity.json) compares it in its runtime with the PyTorch model; default out: "
+        "RUN/exports/FORMAT-QUANTIZE",
+    )
+    export.add_argument(
+        "--quantize",
+        metavar="TYPE",
+        help="with --format: gguf f16 (default), q8_0, q4_k_m, q5_k_m, q6_k; ctranslate2 "
+        "float32 (default), int8, int8_float32; onnx float32 (default), int8",
+    )
+    export.add_argument(
+        "--data", help="with --format: the parity report's data (default: the run's data.eval)"
+    )
+    export.add_argument(
+        "--samples",
+        type=int,
+        default=32,
+        help="with --format: eval examples the parity report runs (default: 32)",
+    )
     _accept_checkpoint(export)
-    with_example(export, "omnitune export runs/text-lora --merge --out models/text-merged")
+    with_example(
+        export,
+        "omnitune export runs/text-lora --merge --out models/text-merged\n"
+        "  omnitune export runs/text-lora --format gguf --quantize q8_0",
+    )
     export.set_defaults(handler=_export)
 
 
@@ -452,6 +484,12 @@ def _data_sample(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format:
+        return _deploy(args)
+    if args.quantize:
+        from omnitune.core.errors import ConfigError
+
+        raise ConfigError("--quantize: only with --format (gguf, ctranslate2 or onnx)")
     from omnitune.trainers.export import export_run
 
     exported = export_run(args.run, merge=args.merge, out=args.out, which=args.checkpoint)
@@ -459,6 +497,27 @@ def _export(args: argparse.Namespace) -> int:
     print(f"omnitune export: from the {exported.checkpoint.describe()}", file=sys.stderr)
     print(exported.folder)
     return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """`export --format`: the table and the verdict on stdout; exit 1 when the unquantised
+    export's parity fails (the files stay, for a look at what differs)."""
+    from omnitune.trainers.deploy.export import deploy_run
+
+    deployed = deploy_run(
+        args.run, args.format, args.quantize, args.out, args.checkpoint, args.data, args.samples
+    )
+    report = deployed.report
+    print(f"omnitune export: from the {deployed.checkpoint}", file=sys.stderr)
+    print(
+        f"{report.format} {report.quantize}: {deployed.model} "
+        f"({report.exported['size_mb']:.2f} MB; PyTorch weights {report.pytorch['size_mb']:.2f} MB)"
+    )
+    print(f"parity on {report.examples} eval examples, {report.runtime} vs PyTorch:")
+    print(report.table())
+    print(f"report: {deployed.folder / 'parity.json'}")
+    print(f"serve: {deployed.launch}")
+    return 0 if report.passed else 1
 
 
 def _floats(text: str) -> list[float]:

@@ -51,7 +51,7 @@ from typing import Any
 
 from scripts.demo.inprocess import run_command
 from scripts.demo.steps import Steps
-from scripts.demo.summary import summary_table
+from scripts.demo.summary import parity_table, summary_table
 from scripts.demo.traffic import (
     chat_prompts,
     numerals,
@@ -73,7 +73,7 @@ CAPTURE = MONITOR / "capture"
 SPEECH_CORPUS = Path("modalities/speech/corpus")
 MONITOR_CONFIG = "configs/monitor-demo.yaml"
 #: Every step a whole demo runs, in order (the "[k/21]" counter).
-STEPS = Steps(REPO, REPO / "runs/demo/.steps", total=21)
+STEPS = Steps(REPO, REPO / "runs/demo/.steps", total=22)
 #: Progress bars (datasets', tqdm's) that a non-terminal run prints line by line, and blanks.
 PROGRESS = re.compile(r"^\s*$|(examples|it)/s\]$|\| \d+/\d+ \[|^Generating \w+ split")
 say = STEPS.say
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     captured = [CAPTURE / m / "data.jsonl" for m in ("digits-chat", "digits-vision", "speech-asr")]
     drift = STEPS.run("monitor", monitor_inputs, [*captured, MONITOR / "events.sqlite"], monitor)
     retune_steps()
+    deploy_steps()
     say_table(drift)
     say(
         f"\ndemo finished in {time.perf_counter() - start:.0f} s ({len(STEPS.ran)} steps run, "
@@ -638,11 +639,39 @@ def _media_truth(
     return {_digest(base / row[media]): row[answer] for row in _rows(REPO / manifest)}
 
 
+# Deployment ------------------------------------------------------------------------------------
+
+
+def deploy_steps() -> None:
+    """The chat model to GGUF (llama.cpp, Ollama) as f16 and 4-bit, the re-tuned Whisper to
+    ONNX, each checked in its runtime. (Its CTranslate2 export for faster-whisper is refused:
+    faster-whisper takes only 30-second windows and the demo's Whisper reads 2 seconds.)"""
+
+    def export() -> None:
+        omnitune("export", "runs/demo/text", "--format", "gguf")
+        omnitune("export", "runs/demo/text", "--format", "gguf", "--quantize", "q4_k_m")
+        omnitune("export", "runs/demo/speech-shift", "--format", "onnx")
+
+    STEPS.run(
+        "deploy",
+        ["runs/demo/text/model", "runs/demo/speech-shift/adapter"],
+        [
+            "runs/demo/text/exports/gguf-f16/parity.json",
+            "runs/demo/text/exports/gguf-q4_k_m/parity.json",
+            "runs/demo/speech-shift/exports/onnx-float32/parity.json",
+        ],
+        export,
+    )
+
+
 # The end -----------------------------------------------------------------------------------
 
 
 def say_table(drift: dict[str, Any]) -> None:
     say("\n" + summary_table(REPO, STEPS, drift))
+    exports = parity_table(REPO)
+    if exports:
+        say("\n" + exports)
 
 
 def serve() -> None:

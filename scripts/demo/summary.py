@@ -102,6 +102,52 @@ def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[s
     )
 
 
+#: The demo's deployment exports: (run, export folder under RUN/exports, the metric compared).
+EXPORTS = (
+    ("text", "gguf-f16", "perplexity"),
+    ("text", "gguf-q4_k_m", "perplexity"),
+    ("speech-shift", "onnx-float32", "wer"),
+)
+
+
+def parity_table(repo: Path) -> str:
+    """The exports' parity reports (RUN/exports/FORMAT-QUANTIZE/parity.json) as a table: the
+    metric in PyTorch -> in the runtime, the agreement, sizes and the verdict."""
+    head = ("export", "runtime", "metric", "pytorch -> export", "agreement", "size", "parity")
+    body = []
+    for step, folder, metric in EXPORTS:
+        path = repo / "runs/demo" / step / "exports" / folder / "parity.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        figures = report["agreement"]
+        agreement = figures.get("token_agreement", figures.get("transcripts_identical"))
+        size = f"{report['pytorch']['size_mb']:.2f} -> {report['exported']['size_mb']:.2f} MB"
+        verdict = (
+            "passed"
+            if report["passed"] and report["judged"]
+            else ("reported" if report["passed"] else "FAILED")
+        )
+        body.append(
+            (
+                f"{step} {folder}",
+                report["runtime"].split(" (")[0],
+                metric,
+                f"{_number(report['pytorch'][metric])} -> {_number(report['exported'][metric])}",
+                f"{agreement:.3f}",
+                size,
+                verdict,
+            )
+        )
+    if not body:
+        return ""
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
+    rule = "  ".join("-" * w for w in widths)
+    header = "  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()
+    return "\n".join(["exports (RUN/exports/*/parity.json):", header, rule, *lines])
+
+
 def _gated(path: Path, metric: str) -> tuple[float | None, float | None, str]:
     """A challenger's row: champion -> challenger on the held-out captures, and the gate's
     decision with the original slice's change (`promote, original -0.004`)."""
