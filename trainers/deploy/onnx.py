@@ -17,7 +17,7 @@ from typing import Any
 from omnitune.trainers.deploy.base import DeployFormat
 
 QUANTIZATIONS = ("float32", "int8")
-TEXT_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2")
+TEXT_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 OPSET = 17
 LOGIT_TOLERANCE = 1e-3
 

@@ -361,10 +361,10 @@ def _decoder_tokens(
     for, and the transcript the runtimes' is compared with.
 
     One window, decoded by transformers' plain `GenerationMixin.generate` from the prefix, as
-    the runtimes decode it. Whisper's own `generate` (transformers 5.23) decodes a second
-    window after the first for a Whisper whose window is shorter than 30 s (the tiny ones) and
-    appends what it hallucinates from the padding: `omnitune eval` still scores that (noted in
-    docs/deploy.md), the parity report does not.
+    the runtimes decode it. Whisper's own `generate` takes every id above <|notimestamps|> for a
+    timestamp; for a Whisper whose text tokens come after it (the tiny ones: special tokens
+    first) it splits the transcript there, seeks and decodes a second window, appending what it
+    hallucinates from the padding. `omnitune eval` still scores that; the report does not.
     """
     import torch
     from transformers.generation.utils import GenerationMixin
