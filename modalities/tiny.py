@@ -18,6 +18,7 @@ from omnitune.core.errors import ConfigError
 #: family name -> "module:function" of its builder (imported only when that family is built).
 TINY_BUILDERS: dict[str, str] = {
     "text": "omnitune.modalities.text.tiny:build_tiny_llama",
+    "qwen2": "omnitune.modalities.text.tiny:build_tiny_qwen2",
     "mixtral": "omnitune.modalities.text.tiny:build_tiny_mixtral",
     "qwen3-moe": "omnitune.modalities.text.tiny:build_tiny_qwen3_moe",
     "olmoe": "omnitune.modalities.text.tiny:build_tiny_olmoe",

@@ -60,6 +60,31 @@ def chat_tokenizer() -> Any:
     )
 
 
+def build_tiny_qwen2(hidden_size: int = 64) -> tuple[Any, Any]:
+    """The tiny chat model in Qwen2's layout (rotate-half rotary, biases on q/k/v): for the
+    converters that treat the families differently (GGUF's `qwen2` architecture)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = chat_tokenizer()
+    llama = tiny_llama_config(len(tokenizer), hidden_size, tokenizer).to_dict()
+    shared = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    )
+    model = Qwen2ForCausalLM(Qwen2Config(**{key: llama[key] for key in shared}))
+    model.generation_config = generation_config_for(tokenizer)
+    return model, tokenizer
+
+
 def build_tiny_llama(hidden_size: int = 64) -> tuple[Any, Any]:
     from transformers import LlamaForCausalLM
 

@@ -14,7 +14,9 @@ from tests.conftest import run_cli, run_python
 # family -> (processor class, model Auto class, input kind)
 FAMILIES = {
     "text": ("AutoTokenizer", "AutoModelForCausalLM", "text"),
+    "qwen2": ("AutoTokenizer", "AutoModelForCausalLM", "text"),
     "whisper": ("AutoProcessor", "AutoModelForSpeechSeq2Seq", "audio"),
+    "whisper-30s": ("AutoProcessor", "AutoModelForSpeechSeq2Seq", "audio"),
     "llava": ("AutoProcessor", "AutoModelForImageTextToText", "image"),
     "idefics3": ("AutoProcessor", "AutoModelForImageTextToText", "image"),
     "qwen2-vl": ("AutoProcessor", "AutoModelForImageTextToText", "image"),

@@ -93,35 +93,12 @@ def test_gguf_exports_answer_as_transformers_does_in_llama_cpp(lora_chat_run, te
     assert answer.strip() == expected.strip()
 
 
-def test_a_qwen2_model_exports_to_gguf_without_the_llama_rotary_permutation(tmp_path, text_data):
+def test_a_qwen2_model_exports_to_gguf_without_the_llama_rotary_permutation(
+    tmp_path, tiny_model, text_data
+):
     """Qwen2's layout (rotate-half rotary, biases on q/k/v) goes through the same converter
     with the `qwen2` architecture: llama.cpp must answer as transformers does."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from omnitune.modalities.text.tiny import chat_tokenizer, generation_config_for
-
-    tokenizer = chat_tokenizer()
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    model.generation_config = generation_config_for(tokenizer)
-    model.save_pretrained(tmp_path / "tiny-qwen2")
-    tokenizer.save_pretrained(tmp_path / "tiny-qwen2")
-    run = _text_run(tmp_path, "qwen2", tmp_path / "tiny-qwen2", text_data, peft="full", steps=10)
+    run = _text_run(tmp_path, "qwen2", tiny_model("qwen2"), text_data, peft="full", steps=10)
     report, _ = _export(run, "--format", "gguf", "--samples", "12")
     assert report["passed"] and report["agreement"]["token_agreement"] >= 0.99, report
     assert report["agreement"]["tokenizer_agreement"] == 1.0
