@@ -129,16 +129,16 @@ def test_the_demo_trains_monitors_and_retunes_every_modality(demo_tree):
     assert first["image"] == by_request[first["request_id"]]["image"]
     assert by_request[first["request_id"]]["target_source"] == "model"
     # The chat model exported to GGUF and the Whisper to ONNX, each checked in its runtime.
-    exports = output[output.rindex("exports (RUN/exports/*/parity.json):") :].splitlines()
-    assert [line.split()[:2] for line in exports[3:6]] == [
-        ["text", "gguf-f16"],
-        ["text", "gguf-q4_k_m"],
-        ["speech-shift", "onnx-float32"],
+    exports = output[output.rindex("exports (runs/demo/exports/*/parity.json):") :].splitlines()
+    assert [line.split()[0] for line in exports[3:6]] == [
+        "text-gguf-f16",
+        "text-gguf-q4_k_m",
+        "speech-shift-onnx-float32",
     ], exports
     assert exports[3].endswith("passed") and exports[5].endswith("passed"), exports
     assert exports[4].endswith("reported"), exports
-    for folder in ("text/exports/gguf-f16", "speech-shift/exports/onnx-float32"):
-        report = json.loads((demo_tree / "runs/demo" / folder / "parity.json").read_text())
+    for folder in ("text-gguf-f16", "speech-shift-onnx-float32"):
+        report = json.loads((demo_tree / "runs/demo/exports" / folder / "parity.json").read_text())
         assert report["passed"] and report["judged"], report
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from scripts.demo.inprocess import run_command
 from scripts.demo.steps import Steps
-from scripts.demo.summary import parity_table, summary_table
+from scripts.demo.summary import EXPORTS, EXPORTS_DIR, parity_table, summary_table
 from scripts.demo.traffic import (
     chat_prompts,
     numerals,
@@ -647,19 +647,15 @@ def deploy_steps() -> None:
     ONNX, each checked in its runtime. (Its CTranslate2 export for faster-whisper is refused:
     faster-whisper takes only 30-second windows and the demo's Whisper reads 2 seconds.)"""
 
+    # Into runs/demo/exports/, not RUN/exports/: the run folders are other steps' inputs.
     def export() -> None:
-        omnitune("export", "runs/demo/text", "--format", "gguf")
-        omnitune("export", "runs/demo/text", "--format", "gguf", "--quantize", "q4_k_m")
-        omnitune("export", "runs/demo/speech-shift", "--format", "onnx")
+        for run, folder, args in EXPORTS:
+            omnitune("export", f"runs/demo/{run}", *args, "--out", f"{EXPORTS_DIR}/{folder}")
 
     STEPS.run(
         "deploy",
         ["runs/demo/text/model", "runs/demo/speech-shift/adapter"],
-        [
-            "runs/demo/text/exports/gguf-f16/parity.json",
-            "runs/demo/text/exports/gguf-q4_k_m/parity.json",
-            "runs/demo/speech-shift/exports/onnx-float32/parity.json",
-        ],
+        [f"{EXPORTS_DIR}/{folder}/parity.json" for _, folder, _ in EXPORTS],
         export,
     )
 

@@ -102,24 +102,26 @@ def _cells(repo: Path, steps: Steps, row: Row, drift: dict[str, Any]) -> tuple[s
     )
 
 
-#: The demo's deployment exports: (run, export folder under RUN/exports, the metric compared).
+#: The demo's deployment exports: (run, folder under EXPORTS_DIR, `omnitune export` options).
 EXPORTS = (
-    ("text", "gguf-f16", "perplexity"),
-    ("text", "gguf-q4_k_m", "perplexity"),
-    ("speech-shift", "onnx-float32", "wer"),
+    ("text", "text-gguf-f16", ("--format", "gguf")),
+    ("text", "text-gguf-q4_k_m", ("--format", "gguf", "--quantize", "q4_k_m")),
+    ("speech-shift", "speech-shift-onnx-float32", ("--format", "onnx")),
 )
+EXPORTS_DIR = "runs/demo/exports"
 
 
 def parity_table(repo: Path) -> str:
-    """The exports' parity reports (RUN/exports/FORMAT-QUANTIZE/parity.json) as a table: the
-    metric in PyTorch -> in the runtime, the agreement, sizes and the verdict."""
+    """The exports' parity reports (EXPORTS_DIR/*/parity.json) as a table: the metric in
+    PyTorch -> in the runtime, the agreement, sizes and the verdict."""
     head = ("export", "runtime", "metric", "pytorch -> export", "agreement", "size", "parity")
     body = []
-    for step, folder, metric in EXPORTS:
-        path = repo / "runs/demo" / step / "exports" / folder / "parity.json"
+    for _, folder, _ in EXPORTS:
+        path = repo / EXPORTS_DIR / folder / "parity.json"
         if not path.is_file():
             continue
         report = json.loads(path.read_text())
+        metric = "wer" if "wer" in report["pytorch"] else "perplexity"
         figures = report["agreement"]
         agreement = figures.get("token_agreement", figures.get("transcripts_identical"))
         size = f"{report['pytorch']['size_mb']:.2f} -> {report['exported']['size_mb']:.2f} MB"
@@ -130,7 +132,7 @@ def parity_table(repo: Path) -> str:
         )
         body.append(
             (
-                f"{step} {folder}",
+                folder,
                 report["runtime"].split(" (")[0],
                 metric,
                 f"{_number(report['pytorch'][metric])} -> {_number(report['exported'][metric])}",
@@ -145,7 +147,7 @@ def parity_table(repo: Path) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
     rule = "  ".join("-" * w for w in widths)
     header = "  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()
-    return "\n".join(["exports (RUN/exports/*/parity.json):", header, rule, *lines])
+    return "\n".join([f"exports ({EXPORTS_DIR}/*/parity.json):", header, rule, *lines])
 
 
 def _gated(path: Path, metric: str) -> tuple[float | None, float | None, str]:
