@@ -54,7 +54,8 @@ system-deps:
 # ports, so they run one after another), then BALANCE: the packaging test, the loop's Whisper
 # and LLaVA tests and the slowest trainer files, moved from the unit lane so that the two
 # lanes end together (the unit lane runs on one core: a 35-minute unit lane beside an
-# 18-minute docs lane left a core idle for 17 minutes). The unit lane's processes use
+# 18-minute docs lane left a core idle for 17 minutes; with the export tests in the unit lane
+# it ran 27:36 beside 24:14, so they moved too). The unit lane's processes use
 # one torch thread each (OMP_NUM_THREADS=1), so that the two lanes do not oversubscribe the
 # cores; runs that set train.num_threads still get what they set. The docs lane's OpenMP
 # threads sleep at barriers rather than spin (OMP_WAIT_POLICY=PASSIVE): beside the other lane,
@@ -62,7 +63,7 @@ system-deps:
 # figures). Both must pass; the docs' report is printed last.
 BALANCE := tests/test_packaging.py tests/trainers/test_loop_media.py \
   tests/trainers/test_moe.py tests/trainers/test_merge.py tests/trainers/test_distill.py \
-  tests/trainers/test_prune.py
+  tests/trainers/test_prune.py tests/trainers/test_deploy.py
 DOCS_LANE := README.md docs tests/test_demo.py $(BALANCE)
 test: $(STAMP) system-deps
 	@OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest $(DOCS_LANE) $(PYTEST_ARGS) > .pytest-docs.log 2>&1 & \
