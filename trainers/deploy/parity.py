@@ -294,12 +294,10 @@ def speech_parity(
     options = speech_options(config)
     extractor = processor.feature_extractor
     max_new_tokens = config.eval.generation.max_new_tokens
-    generate_args = set_language_and_task(processor, config)  # also sets the prefix tokens
+    set_language_and_task(processor, config)  # sets the tokenizer's prefix tokens
     start = time.perf_counter()
     ours = [
-        _torch_transcript(
-            model, processor, example_features(i, extractor), generate_args, max_new_tokens
-        )
+        _torch_transcript(model, processor, example_features(i, extractor), max_new_tokens)
         for i in items
     ]
     seconds = {"pytorch": time.perf_counter() - start}
@@ -323,7 +321,7 @@ def speech_parity(
     if hasattr(runtime, "decoder_logits"):
         for item in items:
             features = example_features(item, extractor)
-            tokens = _decoder_tokens(model, processor, features, generate_args, max_new_tokens)
+            tokens = _decoder_tokens(model, processor, features, max_new_tokens)
             logits = np.asarray(runtime.decoder_logits(features, tokens))
             diff = float(np.abs(logits - _torch_decoder_logits(model, features, tokens)).max())
             max_diff = diff if max_diff is None else max(max_diff, diff)
@@ -353,9 +351,7 @@ def _language_code(language: str | None) -> str | None:
     return TO_LANGUAGE_CODE.get(language.lower(), language.lower())
 
 
-def _decoder_tokens(
-    model: Any, processor: Any, features: Any, generate_args: dict[str, Any], max_new_tokens: int
-) -> list[int]:
+def _decoder_tokens(model: Any, processor: Any, features: Any, max_new_tokens: int) -> list[int]:
     """The decoder's prefix (start, language, task, no timestamps) and the PyTorch model's
     greedy transcript of the clip's one window: the tokens whose logits both sides are asked
     for, and the transcript the runtimes' is compared with.
@@ -382,10 +378,8 @@ def _decoder_tokens(
     return output[0].tolist()
 
 
-def _torch_transcript(
-    model: Any, processor: Any, features: Any, generate_args: dict[str, Any], max_new_tokens: int
-) -> str:
-    tokens = _decoder_tokens(model, processor, features, generate_args, max_new_tokens)
+def _torch_transcript(model: Any, processor: Any, features: Any, max_new_tokens: int) -> str:
+    tokens = _decoder_tokens(model, processor, features, max_new_tokens)
     return processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
