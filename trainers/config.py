@@ -261,7 +261,21 @@ class TrainSection(Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 where the device supports it, else none."
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Trade compute for activation memory. auto: on when a micro-batch's estimated "
+            "activations exceed both the weights' size and 1 GiB (trainers/memory_rules.py)."
+        ),
+    )
+    chunked_loss: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Score tokens through the output head in chunks of positions, never holding the "
+            "whole [tokens, vocabulary] logits (trainers/chunked_loss.py); same loss and "
+            "gradients. auto: for causal LMs with a vocabulary of 65,536 tokens or more."
+        ),
+    )
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None: at end.")
     save_steps: int | None = Field(
         None, ge=1, description="Checkpoint every N steps; None: at end."

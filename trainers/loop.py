@@ -45,6 +45,7 @@ from omnitune.trainers.footprint import (
     pruning_chain,
     weights,
 )
+from omnitune.trainers.memory_rules import choose_checkpointing
 from omnitune.trainers.moe import RouterWatch, watch_routers
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss, get_objective
 from omnitune.trainers.peft_methods import (
@@ -86,6 +87,9 @@ class RunResult:
     #: which checkpoint `output` holds (trainers/run_weights.py): the best unless none was
     #: evaluated; as a dict (rule, step, last_step, metric, value, metrics)
     checkpoint: dict[str, Any] | None = None
+    #: this process's peak memory over the run in MB: CUDA's peak allocated on a GPU, else
+    #: the peak resident set size (everything the process held, loading included)
+    peak_memory_mb: float = 0.0
 
 
 @dataclass
@@ -336,9 +340,15 @@ def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:
     model, processor = modality.load(config.model, **load_options(config.peft.method))
     if modality.adapt is not None:
         modality.adapt(model, processor, config)
-    if config.train.gradient_checkpointing:
+    tokens = config.train.batch_size * config.data.max_length
+    choice = choose_checkpointing(config.train.gradient_checkpointing, model, tokens)
+    if choice.enabled:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    if choice.enabled or config.train.gradient_checkpointing is not False:
+        log.info(
+            "gradient checkpointing: %s (%s)", "on" if choice.enabled else "off", choice.reason
+        )
     return model, processor
 
 
@@ -595,6 +605,7 @@ def finish(
         loop_seconds=loop_seconds,
         loop_cpu_seconds=loop_cpu_seconds,
         checkpoint=chosen.as_dict() if chosen is not None else None,
+        peak_memory_mb=peak_memory_mb(accelerator.device),
     )
     if main:
         summary = {
@@ -615,6 +626,18 @@ def finish(
         s.runlog.finish(summary, s.state.step)
     accelerator.wait_for_everyone()
     return result
+
+
+def peak_memory_mb(device: Any) -> float:
+    """This process's peak memory so far, in MB: CUDA's peak allocated on a GPU, the peak
+    resident set size (Linux reports ru_maxrss in KiB) elsewhere."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:

@@ -5,8 +5,9 @@
 - focal: token-level focal loss, (1 - p)^gamma * CE (Lin et al., 2017), which shifts weight
   from tokens the model already predicts well to the hard ones; gamma = 0 is plain CE.
 
-Both are computed from the logits, shifted for causal models and not for encoder-decoders,
-with -100 labels ignored, so they apply to every modality.
+Both are computed from each position's target log-probability (trainers/chunked_loss.py:
+shifted for causal models and not for encoder-decoders, -100 labels ignored, chunked over the
+vocabulary where `train.chunked_loss` asks), so they apply to every modality.
 """
 
 from __future__ import annotations
@@ -24,26 +25,20 @@ def inverse_frequency_weights(groups: list[str | None]) -> dict[str | None, floa
 
 
 def sequence_loss(
-    logits: Any,
-    labels: Any,
-    causal: bool,
+    token_logps: Any,
+    valid: Any,
     sample_weights: Any | None = None,
     focal_gamma: float = 0.0,
 ) -> Any:
-    """Weighted mean over examples of each example's mean token loss."""
+    """Weighted mean over examples of each example's mean token loss, from the log-probability
+    of each position's target (`valid` marks the positions that have one)."""
     import torch
-    import torch.nn.functional as F
 
-    if causal:
-        logits, labels = logits[:, :-1, :], labels[:, 1:]
-    mask = labels != -100
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    token_loss = -picked
+    token_loss = -token_logps
     if focal_gamma:
-        token_loss = (1 - picked.exp()).pow(focal_gamma) * token_loss
-    token_loss = token_loss * mask
-    per_example = token_loss.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    has_targets = (mask.sum(dim=1) > 0).float()
+        token_loss = (1 - token_logps.exp()).pow(focal_gamma) * token_loss
+    token_loss = token_loss * valid
+    per_example = token_loss.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    has_targets = (valid.sum(dim=1) > 0).float()
     weights = has_targets if sample_weights is None else sample_weights * has_targets
     return (per_example * weights).sum() / weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
+from omnitune.trainers.chunked_loss import chunking_wanted
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.options import NAME_HELP, SamplingOptions
 from omnitune.trainers.objectives.rollout import (
@@ -104,6 +105,7 @@ def make_loss(context: LossContext) -> StepLoss:
     import torch
 
     section = context.config.objective
+    chunked = chunking_wanted(context.model, context.config.train.chunked_loss)
 
     def step_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
         rollout, rewards, metrics = rollout_and_score(context, batch, indices)
@@ -111,9 +113,11 @@ def make_loss(context: LossContext) -> StepLoss:
         advantages, usable, zero_variance = group_advantages(
             rewards, section.num_generations, section.scale_rewards, device
         )
-        policy = score_tokens(model, rollout, section.temperature)
+        policy = score_tokens(model, rollout, section.temperature, chunked=chunked)
         with torch.no_grad():
-            reference = reference_logps(context.reference, rollout, section.temperature)
+            reference = reference_logps(
+                context.reference, rollout, section.temperature, chunked=chunked
+            )
         logps, mask = policy.logps, rollout.completion_mask
         ratio = torch.exp(logps - logps.detach())
         clipped = ratio.clamp(1 - section.clip_epsilon, 1 + section.clip_epsilon)
@@ -135,10 +139,12 @@ def make_loss(context: LossContext) -> StepLoss:
     return step_loss
 
 
-def reference_logps(reference: Any, rollout: Rollout, temperature: float, rows: Any = None) -> Any:
+def reference_logps(
+    reference: Any, rollout: Rollout, temperature: float, rows: Any = None, chunked: bool = False
+) -> Any:
     """The completions' per-token log-probabilities under the reference policy."""
     with reference.scoring() as model:
-        return score_tokens(model, rollout, temperature, rows=rows).logps
+        return score_tokens(model, rollout, temperature, rows=rows, chunked=chunked).logps
 
 
 def k3_kl(logps: Any, reference: Any) -> Any:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from omnitune.trainers.chunked_loss import chunking_wanted
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.grpo import (
     k3_kl,
@@ -65,6 +66,7 @@ def make_loss(context: LossContext) -> StepLoss:
     import torch
 
     section = context.config.objective
+    chunked = chunking_wanted(context.model, context.config.train.chunked_loss)
 
     def step_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
         head = context.heads["value"]
@@ -76,9 +78,11 @@ def make_loss(context: LossContext) -> StepLoss:
             [0.0 if r is None else r for r in rewards], device=mask.device
         )
         with torch.no_grad():
-            old = score_tokens(model, rollout, section.temperature, hidden=True)
+            old = score_tokens(model, rollout, section.temperature, hidden=True, chunked=chunked)
             old_values = head(old.hidden.float()).squeeze(-1)
-            reference = reference_logps(context.reference, rollout, section.temperature)
+            reference = reference_logps(
+                context.reference, rollout, section.temperature, chunked=chunked
+            )
         log_ratio = old.logps - reference
         token_rewards = shaped_rewards(sequence_reward, log_ratio, mask, section)
         advantages, returns = generalised_advantages(
@@ -107,6 +111,7 @@ def make_loss(context: LossContext) -> StepLoss:
                     mask[pick],
                     reference[pick],
                     section,
+                    chunked,
                 )
                 context.update(parts["loss"])
                 for name, value in parts.items():
@@ -137,11 +142,14 @@ def minibatch_loss(
     mask: Any,
     reference: Any,
     section: PpoOptions,
+    chunked: bool = False,
 ) -> dict[str, Any]:
     """The clipped policy loss, the clipped value loss and their weighted sum for `rows`."""
     import torch
 
-    current = score_tokens(model, rollout, section.temperature, rows=rows, hidden=True)
+    current = score_tokens(
+        model, rollout, section.temperature, rows=rows, hidden=True, chunked=chunked
+    )
     values = head(current.hidden.float()).squeeze(-1)
     ratio = torch.exp(current.logps - old_logps)
     clipped = ratio.clamp(1 - section.clip_epsilon, 1 + section.clip_epsilon)

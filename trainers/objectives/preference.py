@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from omnitune.core.errors import ConfigError
 from omnitune.modalities.evaluation import example_scores_wanted, log_example_scores
 from omnitune.modalities.preference import PAIR_SIDES
+from omnitune.trainers.chunked_loss import chunking_wanted
 from omnitune.trainers.objectives import LossContext, Objective, StepLoss
 from omnitune.trainers.objectives.options import ObjectiveOptions
 
@@ -69,17 +70,15 @@ def collator_of(sides: tuple[str, str]) -> Callable[..., Any]:
     return collator
 
 
-def answer_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """Summed log-probability of each row's answer tokens, and how many tokens it has."""
+def answer_logps(model: Any, batch: dict[str, Any], chunked: bool = False) -> tuple[Any, Any]:
+    """Summed log-probability of each row's answer tokens, and how many tokens it has;
+    `chunked`: scored through the head in chunks (trainers/chunked_loss.py)."""
+    from omnitune.trainers.chunked_loss import IGNORE, position_logps, shifted_targets
+
     inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}
-    logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"]
-    # Prompt tuning prepends virtual tokens: keep the logits of the real positions.
-    logits = logits[:, -labels.shape[1] :][:, :-1]
-    labels = labels[:, 1:]
-    mask = labels != -100
-    picked = token_logps(logits, labels.clamp(min=0))
-    return (picked * mask).sum(-1), mask.sum(-1)
+    targets = shifted_targets(batch["labels"])
+    logps = position_logps(model, {**inputs, "use_cache": False}, targets, chunked).logps
+    return logps.sum(-1), (targets != IGNORE).sum(-1)
 
 
 def token_logps(logits: Any, labels: Any) -> Any:
@@ -96,8 +95,10 @@ def make_loss(terms: Terms) -> Callable[[LossContext], StepLoss]:
         section = context.config.objective
         reference = context.reference
 
+        chunked = chunking_wanted(context.model, context.config.train.chunked_loss)
+
         def step_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
-            logps, counts = answer_logps(model, batch)
+            logps, counts = answer_logps(model, batch, chunked)
             reference_logps = None if reference is None else reference.logps(batch)
             loss, metrics = terms(logps, counts, reference_logps, section, batch)
             return loss, {k: v.detach() for k, v in metrics.items()}

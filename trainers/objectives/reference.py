@@ -39,13 +39,19 @@ class Reference:
     batch's precomputed `reference_logps` when it has them."""
 
     def __init__(
-        self, policy: Any, frozen: Any = None, load_frozen: Callable[[], Any] | None = None
+        self,
+        policy: Any,
+        frozen: Any = None,
+        load_frozen: Callable[[], Any] | None = None,
+        chunked: bool = False,
     ) -> None:
         """`load_frozen` builds the frozen model on first use (`omnitune eval` of a full
-        fine-tune loads the base model only when the objective scores against it)."""
+        fine-tune loads the base model only when the objective scores against it); `chunked`:
+        answers are scored through the head in chunks (trainers/chunked_loss.py)."""
         self.policy = policy
         self.frozen = frozen
         self._load_frozen = load_frozen
+        self.chunked = chunked
 
     def logps(self, batch: dict[str, Any]) -> Any:
         if "reference_logps" in batch:
@@ -55,7 +61,7 @@ class Reference:
         from omnitune.trainers.objectives.preference import answer_logps
 
         with torch.no_grad(), self.scoring() as model:
-            return answer_logps(model, batch)[0]
+            return answer_logps(model, batch, self.chunked)[0]
 
     @contextlib.contextmanager
     def scoring(self) -> Iterator[Any]:
@@ -82,18 +88,21 @@ def build_reference(
     """The run's reference; with precomputation, also writes `reference_logps` into every
     pair of `sets` (split name -> Examples). Call before a checkpoint is loaded: the model
     must still be the starting model."""
+    from omnitune.trainers.chunked_loss import chunking_wanted
+
     section = config.objective
+    chunked = chunking_wanted(model, config.train.chunked_loss)
     precompute = section.precomputes_reference() or config.peft.method in MUTATING_INIT
     if not precompute:
         if is_peft:
-            return Reference(model)
+            return Reference(model, chunked=chunked)
         log.info("reference model: a frozen copy of the starting weights")
         frozen = copy.deepcopy(model).eval()
         for parameter in frozen.parameters():
             parameter.requires_grad_(False)
-        return Reference(model, frozen)
+        return Reference(model, frozen, chunked=chunked)
     enabled = not is_peft or config.peft.method in MUTATING_INIT
-    scorer = Reference(model, frozen=model if enabled else None)
+    scorer = Reference(model, frozen=model if enabled else None, chunked=chunked)
     cache = run_dir / CACHE_NAME
     saved = _read_cache(cache)
     computed = {}

@@ -124,35 +124,44 @@ def score_tokens(
     temperature: float,
     rows: Any = None,
     hidden: bool = False,
+    chunked: bool = False,
 ) -> Scored:
-    """Per-token log-probabilities of the completions (of `rows`, an index tensor, or all)."""
+    """Per-token log-probabilities of the completions (of `rows`, an index tensor, or all);
+    `chunked`: through the head in chunks of positions (trainers/chunked_loss.py)."""
     import torch
 
-    from omnitune.trainers.objectives.preference import token_logps
+    from omnitune.trainers.chunked_loss import IGNORE, position_logps
 
-    output, ids = _forward(model, rollout, rows, hidden)
+    ids, inputs = _inputs(model, rollout, rows)
     width = rollout.width
-    logits = output.logits[:, -width - 1 : -1].float() / temperature
-    if rollout.suppressed:
-        logits = logits.index_fill(-1, logits.new_tensor(rollout.suppressed).long(), -torch.inf)
-    logps = token_logps(logits, ids[:, -width:])
-    with torch.no_grad():
-        probabilities = torch.softmax(logits, dim=-1)
-        finite = logits.masked_fill(probabilities == 0, 0.0)
-        entropy = torch.logsumexp(logits, dim=-1) - (probabilities * finite).sum(-1)
-    states = output.hidden_states[-1][:, -width - 1 : -1] if hidden else None
-    return Scored(logps=logps, entropy=entropy, hidden=states)
+    targets = torch.full_like(ids, IGNORE)
+    targets[:, -width - 1 : -1] = ids[:, -width:]
+    scores = position_logps(
+        model,
+        {**inputs, "output_hidden_states": hidden},
+        targets,
+        chunked,
+        temperature,
+        rollout.suppressed,
+        with_entropy=True,
+    )
+    states = scores.output.hidden_states[-1][:, -width - 1 : -1] if hidden else None
+    return Scored(
+        logps=scores.logps[:, -width - 1 : -1],
+        entropy=scores.entropy[:, -width - 1 : -1],
+        hidden=states,
+    )
 
 
 def completion_logits(model: Any, rollout: Rollout) -> Any:
     """The logits [completions, width, vocabulary] that predict each completion token (on-policy
     distillation compares the student's and the teacher's over the whole vocabulary)."""
-    output, _ = _forward(model, rollout, None, False)
-    return output.logits[:, -rollout.width - 1 : -1]
+    _, inputs = _inputs(model, rollout, None)
+    return model(**inputs).logits[:, -rollout.width - 1 : -1]
 
 
-def _forward(model: Any, rollout: Rollout, rows: Any, hidden: bool) -> tuple[Any, Any]:
-    """`model` over prompt + completion (of `rows`, or all), and the ids it read."""
+def _inputs(model: Any, rollout: Rollout, rows: Any) -> tuple[Any, dict[str, Any]]:
+    """The ids of prompt + completion (of `rows`, or all) and the model inputs that read them."""
     import torch
 
     pick = slice(None) if rows is None else rows
@@ -164,7 +173,7 @@ def _forward(model: Any, rollout: Rollout, rows: Any, hidden: bool) -> tuple[Any
         inputs[name] = _extend(value, rollout.prompt_ids[pick].shape, rollout.width)
     if _model_type(model) not in OWN_POSITIONS:
         inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    return model(**inputs, output_hidden_states=hidden), ids
+    return ids, inputs
 
 
 def masked_mean(values: Any, mask: Any) -> Any:

@@ -2,8 +2,9 @@
 
 With `data.packing` (text), examples are packed into rows of `data.max_length` tokens
 (`omnitune.trainers.packing`); otherwise each batch is padded to its longest example. The loss
-is the model's mean token cross-entropy, or one of the weighted losses of
-`omnitune.trainers.losses` (`objective.loss`).
+is the model's mean token cross-entropy (scored in chunks over a large vocabulary, see
+trainers/chunked_loss.py), or one of the weighted losses of `omnitune.trainers.losses`
+(`objective.loss`).
 """
 
 from __future__ import annotations
@@ -71,34 +72,53 @@ def make_collator(modality: Any, processor: Any, config: RunConfig, training: bo
 
 
 def make_loss(context: LossContext) -> StepLoss:
-    """The model's own loss, or a weighted one computed from the logits."""
+    """The model's own loss, or the same mean token cross-entropy scored in chunks over a large
+    vocabulary (`train.chunked_loss`), or a weighted loss from the targets' log-probabilities."""
+    import torch
+
+    from omnitune.trainers.chunked_loss import IGNORE, chunking_wanted, position_logps
+    from omnitune.trainers.losses import inverse_frequency_weights, sequence_loss
+
     config = context.config
-    if config.objective.loss == "cross_entropy":
+    causal = not context.model.config.is_encoder_decoder
+    chunked = chunking_wanted(context.model, config.train.chunked_loss)
+    if config.objective.loss == "cross_entropy" and not chunked:
 
         def model_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
             return model(**batch).loss, {}
 
         return model_loss
 
-    import torch
-
-    from omnitune.trainers.losses import inverse_frequency_weights, sequence_loss
-
     groups = context.train_set.groups
-    causal = not context.model.config.is_encoder_decoder
     gamma = config.objective.focal_gamma if config.objective.loss == "focal" else 0.0
     weight_of = (
         inverse_frequency_weights(groups) if config.objective.loss == "class_weighted" else None
     )
 
-    def weighted_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
+    def scored_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
+        targets, inputs = target_positions(batch, causal)
+        logps = position_logps(model, inputs, targets, chunked).logps
+        valid = targets != IGNORE
+        if config.objective.loss == "cross_entropy":  # the model's own: a mean over tokens
+            return -logps.sum() / valid.sum().clamp(min=1), {}
         weights = None
         if weight_of is not None:
             weights = torch.tensor([weight_of[groups[i]] for i in indices], device=context.device)
-        outputs = model(**batch)
-        return sequence_loss(outputs.logits, batch["labels"], causal, weights, gamma), {}
+        return sequence_loss(logps, valid, weights, gamma), {}
 
-    return weighted_loss
+    return scored_loss
+
+
+def target_positions(batch: dict[str, Any], causal: bool) -> tuple[Any, dict[str, Any]]:
+    """Each position's target and the model inputs: a causal LM's labels shifted by one and
+    left out of its inputs; an encoder-decoder's labels as they are, kept in (its decoder
+    inputs are built from them)."""
+    from omnitune.trainers.chunked_loss import shifted_targets
+
+    if not causal:
+        return batch["labels"], batch
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return shifted_targets(batch["labels"]), inputs
 
 
 def evaluate(
