@@ -35,7 +35,10 @@ def token_loss(
     total, tokens = 0.0, 0
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    # no_grad rather than inference_mode here and in every evaluation the loop runs: FSDP
+    # reuses the buffers a forward gathers parameters into, and a tensor made in inference
+    # mode can never be written outside it (the next training step would fail).
+    with torch.no_grad():
         for start in range(0, count, batch_size):
             batch = collate([examples[i] for i in range(start, min(start + batch_size, count))])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}

@@ -62,13 +62,22 @@ def save_checkpoint(
     optimizer: Any,
     scheduler: Any,
     accelerator: Any,
+    model: Any = None,
 ) -> Path:
-    """Write the checkpoint for `state.step`; collective: every rank must call it."""
+    """Write the checkpoint for `state.step`; collective: every rank must call it. A sharded
+    `model` (trainers/sharding.py) has its tensors and optimizer state gathered whole first,
+    so that the checkpoint reads like any other."""
     import torch
     from safetensors.torch import save_file
 
+    from omnitune.trainers import sharding
+
     final = checkpoint_dir(run_dir, state.step)
     staging = final.with_name(f".staging-{final.name}")
+    optimizer_state = None
+    if model is not None and sharding.is_sharded(model):
+        tensors = sharding.full_tensors(tensors)
+        optimizer_state = sharding.full_optimizer_state(model, optimizer)
     try:
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
@@ -80,7 +89,10 @@ def save_checkpoint(
                 {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                 staging / "trainable.safetensors",
             )
-            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(
+                optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                staging / "optimizer.pt",
+            )
             torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -131,6 +143,8 @@ def load_checkpoint(
     import torch
     from safetensors.torch import load_file
 
+    from omnitune.trainers import sharding
+
     tensors = load_file(path / "trainable.safetensors")
     parameters = {**dict(model.named_parameters()), **(extra or {})}
     missing = [name for name in tensors if name not in parameters]
@@ -141,10 +155,12 @@ def load_checkpoint(
             f"train.resume: {path} does not fit this model/method ({len(missing)} unknown "
             f"tensors, e.g. {missing[0]})"
         )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            parameters[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    sharding.load_parameters(parameters, tensors)
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
+    if sharding.is_sharded(model):  # saved whole, keyed by parameter name
+        sharding.load_optimizer_state(model, optimizer, optimizer_state)
+    else:
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng-rank{process_index}.pt"
     if rng_file.is_file():

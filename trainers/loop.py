@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from omnitune.core.errors import ConfigError, DataError, OmnituneError
 from omnitune.modalities.base import Examples, Modality, get_modality, sample_examples
+from omnitune.trainers import sharding
 from omnitune.trainers.batches import BatchSource
 from omnitune.trainers.checkpoint import (
     TrainState,
@@ -58,6 +59,7 @@ from omnitune.trainers.peft_methods import (
 )
 from omnitune.trainers.runlog import RunLog, format_metrics
 from omnitune.trainers.sampling import BatchPlan, distribution_report, epoch_length, group_weights
+from omnitune.trainers.sharding import clip_gradients
 from omnitune.trainers.trackers import Trackers, accelerate_trackers
 
 if TYPE_CHECKING:
@@ -130,6 +132,8 @@ class Session:
     trained_heads: dict[str, Any] = field(default_factory=dict)  # the same, DDP-wrapped
     routers: RouterWatch | None = None  # a Mixture-of-Experts model's routers (trainers/moe.py)
     router_coef: float = 0.0  # the weight of their balancing loss
+    #: FSDP on CPUs: the loop sharded the model itself (trainers/sharding.py)
+    sharded: bool = False
 
 
 @dataclass
@@ -206,6 +210,11 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     prepared = _prepare(config, modality, model)
     model = prepared.model
     _log_trainable(model)
+    sharded = sharding.shards_here(accelerator)
+    sharding.warn_if_deepspeed_cannot_shard(accelerator)
+    if sharded:  # before the optimizer: its parameters become the shards
+        _refuse_unshardable(objective, prepared, config)
+        sharding.shard_model(model, accelerator.num_processes)
     optimizer = build_optimizer(model, config.peft, config.train)
     heads = _build_heads(objective, model, config, optimizer, accelerator.device)
     plan = _batch_plan(config, train_set, accelerator.num_processes)
@@ -221,7 +230,9 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     )
     runlog.start(config, state.step)
 
-    if _optimizer_needs_accelerate(accelerator):
+    if sharded:  # accelerate would wrap it in DDP: FSDP already synchronises the gradients
+        pass
+    elif _optimizer_needs_accelerate(accelerator):
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model = accelerator.prepare(model)
@@ -262,6 +273,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
             name: accelerator.prepare(head) if accelerator.num_processes > 1 else head
             for name, head in heads.items()
         },
+        sharded=sharded,
     )
     session.routers, session.router_coef = watch_routers(unwrapped, config.moe)
     session.step_loss = _step_loss(session)
@@ -345,7 +357,7 @@ def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:
     if choice.enabled:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    if choice.enabled or config.train.gradient_checkpointing is not False:
+    if choice.enabled:
         log.info(
             "gradient checkpointing: %s (%s)", "on" if choice.enabled else "off", choice.reason
         )
@@ -456,7 +468,9 @@ def apply_update(session: Session, loss: Any) -> float | None:
         accelerator.backward(loss)
         loss = float(loss.detach())
     s.grad_norm = None
-    if s.config.train.max_grad_norm is not None:
+    if s.config.train.max_grad_norm is not None and s.sharded:
+        s.grad_norm = clip_gradients(_trained_parameters(s), s.config.train.max_grad_norm)
+    elif s.config.train.max_grad_norm is not None:
         # None under DeepSpeed, which clips inside its engine (gradient_clipping).
         norm = accelerator.clip_grad_norm_(_trained_parameters(s), s.config.train.max_grad_norm)
         s.grad_norm = None if norm is None else float(norm)
@@ -552,7 +566,13 @@ def checkpoint_if_due(session: Session, improved: bool) -> None:
     save_due = s.config.train.save_steps and s.state.step % s.config.train.save_steps == 0
     if save_due or improved or s.state.step == s.total_steps or s.stopped_early:
         save_checkpoint(
-            s.run_dir, s.state, s.checkpoint_tensors, s.optimizer, s.scheduler, s.accelerator
+            s.run_dir,
+            s.state,
+            s.checkpoint_tensors,
+            s.optimizer,
+            s.scheduler,
+            s.accelerator,
+            s.unwrapped,
         )
         s.last_saved = s.state.step
         if s.accelerator.is_main_process:
@@ -574,11 +594,19 @@ def finish(
     main = accelerator.is_main_process
     if s.last_saved != s.state.step:
         save_checkpoint(
-            s.run_dir, s.state, s.checkpoint_tensors, s.optimizer, s.scheduler, accelerator
+            s.run_dir,
+            s.state,
+            s.checkpoint_tensors,
+            s.optimizer,
+            s.scheduler,
+            accelerator,
+            s.unwrapped,
         )
-    _write_rank_fingerprint(s.run_dir, accelerator, s.checkpoint_tensors, s.state.step)
+    _write_rank_fingerprint(s.run_dir, accelerator, s.checkpoint_tensors, s.state.step, s.model)
     output = s.run_dir / ("adapter" if s.prepared.is_peft else "model")
     chosen = None
+    if main and s.sharded:  # the rest reads and writes whole tensors: an unsharded copy
+        _unshard_for_export(s)
     if main:
         chosen = _restore_best(s)
         _export_final(s.unwrapped, s.processor, output, s.initial_adapter)
@@ -641,19 +669,24 @@ def peak_memory_mb(device: Any) -> float:
 
 
 def evaluate_now(session: Session) -> tuple[dict[str, float], bool]:
-    """Evaluate on the main process; every rank learns whether it improved and whether to stop."""
+    """Evaluate on the main process (on every rank when sharded); every rank learns whether it
+    improved and whether to stop."""
     from accelerate.utils import broadcast_object_list
 
     s = session
     state = s.state
     decision: list[Any] = [None]
+
+    def run_eval() -> dict[str, float]:
+        return s.objective.evaluate(
+            s.modality, s.unwrapped, s.processor, s.eval_set, s.config, s.reference
+        )
+
+    if s.sharded and not s.accelerator.is_main_process:
+        # A sharded model's every forward gathers its parameters from all ranks: they all run
+        # the evaluation; the main process's result decides.
+        run_eval()
     if s.accelerator.is_main_process:
-
-        def run_eval() -> dict[str, float]:
-            return s.objective.evaluate(
-                s.modality, s.unwrapped, s.processor, s.eval_set, s.config, s.reference
-            )
-
         if s.routers is None:
             metrics = run_eval()
         else:  # the experts' load over the evaluation's tokens (trainers/moe.py)
@@ -926,6 +959,39 @@ def _save_initial_adapter(model: Any, folder: Path) -> None:
     config.init_lora_weights = init
 
 
+def _refuse_unshardable(objective: Objective, prepared: Any, config: RunConfig) -> None:
+    """What FSDP on CPUs does not cover: a frozen full copy of the model as the reference
+    (DPO/KTO/GRPO with peft.method full) and trained heads beside the model (PPO's value
+    head): both would need sharding of their own."""
+    if objective.heads is not None:
+        raise ConfigError(
+            f"objective.name: {objective.name} trains a head beside the model, which FSDP on "
+            "CPUs does not shard; use the DDP config (configs/accelerate/ddp.yaml)"
+        )
+    if objective.needs_reference and not prepared.is_peft:
+        raise ConfigError(
+            f"peft.method: full with objective {objective.name} needs a frozen copy of the "
+            "model as reference, which FSDP on CPUs does not shard; use a PEFT method (the "
+            "reference is then the model with its adapter off) or the DDP config"
+        )
+
+
+def _unshard_for_export(s: Session) -> None:
+    """Give the main process an unsharded model holding the run's last weights (the final
+    checkpoint, just written whole): what `_restore_best`, the export and the footprint use."""
+    from safetensors.torch import load_file
+
+    model, _ = _load_model(s.config, s.modality)
+    prepared = _prepare(s.config, s.modality, model)
+    saved_names = set(prepared.checkpoint_names)
+    plain = prepared.model
+    tensors = {n: p for n, p in plain.named_parameters() if n in saved_names}
+    last = list_checkpoints(s.run_dir)[-1]
+    sharding.load_parameters(tensors, load_file(last / "trainable.safetensors"))
+    s.unwrapped = plain
+    s.checkpoint_tensors = {**tensors, **_head_tensors(s.heads)}
+
+
 def _restore_best(session: Session) -> Any:
     """Put the best checkpoint's weights back into the model before it is saved, so that the
     run's adapter/model folder holds what `omnitune eval` and `export` choose by default;
@@ -983,9 +1049,13 @@ def _export_heads(heads: dict[str, Any], folder: Path) -> None:
 
 
 def _write_rank_fingerprint(
-    run_dir: Path, accelerator: Any, tensors: dict[str, Any], step: int
+    run_dir: Path, accelerator: Any, tensors: dict[str, Any], step: int, model: Any
 ) -> None:
-    """Each rank records a hash of its trained weights: equal hashes prove the ranks agree."""
+    """Each rank records a hash of its trained weights (equal hashes prove the ranks agree)
+    and how many parameter elements it holds (under FSDP, its shards: about 1/N of them)."""
+    from omnitune.trainers.sharding import full_tensors
+
+    tensors = full_tensors(tensors)  # a sharded run's ranks agree on the gathered weights
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
@@ -997,6 +1067,8 @@ def _write_rank_fingerprint(
         "world_size": accelerator.num_processes,
         "step": step,
         "weights_sha256": digest.hexdigest(),
+        "parameters_held": sharding.elements_held(model),
+        "parameters_total": sum(p.numel() for p in model.parameters()),
     }
     (folder / f"rank-{accelerator.process_index}.json").write_text(json.dumps(record) + "\n")
     accelerator.wait_for_everyone()

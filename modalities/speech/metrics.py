@@ -35,7 +35,7 @@ def transcribe(
     generation = config.eval.generation
 
     texts: list[str] = []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: see modalities/evaluation.py
         for start in range(0, len(examples), config.eval.batch_size):
             chunk = examples[start : start + config.eval.batch_size]
             features = torch.from_numpy(np.stack([example_features(e, extractor) for e in chunk]))

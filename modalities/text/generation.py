@@ -25,7 +25,7 @@ def answer_prompts(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: see modalities/evaluation.py
             for start in range(0, len(prompts), config.eval.batch_size):
                 chunk = prompts[start : start + config.eval.batch_size]
                 inputs = encode_prompts(tokenizer, chunk)

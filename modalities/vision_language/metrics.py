@@ -26,7 +26,7 @@ def answer_questions(
     device = next(model.parameters()).device
     generation = config.eval.generation
     answers: list[str] = []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: see modalities/evaluation.py
         for start in range(0, len(examples), config.eval.batch_size):
             chunk = examples[start : start + config.eval.batch_size]
             inputs = prompt_batch(processor, chunk, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -66,6 +67,83 @@ def test_two_processes_under_accelerate_launch_agree(family, run_config, tiny_mo
     # Each step consumed one batch per rank: twice the samples of a single process.
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 20
+
+
+def _launch(config_file: str, path: Path) -> subprocess.CompletedProcess:
+    command = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(REPO / "configs/accelerate" / config_file),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "omnitune",
+        "train",
+        str(path),
+    ]
+    return subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600)
+
+
+def _logged_losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_shards_trains_and_resumes_exactly(run_config):
+    """The shipped FSDP config on this machine's CPUs: each rank holds half the parameters,
+    the loss follows the single-process run's, and a run resumed from its step-10 checkpoint
+    ends with the same weights and optimizer state, bit for bit, as the run that never
+    stopped."""
+    import torch
+    from safetensors.torch import load_file
+
+    sections = {
+        "peft": {"method": "full"},
+        "train": {"max_steps": 20, "batch_size": 8, "lr": 1e-3, "save_steps": 10, "eval_steps": 10},
+    }
+    path = run_config("fsdp", **sections)
+    first = _launch("fsdp.yaml", path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "FSDP on 2 CPU processes (gloo): 2 LlamaDecoderLayer blocks" in first.stderr
+    run_dir = Path(load_run_config(path).output_dir)
+    ranks = [json.loads((run_dir / "ranks" / f"rank-{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    for rank in ranks:  # sharded: a rank stores its half (DDP would hold all of them)
+        assert rank["parameters_held"] <= 0.51 * rank["parameters_total"]
+
+    single = run_config("single", **{**sections, "train": {**sections["train"], "batch_size": 16}})
+    alone = run_cli("train", str(single))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    sharded_losses = _logged_losses(run_dir)
+    single_losses = _logged_losses(Path(load_run_config(single).output_dir))
+    assert sharded_losses.keys() == single_losses.keys()
+    for step, loss in sharded_losses.items():  # mean of the ranks' means vs one mean
+        assert loss == pytest.approx(single_losses[step], abs=0.01), step
+
+    last = run_dir / "checkpoints" / "step-00000020"
+    straight = load_file(last / "trainable.safetensors")
+    straight_optimizer = torch.load(last / "optimizer.pt", weights_only=False)
+    exported = load_file(run_dir / "model" / "model.safetensors")
+    assert torch.equal(exported["model.norm.weight"], straight["model.norm.weight"])
+    shutil.rmtree(last)  # as if the run had been killed after step 10's checkpoint
+
+    resumed = _launch("fsdp.yaml", path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "step-00000010 (step 10)" in resumed.stderr
+    again = load_file(last / "trainable.safetensors")
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[name], again[name]) for name in straight)
+    optimizer = torch.load(last / "optimizer.pt", weights_only=False)
+    for name, moments in straight_optimizer["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], optimizer["state"][name]["exp_avg_sq"])
 
 
 @pytest.mark.slow

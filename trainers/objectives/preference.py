@@ -130,7 +130,7 @@ def make_evaluate(
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: see modalities/evaluation.py
                 for start in range(0, limit, config.eval.batch_size):
                     chunk = subset[start : start + config.eval.batch_size]
                     batch = collate(chunk)
