@@ -275,7 +275,7 @@ def sft_chat_model() -> tuple[Path, Path]:
     return out / "model", data
 
 
-def grpo(pairs: int = 3) -> Comparison:
+def grpo(pairs: int = 5) -> Comparison:
     """GRPO (LoRA) vs TRL's GRPOTrainer from the same SFT model, 40 steps of 64 completions."""
     model, data = sft_chat_model()
     common = ["--model", str(model), "--data", str(data), "--steps", "40"]

@@ -153,7 +153,9 @@ def test_rollout_scoring_for_grpo_and_ppo_loses_nothing_to_chunking(run_config, 
     modality = get_modality("text")
     items = get_objective("grpo").data(modality, config.data.train, config, processor, True)
     rollout = sample(model, processor, modality, [items[i] for i in range(3)], config, seed=1)
-    rollout.suppressed = (5,)
+    # A token the completions never hold (a sampled one would score -inf on both sides).
+    unused = next(t for t in range(5, 500) if not (rollout.completion_ids == t).any())
+    rollout.suppressed = (unused,)
     mask = rollout.completion_mask.bool()
     upstream = torch.randn(rollout.completion_ids.shape, generator=torch.Generator().manual_seed(0))
 

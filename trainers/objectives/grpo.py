@@ -144,7 +144,10 @@ def reference_logps(
 ) -> Any:
     """The completions' per-token log-probabilities under the reference policy."""
     with reference.scoring() as model:
-        return score_tokens(model, rollout, temperature, rows=rows, chunked=chunked).logps
+        scored = score_tokens(
+            model, rollout, temperature, rows=rows, chunked=chunked, entropy=False
+        )
+        return scored.logps
 
 
 def k3_kl(logps: Any, reference: Any) -> Any:

@@ -43,6 +43,9 @@ class Rollout:
     rows: list[dict[str, Any]]
     generation_seconds: float = 0.0
     suppressed: tuple[int, ...] = ()  # token ids never sampled (media placeholders)
+    #: samples per prompt when the rows of each group share one prompt that scoring may
+    #: prefill once (text); 1: every row is scored whole
+    group: int = 1
 
     @property
     def width(self) -> int:
@@ -124,6 +127,7 @@ def sample(
         rows=rows,
         generation_seconds=time.perf_counter() - started,
         suppressed=suppressed,
+        group=group if shared else 1,
     )
 
 
@@ -233,7 +237,7 @@ def _sampling_scores(logits: Any, suppressed: tuple[int, ...], temperature: floa
 @dataclass
 class Scored:
     logps: Any  # (completions, width): log-probability of each completion token
-    entropy: Any  # (completions, width): the sampling distribution's entropy, no gradient
+    entropy: Any  # (completions, width): the distribution's entropy, no gradient (or None)
     hidden: Any = None  # (completions, width, hidden): the states that predicted each token
 
 
@@ -244,17 +248,31 @@ def score_tokens(
     rows: Any = None,
     hidden: bool = False,
     chunked: bool = False,
+    entropy: bool = True,
 ) -> Scored:
     """Per-token log-probabilities of the completions (of `rows`, an index tensor, or all);
-    `chunked`: through the head in chunks of positions (trainers/chunked_loss.py)."""
+    `chunked`: through the head in chunks of positions (trainers/chunked_loss.py); `entropy`:
+    also each position's entropy (the reference's is never used).
+
+    A rollout whose groups share their prompt (text) is scored in two calls: every prompt but
+    its last token once per group, its keys and values repeated for the group's samples
+    (gradients flow back through the repeat), then each sample's last prompt token and
+    completion over that cache. Same values and gradients as one forward over prompt +
+    completion for every sample, with the prompt's work done once instead of `group` times.
+    """
     import torch
 
     from omnitune.trainers.chunked_loss import IGNORE, position_logps
 
-    ids, inputs = _inputs(model, rollout, rows)
     width = rollout.width
-    targets = torch.full_like(ids, IGNORE)
-    targets[:, -width - 1 : -1] = ids[:, -width:]
+    if rollout.group > 1 and rows is None and rollout.prompt_ids.shape[1] > 1:
+        ids, inputs = _inputs_over_shared_prompts(model, rollout)
+        targets = torch.full_like(ids, IGNORE)
+        targets[:, :width] = rollout.completion_ids
+    else:
+        ids, inputs = _inputs(model, rollout, rows)
+        targets = torch.full_like(ids, IGNORE)
+        targets[:, -width - 1 : -1] = ids[:, -width:]
     scores = position_logps(
         model,
         {**inputs, "output_hidden_states": hidden},
@@ -262,14 +280,54 @@ def score_tokens(
         chunked,
         temperature,
         rollout.suppressed,
-        with_entropy=True,
+        with_entropy=entropy,
     )
-    states = scores.output.hidden_states[-1][:, -width - 1 : -1] if hidden else None
+    columns = slice(ids.shape[1] - width - 1, ids.shape[1] - 1)
+    states = scores.output.hidden_states[-1][:, columns] if hidden else None
     return Scored(
-        logps=scores.logps[:, -width - 1 : -1],
-        entropy=scores.entropy[:, -width - 1 : -1],
+        logps=scores.logps[:, columns],
+        entropy=scores.entropy[:, columns] if entropy else None,
         hidden=states,
     )
+
+
+def _inputs_over_shared_prompts(model: Any, rollout: Rollout) -> tuple[Any, dict[str, Any]]:
+    """Prefill each group's prompt, less its last token, once; the inputs that score every
+    sample over that cache: [last prompt token, completion] (their ids, and the model
+    inputs)."""
+    import torch
+
+    group = rollout.group
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prefix = rollout.prompt_ids.shape[1] - 1
+    output = model(
+        input_ids=rollout.prompt_ids[::group, :prefix],
+        attention_mask=rollout.prompt_mask[::group, :prefix],
+        position_ids=positions[::group, :prefix],
+        use_cache=True,
+        **_fewest_logits(model),
+    )
+    cache = output.past_key_values
+    cache.batch_repeat_interleave(group)
+    ids = torch.cat([rollout.prompt_ids[:, prefix:], rollout.completion_ids], dim=1)
+    return ids, {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": positions[:, prefix:],
+        "past_key_values": cache,
+        "use_cache": True,
+    }
+
+
+def _fewest_logits(model: Any) -> dict[str, Any]:
+    """`logits_to_keep=1` where the model's forward takes it (a prefill's logits are not
+    used: at a 152k vocabulary they would be the largest tensor of the call)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return {"logits_to_keep": 1} if takes else {}
 
 
 def completion_logits(model: Any, rollout: Rollout) -> Any:
