@@ -66,17 +66,38 @@ def chunked_target_logps(
     return logps, (entropy if with_entropy else None)
 
 
-class _ChunkedTargetLogps:
-    """The autograd function behind `chunked_target_logps` (built on first use, so importing
-    this module imports no torch)."""
+def chunked_weighted_logp_sum(
+    hidden: Any, weight: Any, bias: Any, targets: Any, coefficients: Any, chunk: int | None = None
+) -> Any:
+    """sum(coefficients * log softmax(hidden @ weight.T + bias)[target]) as one scalar, its
+    gradients computed chunk by chunk during the forward pass (the loss is linear in the
+    log-probabilities, so each position's gradient is known then: Liger Kernel's fused linear
+    cross-entropy does the same). No recompute in backward: the head costs what the plain
+    loss costs, without its [tokens, vocabulary] tensors. SFT's token cross-entropy is this
+    with coefficients -1 / tokens."""
+    chunk = chunk or chunk_positions(weight.shape[0])
+    return _ChunkedWeightedSum.apply(hidden, weight, bias, targets, coefficients, chunk)
 
+
+class _Lazy:
+    """An autograd function built on first use, so importing this module imports no torch."""
+
+    builder: Any = None
     _function: Any = None
 
     @classmethod
     def apply(cls, *args: Any) -> Any:
         if cls._function is None:
-            cls._function = _build_function()
+            cls._function = cls.builder()
         return cls._function.apply(*args)
+
+
+class _ChunkedTargetLogps(_Lazy):
+    builder = staticmethod(lambda: _build_function())
+
+
+class _ChunkedWeightedSum(_Lazy):
+    builder = staticmethod(lambda: _build_weighted_sum())
 
 
 def _build_function() -> Any:
@@ -154,6 +175,64 @@ def _build_function() -> Any:
             return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
     return ChunkedTargetLogps
+
+
+def _build_weighted_sum() -> Any:
+    import torch
+
+    class ChunkedWeightedSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, targets, coefficients, chunk):
+            want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+            total = hidden.new_zeros((), dtype=torch.float32)
+            grad_hidden = torch.empty_like(hidden) if want_hidden else None
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+            grad_bias = (
+                torch.zeros_like(bias, dtype=torch.float32)
+                if want_bias and bias is not None
+                else None
+            )
+            coefficients = coefficients.float()
+            for start in range(0, hidden.shape[0], chunk):
+                end = min(start + chunk, hidden.shape[0])
+                logits = hidden[start:end] @ weight.T
+                if bias is not None:
+                    logits = logits + bias
+                logits = logits.float()
+                lse = torch.logsumexp(logits, dim=-1)
+                rows = torch.arange(end - start, device=logits.device)
+                picked = logits[rows, targets[start:end]]
+                weights = coefficients[start:end]
+                total += (weights * (picked - lse)).sum()
+                # d/dlogits of w * logp[target] = w * (onehot - softmax)
+                grad = torch.exp(logits.sub_(lse[:, None])).mul_(-weights[:, None])
+                grad[rows, targets[start:end]] += weights
+                if want_hidden:
+                    grad_hidden[start:end] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+                if want_weight:
+                    grad_weight.addmm_(grad.T, hidden[start:end].float())
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
+                del logits, grad
+            ctx.grads = (
+                grad_hidden,
+                None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype),
+            )
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            grad_hidden, grad_weight, grad_bias = ctx.grads
+            ctx.grads = None
+            scale = grad_total.to(torch.float32)
+            scaled = [
+                None if g is None else g * scale.to(g.dtype)
+                for g in (grad_hidden, grad_weight, grad_bias)
+            ]
+            return (*scaled, None, None, None)
+
+    return ChunkedWeightedSum
 
 
 def chunking_wanted(model: Any, setting: str) -> bool:
@@ -242,6 +321,34 @@ def position_logps(
         logps = torch.nn.functional.pad(logps, (first, 0))
         entropy = None if entropy is None else torch.nn.functional.pad(entropy, (first, 0))
     return PositionScores(output, logps, entropy)
+
+
+def position_loss(model: Any, inputs: dict[str, Any], targets: Any, coefficients: Any) -> Any:
+    """sum over positions of coefficients[b, t] * log p(targets[b, t]) (IGNORE targets left
+    out) from one call of `model(**inputs)`, through the fused chunked head: what a loss
+    linear in the log-probabilities (SFT's cross-entropy) costs without the logits."""
+    import torch
+
+    head = model.get_output_embeddings()
+    result: dict[str, Any] = {}
+
+    def loss_forward(hidden: Any) -> Any:
+        extra = hidden.shape[1] - targets.shape[1]
+        pad = (extra, 0)
+        aligned = targets if extra == 0 else torch.nn.functional.pad(targets, pad, value=IGNORE)
+        weights = coefficients if extra == 0 else torch.nn.functional.pad(coefficients, pad)
+        valid = aligned != IGNORE
+        result["loss"] = chunked_weighted_logp_sum(
+            hidden[valid], head.weight, head.bias, aligned[valid], weights[valid]
+        )
+        return result["loss"]
+
+    head.forward = loss_forward
+    try:
+        model(**inputs)
+    finally:
+        del head.forward
+    return result["loss"]
 
 
 @contextlib.contextmanager

@@ -118,3 +118,12 @@ def test_scoring_over_the_shared_prompt_equals_scoring_each_sample_whole(rollout
     assert (shared.hidden[mask] - plain.hidden[mask]).abs().max() <= 1e-5
     pairs = zip(shared_grads, plain_grads, strict=True)
     assert max(float((a - b).abs().max()) for a, b in pairs) <= 1e-5
+
+
+def test_sampling_with_the_adapter_merged_leaves_the_base_weights_bit_for_bit(rollout_setup):
+    config, tokenizer, policy, modality, items = rollout_setup
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    sample(policy, tokenizer, modality, items, config, seed=5)
+    after = dict(policy.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert not any(getattr(m, "merged", False) for m in policy.modules())

@@ -76,7 +76,12 @@ def make_loss(context: LossContext) -> StepLoss:
     vocabulary (`train.chunked_loss`), or a weighted loss from the targets' log-probabilities."""
     import torch
 
-    from omnitune.trainers.chunked_loss import IGNORE, chunking_wanted, position_logps
+    from omnitune.trainers.chunked_loss import (
+        IGNORE,
+        chunking_wanted,
+        position_logps,
+        position_loss,
+    )
     from omnitune.trainers.losses import inverse_frequency_weights, sequence_loss
 
     config = context.config
@@ -97,10 +102,11 @@ def make_loss(context: LossContext) -> StepLoss:
 
     def scored_loss(model: Any, batch: dict[str, Any], indices: list[int]) -> tuple[Any, dict]:
         targets, inputs = target_positions(batch, causal)
-        logps = position_logps(model, inputs, targets, chunked).logps
         valid = targets != IGNORE
         if config.objective.loss == "cross_entropy":  # the model's own: a mean over tokens
-            return -logps.sum() / valid.sum().clamp(min=1), {}
+            coefficients = valid.float() * (-1.0 / valid.sum().clamp(min=1))
+            return position_loss(model, inputs, targets, coefficients), {}
+        logps = position_logps(model, inputs, targets, chunked).logps
         weights = None
         if weight_of is not None:
             weights = torch.tensor([weight_of[groups[i]] for i in indices], device=context.device)
