@@ -297,6 +297,76 @@ def grpo(pairs: int = 5) -> Comparison:
     )
 
 
+def real_text(pairs: int = 2, warmup: bool = False) -> list[Comparison]:
+    """LoRA SFT of a Qwen2.5-0.5B-shaped model (2 of its 24 layers, its full 151,936-token
+    vocabulary and hidden size) on rows of 512 and 2,048 tokens vs TRL SFTTrainer + PEFT.
+    A pair at 2,048 tokens takes about 100 s on 2 cores, so 2 pairs and no warm-up pair (the
+    figures leave each side's first step out)."""
+    from bench.real_shapes import build_text_model, write_text_rows
+    from omnitune.modalities.tiny import build_tiny
+
+    tokenizer = build_tiny("text", CACHE / "tiny-text", seed=0)
+    model = build_text_model(tokenizer, CACHE / "qwen2.5-0.5b-shape-2l", layers=2)
+    module = [python(), "-m", "bench.real_shapes", "--model", str(model)]
+    rows = []
+    for length in (512, 2048):
+        data = write_text_rows(CACHE / "real-shape-data", tokenizer, length)
+        common = ["--data", str(data), "--length", str(length)]
+        target = ">= 1.2 tokens/s at <= 0.6x the peak memory" if length == 2048 else "(no target)"
+        rows.append(
+            compare(
+                Comparison(
+                    task=(
+                        f"LoRA SFT at Qwen2.5-0.5B's shape (2 of 24 layers, 151,936-token "
+                        f"vocabulary), rows of {length} tokens, float32, all cores"
+                    ),
+                    figure="tokens_per_second",
+                    unit="tokens/s",
+                    higher_is_better=True,
+                    reference_name="trl.SFTTrainer (TRL 1.16) + PEFT LoRA",
+                    target=target,
+                ),
+                [*module, "--side", "omnitune", *common, "--out", str(CACHE / "real-text")],
+                [*module, "--side", "trl", *common, "--out", str(CACHE / "real-text-trl")],
+                pairs=pairs,
+                env={"HF_HUB_OFFLINE": "1"},
+                warmup=warmup,
+            )
+        )
+    return rows
+
+
+def real_speech(pairs: int = 2) -> Comparison:
+    """LoRA fine-tune of a Whisper-small-shaped model (2 of its 12+12 layers; d_model 768,
+    51,865-token vocabulary, 30-second windows of 3,000 frames) vs the HF recipe: batch 8, 6
+    steps, both cores, speed and memory only (random weights: no WER)."""
+    from bench.real_shapes import build_whisper_model
+    from omnitune.modalities.tiny import build_tiny
+
+    tiny = build_tiny("whisper-30s", CACHE / "tiny-whisper-30s", seed=0)
+    model = build_whisper_model(tiny, CACHE / "whisper-small-shape-2l", layers=2)
+    module = [python(), "-m", "bench.speech_finetune", "--model", str(model)]
+    common = ["--steps", "6", "--batch", "8", "--threads", "2", "--no-wer"]
+    return compare(
+        Comparison(
+            task=(
+                "speech LoRA at Whisper-small's shape (2 of 12+12 layers, 30-s windows), "
+                "batch 8, float32, all cores"
+            ),
+            figure="utterances_per_second",
+            unit="utterances/s",
+            higher_is_better=True,
+            reference_name="Seq2SeqTrainer + PEFT LoRA + padding collator (the HF recipe)",
+            target=">= 1.3 at <= its memory",
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / "real-speech")],
+        [*module, "--side", "reference", *common, "--out", str(CACHE / "real-speech-hf")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1"},
+        warmup=False,
+    )
+
+
 def proxy_overhead(pairs: int = 3) -> list[Comparison]:
     """The recording proxy (recording on, daemon running) vs calling the stub upstream
     directly: per-call latency and throughput, the same runs feeding both rows."""
@@ -698,6 +768,8 @@ BENCHMARKS = {
     "orpo": lambda: preference("orpo"),
     "kto": lambda: preference("kto"),
     "grpo": grpo,
+    "real_text": real_text,
+    "real_speech": real_speech,
     "monitor_ingest": monitor_ingest,
     "monitor_client": monitor_client,
     "proxy_overhead": proxy_overhead,

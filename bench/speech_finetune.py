@@ -40,7 +40,9 @@ def augment() -> dict[str, Any]:
     return {"noise": {"p": 0.5}, "speed": {"p": 0.5}, "spec_augment": {"p": 0.5}}
 
 
-def run_config(model: str, steps: int, out: str, cache: str) -> Any:
+def run_config(
+    model: str, steps: int, out: str, cache: str, batch: int = BATCH, threads: int = 1
+) -> Any:
     from omnitune.trainers.config import RunConfig
 
     return RunConfig.model_validate(
@@ -58,12 +60,12 @@ def run_config(model: str, steps: int, out: str, cache: str) -> Any:
             },
             "train": {
                 "max_steps": steps,
-                "batch_size": BATCH,
+                "batch_size": batch,
                 "lr": LR,
                 "lr_schedule": "linear",
                 "warmup_steps": WARMUP,
                 "seed": SEED,
-                "num_threads": 1,
+                "num_threads": threads,
                 # bench.run's data_workers rows set this (1 vs 0); 0 everywhere else.
                 "data_workers": int(os.environ.get("OMNITUNE_BENCH_WORKERS", "0")),
                 "logging_steps": 25,
@@ -84,7 +86,9 @@ def shift_wer(model: Any, processor: Any, config: Any) -> float:
     return error_rates([e["text"] for e in test.items], hypotheses)["wer"]
 
 
-def run_omnitune(model: str, steps: int, out: str) -> dict[str, float]:
+def run_omnitune(
+    model: str, steps: int, out: str, batch: int = BATCH, threads: int = 1, wer: bool = True
+) -> dict[str, float]:
     # Import what train() imports before the clock starts, as the reference side does.
     import accelerate  # noqa: F401
     import peft  # noqa: F401
@@ -94,9 +98,11 @@ def run_omnitune(model: str, steps: int, out: str) -> dict[str, float]:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:  # cold cache: feature extraction is counted
-        config = run_config(model, steps, out, cache)
+        config = run_config(model, steps, out, cache, batch, threads)
         result = train(config)
         elapsed = time.perf_counter() - start
+        if not wer:
+            return {"utterances_per_second": result.samples_per_second}
         from peft import PeftModel
         from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
@@ -104,11 +110,11 @@ def run_omnitune(model: str, steps: int, out: str) -> dict[str, float]:
         trained = PeftModel.from_pretrained(
             AutoModelForSpeechSeq2Seq.from_pretrained(model), result.output
         )
-        wer = shift_wer(trained.eval(), processor, config)
+        error_rate = shift_wer(trained.eval(), processor, config)
     return {
         "utterances_per_second": result.samples_per_second,
         "end_to_end_seconds": elapsed,
-        "wer": wer,
+        "wer": error_rate,
     }
 
 
@@ -131,7 +137,9 @@ class SpeechCollatorWithPadding:
         return batch
 
 
-def run_reference(model_dir: str, steps: int, out: str) -> dict[str, float]:
+def run_reference(
+    model_dir: str, steps: int, out: str, batch: int = BATCH, threads: int = 1, wer: bool = True
+) -> dict[str, float]:
     import numpy as np
     import soundfile
     import torch
@@ -144,7 +152,7 @@ def run_reference(model_dir: str, steps: int, out: str) -> dict[str, float]:
         Seq2SeqTrainingArguments,
     )
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
@@ -172,7 +180,7 @@ def run_reference(model_dir: str, steps: int, out: str) -> dict[str, float]:
     )
     arguments = Seq2SeqTrainingArguments(
         output_dir=out,
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=batch,
         learning_rate=LR,
         lr_scheduler_type="linear",
         warmup_steps=WARMUP,
@@ -195,13 +203,13 @@ def run_reference(model_dir: str, steps: int, out: str) -> dict[str, float]:
     )
     output = trainer.train()
     elapsed = time.perf_counter() - start
+    rate = steps * batch / output.metrics["train_runtime"]
+    if not wer:
+        return {"utterances_per_second": rate}
     with tempfile.TemporaryDirectory() as cache:
-        wer = shift_wer(model.eval(), processor, run_config(model_dir, steps, out, cache))
-    return {
-        "utterances_per_second": steps * BATCH / output.metrics["train_runtime"],
-        "end_to_end_seconds": elapsed,
-        "wer": wer,
-    }
+        config = run_config(model_dir, steps, out, cache)
+        error_rate = shift_wer(model.eval(), processor, config)
+    return {"utterances_per_second": rate, "end_to_end_seconds": elapsed, "wer": error_rate}
 
 
 def main() -> None:
@@ -210,9 +218,14 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a Whisper folder (the base model)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out", default=str(REPO / "bench" / ".cache" / "speech-run"))
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-wer", action="store_true", help="speed and memory only (a random-weights model)"
+    )
     args = parser.parse_args()
     run = run_omnitune if args.side == "omnitune" else run_reference
-    figures = run(args.model, args.steps, args.out)
+    figures = run(args.model, args.steps, args.out, args.batch, args.threads, not args.no_wer)
     print(json.dumps({**figures, "steps": args.steps, "peak_rss_mb": peak_rss_mb()}))
 
 

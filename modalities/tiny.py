@@ -32,8 +32,17 @@ TINY_BUILDERS: dict[str, str] = {
 MAX_TINY_HIDDEN = 128
 
 
-def build_tiny(family: str, out: str | Path, *, seed: int = 0, hidden_size: int = 64) -> Path:
-    """Build the tiny `family` model and save model, tokenizer and processor under `out`."""
+def build_tiny(
+    family: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    vocab_size: int | None = None,
+) -> Path:
+    """Build the tiny `family` model and save model, tokenizer and processor under `out`;
+    `vocab_size` widens a causal LM's embedding and head to that many rows (the tokenizer
+    uses the first ones): two layers, but a real vocabulary's logits."""
     if family not in TINY_BUILDERS:
         raise ConfigError(f"family: unknown '{family}' (known: {', '.join(TINY_BUILDERS)})")
     if not 16 <= hidden_size <= MAX_TINY_HIDDEN or hidden_size % 16:
@@ -50,6 +59,15 @@ def build_tiny(family: str, out: str | Path, *, seed: int = 0, hidden_size: int 
     )
     torch.manual_seed(seed)
     model, processor = builder(hidden_size=hidden_size)
+    if vocab_size is not None:
+        if model.config.is_encoder_decoder or not hasattr(model, "resize_token_embeddings"):
+            raise ConfigError(f"vocab_size: {family} is not a causal LM whose vocabulary widens")
+        if vocab_size < model.get_input_embeddings().num_embeddings:
+            raise ConfigError(
+                f"vocab_size: {vocab_size} is below the tokenizer's "
+                f"{model.get_input_embeddings().num_embeddings} tokens"
+            )
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

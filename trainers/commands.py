@@ -247,6 +247,14 @@ def _add_model_commands(commands: Any) -> None:
     tiny.add_argument(
         "--hidden-size", type=int, default=64, help="model width, a multiple of 16 up to 128"
     )
+    tiny.add_argument(
+        "--vocab-size",
+        type=int,
+        help=(
+            "a causal LM's vocabulary rows, more than its tokenizer uses (e.g. 151936, "
+            "Qwen2.5's): a tiny model with a real vocabulary's logits, for memory tests"
+        ),
+    )
     with_example(tiny, "omnitune models build-tiny whisper --out models/tiny-whisper")
     tiny.set_defaults(handler=_models_build_tiny)
     check_model = model_commands.add_parser(
@@ -574,7 +582,13 @@ def _prune(args: argparse.Namespace) -> int:
 def _models_build_tiny(args: argparse.Namespace) -> int:
     from omnitune.modalities.tiny import build_tiny
 
-    out = build_tiny(args.family, args.out, seed=args.seed, hidden_size=args.hidden_size)
+    out = build_tiny(
+        args.family,
+        args.out,
+        seed=args.seed,
+        hidden_size=args.hidden_size,
+        vocab_size=args.vocab_size,
+    )
     print(out)
     return 0
 

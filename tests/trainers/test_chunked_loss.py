@@ -178,17 +178,15 @@ REAL_VOCABULARY = 151_936  # Qwen2.5's
 
 
 @pytest.fixture(scope="module")
-def real_vocabulary_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny Qwen2 chat model (2 layers, hidden 64) with Qwen2.5's vocabulary size: the
-    tokenizer uses the first rows, the head scores all 151,936."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tiny_model("qwen2")
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    model.resize_token_embeddings(REAL_VOCABULARY, mean_resizing=False)
+def real_vocabulary_model(tmp_path_factory) -> Path:
+    """The tiny Qwen2 chat model (2 layers, hidden 64) with Qwen2.5's vocabulary size, as
+    `omnitune models build-tiny qwen2 --vocab-size 151936` builds it: the tokenizer uses the
+    first rows, the head scores all 151,936."""
     out = tmp_path_factory.mktemp("qwen2-real-vocabulary")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    built = run_cli(
+        "models", "build-tiny", "qwen2", "--vocab-size", str(REAL_VOCABULARY), "--out", str(out)
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
     return out
 
 
