@@ -105,6 +105,54 @@ def build_whisper_model(tiny_dir: Path, out: Path, layers: int) -> Path:
     return out
 
 
+#: SmolVLM-256M's parts: SigLIP base-patch16-512 (vision) and SmolLM2-135M (text), a 4x4
+#: pixel shuffle (64 image tokens per 512-pixel tile); layer counts reduced by `layers`.
+SMOLVLM_VISION = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "image_size": 512,
+    "patch_size": 16,
+}
+SMOLVLM_TEXT = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49_280,
+    "max_position_embeddings": 8192,
+}
+#: images resized to a longest edge of 1,024 and cut into 512-pixel tiles: 2 x 2 tiles and the
+#: whole image, 5 x 64 = 320 image tokens for a square picture.
+SMOLVLM_IMAGES = {"size": {"longest_edge": 1024}, "max_image_size": {"longest_edge": 512}}
+
+
+def build_vlm_model(tiny_dir: Path, out: Path, layers: int) -> Path:
+    """A SmolVLM-256M-shaped Idefics3 (`layers` vision and text layers), random weights, with
+    the tiny Idefics3's tokenizer and a processor set to 512-pixel tiles."""
+    import torch
+    from transformers import AutoProcessor, Idefics3Config, Idefics3ForConditionalGeneration
+
+    if (out / "config.json").is_file():
+        return out
+    tiny = Idefics3Config.from_pretrained(tiny_dir)
+    config = tiny.to_dict()
+    config["vision_config"].update(SMOLVLM_VISION, num_hidden_layers=layers)
+    config["text_config"].update(SMOLVLM_TEXT, num_hidden_layers=layers)
+    config["scale_factor"] = 4
+    torch.manual_seed(SEED)
+    model = Idefics3ForConditionalGeneration(Idefics3Config(**config))
+    model.save_pretrained(out)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    processor.image_seq_len = 64
+    processor.image_processor.do_image_splitting = True
+    for name, value in SMOLVLM_IMAGES.items():
+        setattr(processor.image_processor, name, value)
+    processor.save_pretrained(out)
+    return out
+
+
 def write_text_rows(folder: Path, tokenizer_dir: Path, length: int, rows: int = 16) -> Path:
     """Plain-text rows of digit words, each exactly `length` tokens for the tokenizer (the
     text is cut to its first `length` tokens and decoded back)."""

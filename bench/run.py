@@ -75,17 +75,24 @@ def speech_finetune(pairs: int = 3) -> Comparison:
     )
 
 
-def vlm_command(side: str) -> list[str]:
-    """One side of the VLM LoRA benchmark: LoRA on the `shift` digits from a tiny LLaVA trained
-    on `base` (built once, cached)."""
-    from omnitune.modalities.tiny import build_tiny
+def vlm_data() -> Path:
+    """The digit VQA data of the VLM rows (written once, cached)."""
     from omnitune.modalities.vision_language.sample_data import write_digit_vqa
 
-    data, base = CACHE / "vlm-data", CACHE / "llava-base"
+    data = CACHE / "vlm-data"
     if not (data / "test" / "data.jsonl").is_file():
         write_digit_vqa(data / "base-train", 0, 1400)
         write_digit_vqa(data / "train", 0, 600, domain="shift")
         write_digit_vqa(data / "test", 1400, 100, domain="shift")
+    return data
+
+
+def vlm_command(side: str) -> list[str]:
+    """One side of the VLM LoRA benchmark: LoRA on the `shift` digits from a tiny LLaVA trained
+    on `base` (built once, cached)."""
+    from omnitune.modalities.tiny import build_tiny
+
+    data, base = vlm_data(), CACHE / "llava-base"
     if not (base / "model" / "config.json").is_file():
         tiny = build_tiny("llava", CACHE / "tiny-llava", seed=0)
         train_once(
@@ -361,6 +368,39 @@ def real_speech(pairs: int = 2) -> Comparison:
         ),
         [*module, "--side", "omnitune", *common, "--out", str(CACHE / "real-speech")],
         [*module, "--side", "reference", *common, "--out", str(CACHE / "real-speech-hf")],
+        pairs=pairs,
+        env={"HF_HUB_OFFLINE": "1"},
+        warmup=False,
+    )
+
+
+def real_vlm(pairs: int = 2) -> Comparison:
+    """LoRA fine-tune of a SmolVLM-256M-shaped Idefics3 (2 of its 12 vision and 30 text layers;
+    SigLIP-B/16-512 and SmolLM2-135M widths, 49,280-token vocabulary) on 512-pixel tiles (5 per
+    image, 320 image tokens) vs TRL's VLM path: batch 4, 4 steps, both cores, speed and memory
+    only (random weights: no accuracy)."""
+    from bench.real_shapes import build_vlm_model
+    from omnitune.modalities.tiny import build_tiny
+
+    tiny = build_tiny("idefics3", CACHE / "tiny-idefics3", seed=0)
+    model = build_vlm_model(tiny, CACHE / "smolvlm-256m-shape-2l", layers=2)
+    module = [python(), "-m", "bench.vlm_finetune", "--model", str(model)]
+    common = ["--data", str(vlm_data()), "--steps", "4", "--batch", "4", "--threads", "2"]
+    common.append("--no-accuracy")
+    return compare(
+        Comparison(
+            task=(
+                "VLM LoRA at SmolVLM-256M's shape (2 of 12+30 layers, 512-pixel tiles), "
+                "batch 4, float32, all cores"
+            ),
+            figure="samples_per_second",
+            unit="samples/s",
+            higher_is_better=True,
+            reference_name="TRL SFTTrainer VLM path + PEFT LoRA",
+            target="(no target)",
+        ),
+        [*module, "--side", "omnitune", *common, "--out", str(CACHE / "real-vlm")],
+        [*module, "--side", "reference", *common, "--out", str(CACHE / "real-vlm-trl")],
         pairs=pairs,
         env={"HF_HUB_OFFLINE": "1"},
         warmup=False,
@@ -770,6 +810,7 @@ BENCHMARKS = {
     "grpo": grpo,
     "real_text": real_text,
     "real_speech": real_speech,
+    "real_vlm": real_vlm,
     "monitor_ingest": monitor_ingest,
     "monitor_client": monitor_client,
     "proxy_overhead": proxy_overhead,

@@ -28,7 +28,9 @@ from bench.harness import REPO, peak_rss_mb
 BATCH, LR, SEED, RANK, WARMUP = 32, 2e-3, 0, 16, 10
 
 
-def run_config(model: str, data: Path, steps: int, out: str) -> Any:
+def run_config(
+    model: str, data: Path, steps: int, out: str, batch: int = BATCH, threads: int = 1
+) -> Any:
     from omnitune.trainers.config import RunConfig
 
     return RunConfig.model_validate(
@@ -38,12 +40,12 @@ def run_config(model: str, data: Path, steps: int, out: str) -> Any:
             "peft": {"method": "lora", "r": RANK, "alpha": 2 * RANK},
             "train": {
                 "max_steps": steps,
-                "batch_size": BATCH,
+                "batch_size": batch,
                 "lr": LR,
                 "lr_schedule": "linear",
                 "warmup_steps": WARMUP,
                 "seed": SEED,
-                "num_threads": 1,
+                "num_threads": threads,
                 # bench.run's data_workers rows set this (1 vs 0); 0 everywhere else.
                 "data_workers": int(os.environ.get("OMNITUNE_BENCH_WORKERS", "0")),
                 "logging_steps": 25,
@@ -64,14 +66,24 @@ def shift_accuracy(model: Any, processor: Any, config: Any, data: Path) -> float
     return vqa_accuracy([e["answer"] for e in test.items], answers)
 
 
-def run_omnitune(model: str, data: Path, steps: int, out: str) -> dict[str, float]:
+def run_omnitune(
+    model: str,
+    data: Path,
+    steps: int,
+    out: str,
+    batch: int = BATCH,
+    threads: int = 1,
+    accuracy: bool = True,
+) -> dict[str, float]:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from omnitune.trainers.loop import train
 
-    config = run_config(model, data, steps, out)
+    config = run_config(model, data, steps, out, batch, threads)
     result = train(config)
+    if not accuracy:
+        return {"samples_per_second": result.samples_per_second}
     processor = AutoProcessor.from_pretrained(model)
     trained = PeftModel.from_pretrained(
         AutoModelForImageTextToText.from_pretrained(model), result.output
@@ -82,7 +94,15 @@ def run_omnitune(model: str, data: Path, steps: int, out: str) -> dict[str, floa
     }
 
 
-def run_reference(model_dir: str, data: Path, steps: int, out: str) -> dict[str, float]:
+def run_reference(
+    model_dir: str,
+    data: Path,
+    steps: int,
+    out: str,
+    batch: int = BATCH,
+    threads: int = 1,
+    accuracy: bool = True,
+) -> dict[str, float]:
     import numpy as np
     import torch
     from datasets import Dataset, Image
@@ -92,7 +112,7 @@ def run_reference(model_dir: str, data: Path, steps: int, out: str) -> dict[str,
 
     from omnitune.modalities.vision_language import targets
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
@@ -125,7 +145,7 @@ def run_reference(model_dir: str, data: Path, steps: int, out: str) -> dict[str,
     )
     arguments = SFTConfig(
         output_dir=out,
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=batch,
         learning_rate=LR,
         lr_scheduler_type="linear",
         warmup_steps=WARMUP,
@@ -150,9 +170,12 @@ def run_reference(model_dir: str, data: Path, steps: int, out: str) -> dict[str,
         peft_config=lora,
     )
     output = trainer.train()
+    rate = steps * batch / output.metrics["train_runtime"]
+    if not accuracy:
+        return {"samples_per_second": rate}
     config = run_config(model_dir, data, steps, out)
     return {
-        "samples_per_second": steps * BATCH / output.metrics["train_runtime"],
+        "samples_per_second": rate,
         "vqa_accuracy": shift_accuracy(trainer.model.eval(), processor, config, data),
     }
 
@@ -164,9 +187,22 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder with train/ and test/ digits")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--out", default=str(REPO / "bench" / ".cache" / "vlm-run"))
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-accuracy", action="store_true", help="speed and memory only (random weights)"
+    )
     args = parser.parse_args()
     run = run_omnitune if args.side == "omnitune" else run_reference
-    figures = run(args.model, Path(args.data), args.steps, args.out)
+    figures = run(
+        args.model,
+        Path(args.data),
+        args.steps,
+        args.out,
+        args.batch,
+        args.threads,
+        not args.no_accuracy,
+    )
     print(json.dumps({**figures, "steps": args.steps, "peak_rss_mb": peak_rss_mb()}))
 
 
