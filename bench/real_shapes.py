@@ -171,7 +171,7 @@ def write_text_rows(folder: Path, tokenizer_dir: Path, length: int, rows: int = 
     return path
 
 
-def run_omnitune(model: str, data: Path, length: int, out: str) -> dict:
+def run_omnitune(model: str, data: Path, length: int, out: str, steps: int = STEPS) -> dict:
     from omnitune.trainers.config import RunConfig
     from omnitune.trainers.loop import train
 
@@ -185,7 +185,7 @@ def run_omnitune(model: str, data: Path, length: int, out: str) -> dict:
             },
             "peft": {"method": "lora", "r": RANK, "alpha": 2 * RANK, "dropout": 0.0},
             "train": {
-                "max_steps": STEPS,
+                "max_steps": steps,
                 "batch_size": 1,
                 "lr": LR,
                 "seed": SEED,
@@ -201,13 +201,20 @@ def run_omnitune(model: str, data: Path, length: int, out: str) -> dict:
     steps = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     times = [r["time"] for r in steps if r["kind"] == "train"]
     return {
-        "tokens_per_second": (STEPS - 1) * length / (times[-1] - times[0]),
+        "tokens_per_second": (steps - 1) * length / (times[-1] - times[0]),
         "first_step_seconds": result.loop_seconds - (times[-1] - times[0]),
+        "gradient_checkpointing": "on" in _checkpointing_line(Path(out)),
         "chunked_loss": config.train.chunked_loss,
     }
 
 
-def run_trl(model: str, data: Path, length: int, out: str) -> dict:
+def _checkpointing_line(run_dir: Path) -> str:
+    """The run log's gradient checkpointing decision ('' when it stayed off)."""
+    lines = (run_dir / "train.log").read_text().splitlines()
+    return next((line for line in lines if "gradient checkpointing:" in line), "")
+
+
+def run_trl(model: str, data: Path, length: int, out: str, steps: int = STEPS) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -230,7 +237,7 @@ def run_trl(model: str, data: Path, length: int, out: str) -> dict:
     args = SFTConfig(
         output_dir=out,
         per_device_train_batch_size=1,
-        max_steps=STEPS,
+        max_steps=steps,
         learning_rate=LR,
         lr_scheduler_type="linear",
         max_length=length,
@@ -255,7 +262,7 @@ def run_trl(model: str, data: Path, length: int, out: str) -> dict:
         callbacks=[loop_clock(), StepTimes()],
     )
     trainer.train()
-    return {"tokens_per_second": (STEPS - 1) * length / (step_times[-1] - step_times[0])}
+    return {"tokens_per_second": (steps - 1) * length / (step_times[-1] - step_times[0])}
 
 
 def main() -> None:
@@ -268,12 +275,13 @@ def main() -> None:
     parser.add_argument("--build", help="build the Qwen2.5-0.5B-shaped model in this folder")
     parser.add_argument("--tokenizer", default="bench/.cache/tiny-text")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=STEPS)
     args = parser.parse_args()
     if args.build:
         print(build_text_model(Path(args.tokenizer), Path(args.build), args.layers))
         return
     run = run_omnitune if args.side == "omnitune" else run_trl
-    figures = run(args.model, Path(args.data), args.length, args.out)
+    figures = run(args.model, Path(args.data), args.length, args.out, args.steps)
     print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
 
 
