@@ -198,8 +198,8 @@ def run_omnitune(model: str, data: Path, length: int, out: str, steps: int = STE
         }
     )
     result = train(config)
-    steps = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    times = [r["time"] for r in steps if r["kind"] == "train"]
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    times = [r["time"] for r in records if r["kind"] == "train"]
     return {
         "tokens_per_second": (steps - 1) * length / (times[-1] - times[0]),
         "first_step_seconds": result.loop_seconds - (times[-1] - times[0]),

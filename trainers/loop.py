@@ -355,7 +355,9 @@ def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:
     tokens = config.train.batch_size * config.data.max_length
     choice = choose_checkpointing(config.train.gradient_checkpointing, model, tokens)
     if choice.enabled:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns); older versions have only the old one.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()
     if choice.enabled:
         log.info(
