@@ -5,21 +5,27 @@ tokens x vocabulary floats (2,048 tokens of Qwen2.5's 151,936-token vocabulary a
 float32), and the loss keeps one or two more of them (the log-softmax for backward, the
 gradient). Every objective here needs only each position's log-probability of one token (and,
 for GRPO/PPO's logging, the distribution's entropy), so the head is run over chunks of
-positions: forward keeps, per position, the log-sum-exp; backward recomputes each chunk's
-logits and turns them into that chunk's gradient at once. Memory for the head becomes one
-chunk's logits; the cost is one more head matmul per chunk (the technique of Apple's Cut
-Cross-Entropy and Liger Kernel's fused linear cross-entropy, in plain torch: both libraries
-need Triton and a GPU, and neither runs on the CPUs this project trains and tests on).
+positions, and memory for the head becomes one chunk's logits. Two ways:
+- `chunked_weighted_logp_sum`, for a loss linear in the log-probabilities (SFT's token
+  cross-entropy): each chunk's gradient is known in the forward pass and computed there, so
+  backward only scales it; the same matmuls as the plain loss (Liger Kernel's fused linear
+  cross-entropy);
+- `chunked_target_logps`, for everything else (DPO/ORPO/KTO sums, GRPO/PPO ratios): forward
+  keeps each position's log-sum-exp, backward recomputes each chunk's logits and turns them
+  into its gradient: one more head matmul (Apple's Cut Cross-Entropy).
+Both in plain torch: Liger Kernel and Cut Cross-Entropy need Triton and a CUDA GPU, and
+neither runs on the CPUs this project trains and tests on.
 
 Only positions that have a target are computed at all: a chat's prompt tokens cost no head
 matmul. The result equals the unchunked `log_softmax(logits)[target]` and its gradients to
 float32 rounding (tests/trainers/test_chunked_loss.py checks 1e-5 for every objective).
 
-`position_logps` is what the objectives call: it runs the model with its output head swapped,
-for the length of that one call, for a head that returns those log-probabilities in place of
-the logits. Whether it chunks is `train.chunked_loss` (`chunking_wanted`): `auto` chunks
-causal LMs whose vocabulary has at least `AUTO_MIN_VOCABULARY` tokens and whose head is a plain
-linear layer (a LoRA-wrapped or soft-capped head falls back to the plain path, saying so once).
+`position_logps` (and `position_loss`) are what the objectives call: they run the model with
+its output head's `forward` swapped, for the length of that one call, for one that returns
+those log-probabilities (or the loss) in place of the logits. Whether it chunks is
+`train.chunked_loss` (`chunking_wanted`): `auto` chunks causal LMs whose vocabulary has at
+least `AUTO_MIN_VOCABULARY` tokens and whose head is a plain linear layer (a LoRA-wrapped or
+soft-capped head falls back to the plain path; `on` says so once).
 """
 
 from __future__ import annotations
@@ -93,26 +99,15 @@ class _Lazy:
 
 
 class _ChunkedTargetLogps(_Lazy):
-    builder = staticmethod(lambda: _build_function())
+    builder = staticmethod(lambda: _build_target_logps())
 
 
 class _ChunkedWeightedSum(_Lazy):
     builder = staticmethod(lambda: _build_weighted_sum())
 
 
-def _build_function() -> Any:
+def _build_target_logps() -> Any:
     import torch
-
-    def chunk_logits(hidden, weight, bias, temperature, suppressed):
-        logits = hidden @ weight.T
-        if bias is not None:
-            logits = logits + bias
-        logits = logits.float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        if suppressed:
-            logits[:, list(suppressed)] = -torch.inf
-        return logits
 
     class ChunkedTargetLogps(torch.autograd.Function):
         @staticmethod
@@ -125,7 +120,7 @@ def _build_function() -> Any:
             entropy = hidden.new_zeros(count if with_entropy else 0, dtype=torch.float32)
             for start in range(0, count, chunk):
                 end = min(start + chunk, count)
-                logits = chunk_logits(hidden[start:end], weight, bias, temperature, suppressed)
+                logits = _chunk_logits(hidden[start:end], weight, bias, temperature, suppressed)
                 chunk_lse = torch.logsumexp(logits, dim=-1)
                 lse[start:end] = chunk_lse
                 logps[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - chunk_lse
@@ -143,36 +138,18 @@ def _build_function() -> Any:
         def backward(ctx, grad_logps, _grad_entropy):
             hidden, weight, bias, targets, lse = ctx.saved_tensors
             temperature, suppressed, chunk = ctx.settings
-            want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
-            grad_hidden = torch.empty_like(hidden) if want_hidden else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
-            grad_bias = (
-                torch.zeros_like(bias, dtype=torch.float32)
-                if want_bias and bias is not None
-                else None
-            )
+            grads = _HeadGradients(hidden, weight, bias, ctx.needs_input_grad[:3])
             grad_logps = grad_logps.float()
             for start in range(0, hidden.shape[0], chunk):
                 end = min(start + chunk, hidden.shape[0])
-                logits = chunk_logits(hidden[start:end], weight, bias, temperature, suppressed)
-                # d logp[target] / d logits = onehot(target) - softmax; times the incoming grad.
-                grad = torch.exp(logits - lse[start:end, None]).mul_(-grad_logps[start:end, None])
-                del logits
-                rows = torch.arange(end - start, device=grad.device)
-                grad[rows, targets[start:end]] += grad_logps[start:end]
+                logits = _chunk_logits(hidden[start:end], weight, bias, temperature, suppressed)
+                grad = _logit_gradient(
+                    logits, lse[start:end], grad_logps[start:end], targets[start:end]
+                )
                 if temperature != 1.0:
                     grad /= temperature
-                if want_hidden:
-                    grad_hidden[start:end] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-                if want_weight:
-                    grad_weight.addmm_(grad.T, hidden[start:end].float())
-                if grad_bias is not None:
-                    grad_bias += grad.sum(0)
-            if grad_weight is not None:
-                grad_weight = grad_weight.to(weight.dtype)
-            if grad_bias is not None:
-                grad_bias = grad_bias.to(bias.dtype)
-            return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+                grads.add(grad, start, end)
+            return (*grads.result(), None, None, None, None, None)
 
     return ChunkedTargetLogps
 
@@ -183,42 +160,20 @@ def _build_weighted_sum() -> Any:
     class ChunkedWeightedSum(torch.autograd.Function):
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, coefficients, chunk):
-            want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
             total = hidden.new_zeros((), dtype=torch.float32)
-            grad_hidden = torch.empty_like(hidden) if want_hidden else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
-            grad_bias = (
-                torch.zeros_like(bias, dtype=torch.float32)
-                if want_bias and bias is not None
-                else None
-            )
+            grads = _HeadGradients(hidden, weight, bias, ctx.needs_input_grad[:3])
             coefficients = coefficients.float()
             for start in range(0, hidden.shape[0], chunk):
                 end = min(start + chunk, hidden.shape[0])
-                logits = hidden[start:end] @ weight.T
-                if bias is not None:
-                    logits = logits + bias
-                logits = logits.float()
+                logits = _chunk_logits(hidden[start:end], weight, bias)
                 lse = torch.logsumexp(logits, dim=-1)
                 rows = torch.arange(end - start, device=logits.device)
                 picked = logits[rows, targets[start:end]]
                 weights = coefficients[start:end]
                 total += (weights * (picked - lse)).sum()
-                # d/dlogits of w * logp[target] = w * (onehot - softmax)
-                grad = torch.exp(logits.sub_(lse[:, None])).mul_(-weights[:, None])
-                grad[rows, targets[start:end]] += weights
-                if want_hidden:
-                    grad_hidden[start:end] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-                if want_weight:
-                    grad_weight.addmm_(grad.T, hidden[start:end].float())
-                if grad_bias is not None:
-                    grad_bias += grad.sum(0)
-                del logits, grad
-            ctx.grads = (
-                grad_hidden,
-                None if grad_weight is None else grad_weight.to(weight.dtype),
-                None if grad_bias is None else grad_bias.to(bias.dtype),
-            )
+                grads.add(_logit_gradient(logits, lse, weights, targets[start:end]), start, end)
+                del logits
+            ctx.grads = grads.result()
             return total
 
         @staticmethod
@@ -233,6 +188,65 @@ def _build_weighted_sum() -> Any:
             return (*scaled, None, None, None)
 
     return ChunkedWeightedSum
+
+
+def _chunk_logits(
+    hidden: Any, weight: Any, bias: Any, temperature: float = 1.0, suppressed: Sequence[int] = ()
+) -> Any:
+    """One chunk's float32 logits, divided by the temperature, suppressed tokens at -inf."""
+    import torch
+
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    if suppressed:
+        logits[:, list(suppressed)] = -torch.inf
+    return logits
+
+
+def _logit_gradient(logits: Any, lse: Any, weights: Any, targets: Any) -> Any:
+    """weights * d logp[target] / d logits = weights * (onehot(target) - softmax), for one
+    chunk (its logits are overwritten)."""
+    import torch
+
+    grad = torch.exp(logits.sub_(lse[:, None])).mul_(-weights[:, None])
+    grad[torch.arange(len(targets), device=grad.device), targets] += weights
+    return grad
+
+
+class _HeadGradients:
+    """The head's input, weight and bias gradients, built chunk by chunk from each chunk's
+    gradient with respect to its logits (only those autograd asks for)."""
+
+    def __init__(self, hidden: Any, weight: Any, bias: Any, wanted: Sequence[bool]) -> None:
+        import torch
+
+        want_hidden, want_weight, want_bias = wanted
+        self.inputs, self.weight_matrix, self.bias_vector = hidden, weight, bias
+        self.hidden = torch.empty_like(hidden) if want_hidden else None
+        self.weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        self.bias = (
+            torch.zeros_like(bias, dtype=torch.float32) if want_bias and bias is not None else None
+        )
+
+    def add(self, grad: Any, start: int, end: int) -> None:
+        if self.hidden is not None:
+            weight = self.weight_matrix
+            self.hidden[start:end] = (grad.to(weight.dtype) @ weight).to(self.hidden.dtype)
+        if self.weight is not None:
+            self.weight.addmm_(grad.T, self.inputs[start:end].float())
+        if self.bias is not None:
+            self.bias += grad.sum(0)
+
+    def result(self) -> tuple[Any, Any, Any]:
+        return (
+            self.hidden,
+            None if self.weight is None else self.weight.to(self.weight_matrix.dtype),
+            None if self.bias is None else self.bias.to(self.bias_vector.dtype),
+        )
 
 
 def chunking_wanted(model: Any, setting: str) -> bool:

@@ -30,45 +30,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["text", "mixtral"])
-def test_two_processes_under_accelerate_launch_agree(family, run_config, tiny_model):
-    """Both ranks end with the same weights; an MoE's router loss and load hooks included."""
-    model = {"name_or_path": str(tiny_model(family)), "modality": "text"}
-    path = run_config(
-        "ddp", model=model, train={"max_steps": 20, "batch_size": 8, "eval_steps": 10}
-    )
-    command = [
-        str(BIN / "accelerate"),
-        "launch",
-        "--config_file",
-        str(REPO / "configs/accelerate/ddp.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_ip",
-        "127.0.0.1",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "omnitune",
-        "train",
-        str(path),
-    ]
-    result = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("20 steps") == 1, "only rank 0 prints the summary"
-    run_dir = Path(load_run_config(path).output_dir)
-    ranks = [json.loads((run_dir / "ranks" / f"rank-{i}.json").read_text()) for i in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    assert ranks[0]["step"] == ranks[1]["step"] == 20
-    # Each step consumed one batch per rank: twice the samples of a single process.
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 20
-
-
 def _launch(config_file: str, path: Path) -> subprocess.CompletedProcess:
     command = [
         str(BIN / "accelerate"),
@@ -94,6 +55,27 @@ def _launch(config_file: str, path: Path) -> subprocess.CompletedProcess:
 def _logged_losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["text", "mixtral"])
+def test_two_processes_under_accelerate_launch_agree(family, run_config, tiny_model):
+    """Both ranks end with the same weights; an MoE's router loss and load hooks included."""
+    model = {"name_or_path": str(tiny_model(family)), "modality": "text"}
+    path = run_config(
+        "ddp", model=model, train={"max_steps": 20, "batch_size": 8, "eval_steps": 10}
+    )
+    result = _launch("ddp.yaml", path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("20 steps") == 1, "only rank 0 prints the summary"
+    run_dir = Path(load_run_config(path).output_dir)
+    ranks = [json.loads((run_dir / "ranks" / f"rank-{i}.json").read_text()) for i in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["step"] == ranks[1]["step"] == 20
+    # Each step consumed one batch per rank: twice the samples of a single process.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 20
 
 
 @pytest.mark.slow
