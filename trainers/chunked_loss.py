@@ -25,7 +25,7 @@ its output head's `forward` swapped, for the length of that one call, for one th
 those log-probabilities (or the loss) in place of the logits. Whether it chunks is
 `train.chunked_loss` (`chunking_wanted`): `auto` chunks causal LMs whose vocabulary has at
 least `AUTO_MIN_VOCABULARY` tokens and whose head is a plain linear layer (a LoRA-wrapped or
-soft-capped head falls back to the plain path; `on` says so once).
+soft-capped head falls back to the plain path; `true` says so once).
 """
 
 from __future__ import annotations
@@ -249,9 +249,10 @@ class _HeadGradients:
         )
 
 
-def chunking_wanted(model: Any, setting: str) -> bool:
-    """Whether `train.chunked_loss` (`setting`: auto, on, off) chunks this model's head."""
-    if setting == "off":
+def chunking_wanted(model: Any, setting: bool | str) -> bool:
+    """Whether `train.chunked_loss` (`setting`: "auto", True or False) chunks this model's
+    head."""
+    if setting is False:
         return False
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
@@ -260,7 +261,7 @@ def chunking_wanted(model: Any, setting: str) -> bool:
     reason = _head_refusal(head, config)
     if reason:
         return _refused(setting, reason)
-    return setting == "on" or head.weight.shape[0] >= AUTO_MIN_VOCABULARY
+    return setting is True or head.weight.shape[0] >= AUTO_MIN_VOCABULARY
 
 
 def _head_refusal(head: Any, config: Any) -> str | None:
@@ -277,10 +278,10 @@ def _head_refusal(head: Any, config: Any) -> str | None:
 _REFUSALS_SAID: set[str] = set()
 
 
-def _refused(setting: str, reason: str) -> bool:
-    if setting == "on" and reason not in _REFUSALS_SAID:
+def _refused(setting: bool | str, reason: str) -> bool:
+    if setting is True and reason not in _REFUSALS_SAID:
         _REFUSALS_SAID.add(reason)
-        log.warning("train.chunked_loss: on, but %s: the loss uses the whole logits", reason)
+        log.warning("train.chunked_loss: true, but %s: the loss uses the whole logits", reason)
     return False
 
 

@@ -268,7 +268,7 @@ class TrainSection(Section):
             "activations exceed both the weights' size and 1 GiB (trainers/memory_rules.py)."
         ),
     )
-    chunked_loss: Literal["auto", "on", "off"] = Field(
+    chunked_loss: bool | Literal["auto"] = Field(
         "auto",
         description=(
             "Score tokens through the output head in chunks of positions, never holding the "

@@ -72,7 +72,7 @@ def _loss_and_gradients(objective_name, path, chunked, model, processor):
     """The objective's step loss over the first 6 training items, and the gradients it gives
     every parameter (full fine-tuning, so the head's weight has one too)."""
     config = load_run_config(path)
-    config.train.chunked_loss = "on" if chunked else "off"
+    config.train.chunked_loss = chunked
     objective = get_objective(objective_name)
     modality = get_modality("text")
     items = objective.data(modality, config.data.train, config, processor, True)
@@ -197,7 +197,7 @@ def test_a_real_vocabulary_trains_in_less_memory_with_the_chunked_head(
     """Four packed rows of 256 tokens: the whole logits are 1,024 x 151,936 floats (622 MB) a
     copy, and the plain loss keeps several; the chunked head keeps 64 MiB at a time."""
     peaks, losses = {}, {}
-    for setting in ("off", "on"):
+    for setting in (False, True):
         path = run_config(
             f"vocabulary-{setting}",
             model={"name_or_path": str(real_vocabulary_model), "modality": "text"},
@@ -217,5 +217,5 @@ def test_a_real_vocabulary_trains_in_less_memory_with_the_chunked_head(
         summary = json.loads((path.parent / f"vocabulary-{setting}" / "summary.json").read_text())
         peaks[setting] = summary["peak_memory_mb"]
         losses[setting] = summary["train_loss"]
-    assert losses["on"] == pytest.approx(losses["off"], abs=1e-4)
-    assert peaks["on"] < peaks["off"] - 600, peaks
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    assert peaks[True] < peaks[False] - 600, peaks
