@@ -230,12 +230,7 @@ def set_up(config: RunConfig, accelerator: Any, runlog: RunLog) -> Session:
     )
     runlog.start(config, state.step)
 
-    if sharded:  # accelerate would wrap it in DDP: FSDP already synchronises the gradients
-        pass
-    elif _optimizer_needs_accelerate(accelerator):
-        model, optimizer = accelerator.prepare(model, optimizer)
-    else:
-        model = accelerator.prepare(model)
+    model, optimizer = _wrap_for_processes(accelerator, model, optimizer, sharded)
     unwrapped = accelerator.unwrap_model(model)
     saved_names = set(prepared.checkpoint_names)
     session = Session(
@@ -881,6 +876,19 @@ def _resume_point(run_dir: Path, resume: str, main: bool) -> Path | None:
     if not (path / "state.json").is_file():
         raise ConfigError(f"train.resume: {resume} is not a checkpoint folder (no state.json)")
     return path
+
+
+def _wrap_for_processes(
+    accelerator: Any, model: Any, optimizer: Any, sharded: bool
+) -> tuple[Any, Any]:
+    """The model and optimizer as the step runs them: through accelerate (DDP, DeepSpeed, its
+    FSDP on GPUs; the optimizer only where it must be), or as they are when the loop sharded
+    the model itself (accelerate would wrap it in DDP; FSDP already synchronises gradients)."""
+    if sharded:
+        return model, optimizer
+    if _optimizer_needs_accelerate(accelerator):
+        return accelerator.prepare(model, optimizer)
+    return accelerator.prepare(model), optimizer
 
 
 def _optimizer_needs_accelerate(accelerator: Any) -> bool:

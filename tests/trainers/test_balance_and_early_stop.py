@@ -118,18 +118,23 @@ def test_focal_loss_with_gamma_zero_is_the_models_cross_entropy(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from omnitune.trainers.chunked_loss import IGNORE, position_logps, shifted_targets
     from omnitune.trainers.losses import sequence_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model("text"))
     ids = torch.tensor([[3, 40, 50, 60, 4, 70], [3, 41, 51, 4, 71, 0]])
     labels = ids.clone()
     labels[:, :3] = -100
-    outputs = model(input_ids=ids, labels=labels)
-    ours = sequence_loss(outputs.logits, labels, causal=True)
-    # Same number of targets per example (3 and 3), so the per-example mean equals the token mean.
-    assert torch.allclose(ours, outputs.loss, atol=1e-5)
-    focal = sequence_loss(outputs.logits, labels, causal=True, focal_gamma=2.0)
-    assert focal < ours, "focal loss down-weights every token by (1 - p)^gamma"
+    reference = model(input_ids=ids, labels=labels).loss
+    targets = shifted_targets(labels)
+    valid = targets != IGNORE
+    for chunked in (False, True):
+        logps = position_logps(model, {"input_ids": ids}, targets, chunked).logps
+        ours = sequence_loss(logps, valid)
+        # Same number of targets per example (3 and 3): the per-example mean is the token mean.
+        assert torch.allclose(ours, reference, atol=1e-5)
+        focal = sequence_loss(logps, valid, focal_gamma=2.0)
+        assert focal < ours, "focal loss down-weights every token by (1 - p)^gamma"
 
 
 def test_class_weights_average_one_and_favour_the_rare_group():
