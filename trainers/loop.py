@@ -59,7 +59,6 @@ from omnitune.trainers.peft_methods import (
 )
 from omnitune.trainers.runlog import RunLog, format_metrics
 from omnitune.trainers.sampling import BatchPlan, distribution_report, epoch_length, group_weights
-from omnitune.trainers.sharding import clip_gradients
 from omnitune.trainers.trackers import Trackers, accelerate_trackers
 
 if TYPE_CHECKING:
@@ -354,10 +353,7 @@ def _load_model(config: RunConfig, modality: Any) -> tuple[Any, Any]:
         enable = getattr(model, "activation_checkpointing_enable", None)
         (enable or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()
-    if choice.enabled:
-        log.info(
-            "gradient checkpointing: %s (%s)", "on" if choice.enabled else "off", choice.reason
-        )
+        log.info("gradient checkpointing: on (%s)", choice.reason)
     return model, processor
 
 
@@ -466,7 +462,7 @@ def apply_update(session: Session, loss: Any) -> float | None:
         loss = float(loss.detach())
     s.grad_norm = None
     if s.config.train.max_grad_norm is not None and s.sharded:
-        s.grad_norm = clip_gradients(_trained_parameters(s), s.config.train.max_grad_norm)
+        s.grad_norm = sharding.clip_gradients(_trained_parameters(s), s.config.train.max_grad_norm)
     elif s.config.train.max_grad_norm is not None:
         # None under DeepSpeed, which clips inside its engine (gradient_clipping).
         norm = accelerator.clip_grad_norm_(_trained_parameters(s), s.config.train.max_grad_norm)
@@ -1063,9 +1059,7 @@ def _write_rank_fingerprint(
 ) -> None:
     """Each rank records a hash of its trained weights (equal hashes prove the ranks agree)
     and how many parameter elements it holds (under FSDP, its shards: about 1/N of them)."""
-    from omnitune.trainers.sharding import full_tensors
-
-    tensors = full_tensors(tensors)  # a sharded run's ranks agree on the gathered weights
+    tensors = sharding.full_tensors(tensors)  # a sharded run's ranks agree on gathered weights
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())

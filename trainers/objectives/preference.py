@@ -81,15 +81,6 @@ def answer_logps(model: Any, batch: dict[str, Any], chunked: bool = False) -> tu
     return logps.sum(-1), (targets != IGNORE).sum(-1)
 
 
-def token_logps(logits: Any, labels: Any) -> Any:
-    """log softmax(logits)[label] per position, without materialising the whole softmax in
-    fp32 when the logits are half precision: logit - logsumexp(logits)."""
-    import torch
-
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
-    return picked - torch.logsumexp(logits.float(), dim=-1)
-
-
 def make_loss(terms: Terms) -> Callable[[LossContext], StepLoss]:
     def build(context: LossContext) -> StepLoss:
         section = context.config.objective

@@ -216,9 +216,12 @@ def sample_shared_prompts(
     last_position = positions[:, -1:].repeat_interleave(group, 0)
     ends = torch.tensor(end_ids, device=logits.device)
     unfinished = torch.ones(logits.shape[0], dtype=torch.long, device=logits.device)
+    processors = _sampling_processors(
+        suppressed, section.temperature, section.top_p, str(logits.device)
+    )
     drawn = []
     for step in range(section.max_new_tokens):
-        scores = _sampling_scores(logits, suppressed, section.temperature, section.top_p)
+        scores = processors(None, logits)  # none of these processors reads the input ids
         tokens = draw(torch.softmax(scores, dim=-1))
         tokens = tokens * unfinished + pad_id * (1 - unfinished)
         drawn.append(tokens)
@@ -252,21 +255,26 @@ def draw(probabilities: Any) -> Any:
     return index.clamp_(max=probabilities.shape[-1] - 1)
 
 
-def _sampling_scores(logits: Any, suppressed: tuple[int, ...], temperature: float, top_p: float):
-    """`generate()`'s processors in its order: suppressed tokens, temperature, top-p."""
-    import torch
+def _sampling_processors(
+    suppressed: tuple[int, ...], temperature: float, top_p: float, device: str
+) -> Any:
+    """transformers' own logits processors, those `generate()` builds for these settings, in
+    its order: suppressed tokens, temperature, top-p."""
+    from transformers import (
+        LogitsProcessorList,
+        SuppressTokensLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
 
+    processors = LogitsProcessorList()
     if suppressed:
-        logits = logits.index_fill(-1, logits.new_tensor(suppressed).long(), -torch.inf)
+        processors.append(SuppressTokensLogitsProcessor(list(suppressed), device=device))
     if temperature != 1.0:
-        logits = logits / temperature
+        processors.append(TemperatureLogitsWarper(temperature))
     if top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=False)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - top_p)
-        drop[..., -1:] = False  # keep at least the most likely token
-        logits = logits.masked_fill(drop.scatter(1, order, drop), -torch.inf)
-    return logits
+        processors.append(TopPLogitsWarper(top_p))
+    return processors
 
 
 @dataclass
